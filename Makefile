@@ -1,0 +1,35 @@
+# The README's two commands: `make demo` and `make test`. Each creates the virtualenv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ecrec-installed
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: here it resolves to the local CPU wheel; unpinned, pip would pull
+	# a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[cpu,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ecrec-stream demo $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ecrec_stream streams workers tests bench
+	$(VENV)/bin/mypy ecrec_stream streams workers
+
+bench: $(STAMP)
+	$(PY) -m bench.freshness
+	$(PY) -m bench.ingest
+
+clean:
+	rm -rf $(VENV) .ecrec bench/results

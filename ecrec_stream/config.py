@@ -1,0 +1,143 @@
+"""Settings for every ecrec-stream process, read from ``ECREC_*`` environment variables.
+
+One frozen :class:`Settings` object is built per process with :func:`load_settings`; overrides
+go through ``settings.model_copy(update=...)``. Nested groups use ``__`` in variable names, e.g.
+``ECREC_INDEX__BATCH_MAX=128``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ecrec_stream.exceptions import ConfigError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+class TopicNames(BaseModel):
+    """Kafka topic names. Inputs carry raw JSON from shop services; ``valid_*`` carry batches."""
+
+    model_config = ConfigDict(frozen=True)
+
+    items: str = "ecrec.items"
+    searches: str = "ecrec.searches"
+    clicks: str = "ecrec.clicks"
+    reviews: str = "ecrec.reviews"
+    valid_items: str = "ecrec.valid.items"
+    valid_searches: str = "ecrec.valid.searches"
+    valid_clicks: str = "ecrec.valid.clicks"
+    valid_reviews: str = "ecrec.valid.reviews"
+    dlq: str = "ecrec.dlq"
+
+
+class IngestSettings(BaseModel):
+    """Micro-batching and payload bounds of the stream worker's ingest agents."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_max: int = Field(500, ge=1, le=100_000)
+    batch_wait_s: float = Field(0.05, gt=0, le=60)
+    max_payload_bytes: int = Field(65_536, ge=256)
+    dlq_max_raw_bytes: int = Field(16_384, ge=64)
+
+
+class EmbeddingSettings(BaseModel):
+    """The sentence encoder: the packaged MiniLM by default, any local path or hub name allowed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str = DEFAULT_MODEL
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(64, ge=1, le=4096)
+    allow_downloads: bool = False
+
+
+class IndexSettings(BaseModel):
+    """The live FAISS item index of one replica."""
+
+    model_config = ConfigDict(frozen=True)
+
+    backend: Literal["flat", "ivf"] = "flat"
+    ivf_nlist: int = Field(256, ge=1)
+    ivf_nprobe: int = Field(16, ge=1)
+    batch_max: int = Field(256, ge=1, le=100_000)
+    batch_wait_s: float = Field(0.05, gt=0, le=60)
+    snapshot_interval_s: float = Field(30.0, gt=0)
+    snapshot_keep: int = Field(2, ge=1)
+    data_dir: Path = Path(".ecrec/index")
+    replica_id: str = Field("replica-1", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65_535)
+    max_query_chars: int = Field(512, ge=1)
+    max_k: int = Field(100, ge=1)
+
+
+class Settings(BaseSettings):
+    """Everything a process needs; frozen once built."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ECREC_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
+    )
+
+    broker: str = Field(
+        "embedded",
+        description="'embedded' (start Tansu) or 'kafka://host:port[,host:port]' for a real Kafka.",
+    )
+    partitions: int = Field(4, ge=1, le=1024)
+    app_id: str = Field("ecrec", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    data_dir: Path = Path(".ecrec")
+    worker_web_port: int = Field(6066, ge=0, le=65_535)
+    topics: TopicNames = TopicNames()
+    ingest: IngestSettings = IngestSettings()
+    embedding: EmbeddingSettings = EmbeddingSettings()
+    index: IndexSettings = IndexSettings()
+
+    @field_validator("broker")
+    @classmethod
+    def _check_broker(cls, value: str) -> str:
+        if value == "embedded":
+            return value
+        bootstrap_servers(value)  # raises ConfigError on a malformed URL
+        return value
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.broker == "embedded"
+
+
+def bootstrap_servers(broker_url: str) -> str:
+    """Turn ``kafka://h1:9092,h2:9092`` (or a bare ``h1:9092``) into a bootstrap server list.
+
+    >>> bootstrap_servers("kafka://127.0.0.1:9092,10.0.0.2:9093")
+    '127.0.0.1:9092,10.0.0.2:9093'
+    >>> bootstrap_servers("localhost:9092")
+    'localhost:9092'
+    """
+    text = broker_url.strip()
+    if "://" in text:
+        parsed = urlparse(text)
+        if parsed.scheme not in {"kafka", "tcp"}:
+            raise ConfigError(f"broker URL scheme must be kafka:// or tcp://, got {broker_url!r}")
+        text = parsed.netloc
+    hosts = [h.strip() for h in text.split(",") if h.strip()]
+    if not hosts:
+        raise ConfigError(f"broker URL has no host: {broker_url!r}")
+    for host in hosts:
+        name, sep, port = host.rpartition(":")
+        if not sep or not name or not port.isdigit():
+            raise ConfigError(f"broker host must be host:port, got {host!r} in {broker_url!r}")
+    return ",".join(hosts)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, then apply keyword overrides."""
+    settings = Settings()
+    return settings.model_copy(update=overrides) if overrides else settings

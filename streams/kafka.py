@@ -1,0 +1,85 @@
+"""confluent-kafka client settings and topic administration, tuned for both brokers.
+
+Settings follow ../shared/BROKER.md: a short session timeout (Tansu holds JoinGroup for about
+half of it), ``earliest`` resets (its ListOffsets(latest) is wrong), and the murmur2 partitioner
+so that keys land where Faust (Java-compatible hashing) expects them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from ecrec_stream.config import Settings, TopicNames, bootstrap_servers
+
+LOG = logging.getLogger(__name__)
+
+
+def resolve_bootstrap(settings: Settings, embedded_bootstrap: str | None = None) -> str:
+    """The bootstrap list for ``settings``; an embedded broker must already be running."""
+    if settings.uses_embedded_broker:
+        if embedded_bootstrap is None:
+            raise ValueError("ECREC_BROKER=embedded but no embedded broker is running")
+        return embedded_bootstrap
+    return bootstrap_servers(settings.broker)
+
+
+def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "partitioner": "murmur2_random",
+        "acks": "all",
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        **extra,
+    }
+
+
+def consumer_config(bootstrap: str, group_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": bootstrap,
+        "group.id": group_id,
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 1000,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "fetch.wait.max.ms": 50,
+        **extra,
+    }
+
+
+def all_topics(names: TopicNames) -> list[str]:
+    return list(names.model_dump().values())
+
+
+def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int) -> None:
+    """Create ``topics`` with ``partitions`` partitions where they do not exist yet."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=10).topics)
+    wanted = [NewTopic(t, num_partitions=partitions, replication_factor=1)
+              for t in topics if t not in existing]
+    if not wanted:
+        return
+    for topic, future in admin.create_topics(wanted, operation_timeout=10).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+        LOG.info("created topic %s (%d partitions)", topic, partitions)
+
+
+def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    meta = admin.list_topics(topic, timeout=10).topics[topic]
+    if meta.error is not None:
+        raise KafkaException(meta.error)
+    return sorted(meta.partitions)
+
+
+def new_producer(bootstrap: str, **extra: Any) -> Producer:
+    return Producer(producer_config(bootstrap, **extra))

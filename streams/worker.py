@@ -1,0 +1,44 @@
+"""Run the Faust stream worker in the foreground."""
+
+from __future__ import annotations
+
+import logging
+
+from ecrec_stream.config import Settings
+from ecrec_stream.exceptions import ConfigError
+from streams.kafka import all_topics, ensure_topics, topic_partitions
+
+LOG = logging.getLogger(__name__)
+
+
+def check_partitions(bootstrap: str, settings: Settings) -> None:
+    """Each ``valid_*`` topic must have as many partitions as its input topic (batches keep
+    their partition number)."""
+    t = settings.topics
+    for source, valid in [
+        (t.items, t.valid_items),
+        (t.searches, t.valid_searches),
+        (t.clicks, t.valid_clicks),
+        (t.reviews, t.valid_reviews),
+    ]:
+        n_source, n_valid = len(topic_partitions(bootstrap, source)), len(
+            topic_partitions(bootstrap, valid)
+        )
+        if n_source != n_valid:
+            raise ConfigError(
+                f"topic {valid} has {n_valid} partitions but {source} has {n_source}; "
+                "they must match"
+            )
+
+
+def run_worker(settings: Settings, bootstrap: str, loglevel: str = "warning") -> None:
+    """Create missing topics, then run the Faust worker until it is stopped (SIGTERM/SIGINT)."""
+    import faust
+
+    from streams.app import create_app
+
+    ensure_topics(bootstrap, all_topics(settings.topics), settings.partitions)
+    check_partitions(bootstrap, settings)
+    app = create_app(settings, bootstrap)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()

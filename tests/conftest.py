@@ -1,0 +1,73 @@
+"""Fixtures: the real embedded broker, a real stream worker and a real index replica."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[object]:
+    from ecrec_stream.config import Settings
+    from streams.broker import EmbeddedBroker
+    from streams.kafka import all_topics, ensure_topics
+
+    with EmbeddedBroker() as running:
+        ensure_topics(running.bootstrap, all_topics(Settings().topics), 4)
+        yield running
+
+
+@pytest.fixture(scope="session")
+def pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pipeline")
+
+
+@pytest.fixture(scope="session")
+def worker(broker: object, pipeline_dir: Path) -> Iterator[object]:
+    """The stream worker (Faust) on the default topics, ready once it owns its partitions."""
+    import httpx
+
+    from streams.broker import free_port
+    from tests.helpers import wait_until
+    from workers.processes import worker_process
+
+    port = free_port()
+    proc = worker_process(broker.url, pipeline_dir, port).start()  # type: ignore[attr-defined]
+    try:
+        proc.wait_http(f"http://127.0.0.1:{port}/ecrec/stats", timeout_s=120)
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/ecrec/stats").json()["assigned"],
+                   timeout_s=60, interval_s=0.2)
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def indexer(broker: object, pipeline_dir: Path) -> Iterator[str]:
+    """An index replica; yields its base URL."""
+    from streams.broker import free_port
+    from workers.processes import indexer_process
+
+    port = free_port()
+    proc = indexer_process(broker.url, pipeline_dir, port).start()  # type: ignore[attr-defined]
+    try:
+        proc.wait_http(f"http://127.0.0.1:{port}/healthz", timeout_s=180)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def minilm() -> object:
+    """The real packaged all-MiniLM-L6-v2 encoder."""
+    from ecrec_stream.embedding import SentenceTransformerEncoder
+
+    return SentenceTransformerEncoder()

@@ -1,0 +1,98 @@
+"""Shared test helpers: fake encoder for pure units, topic readers for integration tests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+
+from ecrec_stream.events import ItemEvent
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def item(item_id: str, title: str = "", ts: float = 0.0, op: str = "upsert",
+         **fields: Any) -> ItemEvent:
+    return ItemEvent(event_id=f"e-{item_id}-{ts}-{op}", ts=at(ts), op=op, item_id=item_id,
+                     title=(title or f"item {item_id}") if op == "upsert" else None, **fields)
+
+
+class HashEncoder:
+    """Deterministic bag-of-words vectors: a unit with no external part needs no real model.
+    Texts sharing words get similar vectors, so search order is meaningful."""
+
+    def __init__(self, dim: int = 32, name: str = "hash-encoder") -> None:
+        self._dim = dim
+        self._name = name
+        self.texts_encoded = 0
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self._dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().replace(".", " ").split():
+                h = int.from_bytes(hashlib.sha1(word.encode()).digest()[:4], "little")
+                out[row, h % self._dim] += 1.0
+            norm = np.linalg.norm(out[row])
+            if norm > 0:
+                out[row] /= norm
+        self.texts_encoded += len(texts)
+        return out
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def read_topic(bootstrap: str, topic: str, *, done: Callable[[list[Any]], bool],
+               timeout_s: float = 60.0) -> list[Any]:
+    """Read every partition of ``topic`` from the beginning until ``done(messages)``."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from streams.kafka import consumer_config, topic_partitions
+
+    consumer = Consumer(consumer_config(bootstrap, unique("test-reader")))
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
+                     for p in topic_partitions(bootstrap, topic)])
+    messages: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and not done(messages):
+            for msg in consumer.consume(500, timeout=0.2):
+                if msg.error() is None:
+                    messages.append(msg)
+    finally:
+        consumer.close()
+    return messages
+
+
+def batch_events(messages: list[Any]) -> list[dict[str, Any]]:
+    """Events inside ``EventBatch`` messages, in topic order per partition."""
+    return [e for m in messages for e in json.loads(m.value())["events"]]
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s}s")

@@ -1,0 +1,136 @@
+"""The FAISS item index, the live index with its version guard, and snapshots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ecrec_stream.config import IndexSettings
+from ecrec_stream.exceptions import IndexError_, SnapshotError
+from ecrec_stream.index import FaissItemIndex, LiveItemIndex
+from ecrec_stream.index.persist import CURRENT, read_snapshot
+from tests.helpers import HashEncoder, item
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("backend", ["flat", "ivf"])
+def test_upsert_replaces_delete_removes_and_state_round_trips(backend: str) -> None:
+    rng = np.random.default_rng(0)
+    idx = FaissItemIndex(16, backend=backend, nlist=4, nprobe=4)  # type: ignore[arg-type]
+    ids = [f"i{i}" for i in range(400)]
+    vecs = _unit(rng, 400, 16)
+    idx.upsert_many(ids, vecs)
+    assert len(idx) == 400
+    assert idx.is_trained_ivf == (backend == "ivf")  # 400 >= 39 * 4 trains the IVF
+    # each vector finds itself first
+    top = idx.search(vecs[:20], 1)
+    assert [hits[0].item_id for hits in top] == ids[:20]
+    # upsert replaces in place: same count, new vector found
+    new = _unit(rng, 1, 16)
+    idx.upsert_many(["i5"], new)
+    assert len(idx) == 400
+    assert idx.search(new, 1)[0][0].item_id == "i5"
+    np.testing.assert_allclose(idx.vector("i5"), new[0], atol=1e-6)
+    assert idx.delete_many(["i5", "i6", "missing"]) == 2
+    assert "i5" not in idx and len(idx) == 398
+    assert all(h.item_id not in {"i5", "i6"} for h in idx.search(new, 50)[0])
+    blob, meta = idx.to_state()
+    back = FaissItemIndex.from_state(blob, json.loads(json.dumps(meta)))
+    assert len(back) == 398 and back.is_trained_ivf == idx.is_trained_ivf
+    assert [h.item_id for h in back.search(vecs[:5], 3)[0]] == [
+        h.item_id for h in idx.search(vecs[:5], 3)[0]]
+    back.delete_many(["i7"])  # removal still works after a reload (hashtable direct map)
+    assert "i7" not in back
+
+
+def test_bad_shapes_and_duplicates_raise() -> None:
+    idx = FaissItemIndex(4)
+    with pytest.raises(IndexError_):
+        idx.upsert_many(["a"], np.zeros((1, 3), np.float32))
+    with pytest.raises(IndexError_):
+        idx.upsert_many(["a", "a"], np.zeros((2, 4), np.float32))
+    with pytest.raises(IndexError_):
+        idx.search(np.zeros((1, 4), np.float32), 0)
+    assert idx.search(np.zeros((2, 4), np.float32), 3) == [[], []]
+
+
+def test_live_index_searches_by_text_and_guards_versions() -> None:
+    live = LiveItemIndex(HashEncoder())
+    live.apply_many([item("a", "red apple", 1), item("b", "green tea", 1)])
+    assert live.search("tea", 1)[0].item.item_id == "b"
+    # delete at t=5, then a redelivered older upsert (t=3) must not resurrect it
+    stats = live.apply_many([item("b", op="delete", ts=5)])
+    assert stats.deleted == 1 and len(live) == 1
+    stats = live.apply_many([item("b", "green tea", 3)])
+    assert stats.stale_skipped == 1 and live.get("b") is None
+    # within one batch the last event per item wins; older ones are stale
+    stats = live.apply_many([item("a", "apple v3", 9), item("a", "apple v2", 8),
+                             item("c", "coffee", 2), item("c", op="delete", ts=4)])
+    assert live.get("a").item.title == "apple v3"  # type: ignore[union-attr]
+    assert live.get("c") is None and stats.stale_skipped == 1
+    # a newer upsert after a delete brings the item back
+    live.apply_many([item("b", "green tea", 6)])
+    assert live.get("b") is not None
+
+
+def test_redelivered_batch_is_idempotent() -> None:
+    live = LiveItemIndex(HashEncoder())
+    batch = [item(f"i{i}", f"thing {i}", 1) for i in range(10)] + [item("i3", op="delete", ts=2)]
+    live.apply_many(batch)
+    before = ({s.item.item_id for s in live.store}, len(live))
+    live.apply_many(batch)
+    assert ({s.item.item_id for s in live.store}, len(live)) == before == (
+        {f"i{i}" for i in range(10)} - {"i3"}, 9)
+
+
+def test_snapshot_restores_without_reembedding(tmp_path: Path) -> None:
+    encoder = HashEncoder()
+    live = LiveItemIndex(encoder)
+    live.apply_many([item(f"i{i}", f"product {i}", 1) for i in range(50)]
+                    + [item("i7", op="delete", ts=2)])
+    live.save_snapshot(tmp_path, {"topic": {0: 10, 1: 4}})
+    fresh_encoder = HashEncoder()
+    restored = LiveItemIndex(fresh_encoder)
+    offsets = restored.load_snapshot(tmp_path)
+    assert offsets == {"topic": {0: 10, 1: 4}}
+    assert fresh_encoder.texts_encoded == 0 and restored.items_embedded == 0
+    assert len(restored) == 49 and restored.get("i7") is None
+    assert restored.store.is_stale("i7", item("i7", ts=1).ts)  # tombstone survived
+    assert [r.item.item_id for r in restored.search("product 12", 3)] == [
+        r.item.item_id for r in live.search("product 12", 3)]
+
+
+def test_snapshot_with_another_model_reembeds(tmp_path: Path) -> None:
+    live = LiveItemIndex(HashEncoder(name="old"))
+    live.apply_many([item(f"i{i}", f"product {i}", 1) for i in range(20)])
+    live.save_snapshot(tmp_path, {})
+    new_encoder = HashEncoder(dim=16, name="new")
+    restored = LiveItemIndex(new_encoder)
+    restored.load_snapshot(tmp_path)
+    assert new_encoder.texts_encoded == 20 and len(restored) == 20
+    assert restored.index.dim == 16
+
+
+def test_snapshots_are_atomic_pruned_and_checked(tmp_path: Path) -> None:
+    live = LiveItemIndex(HashEncoder(), IndexSettings(snapshot_keep=2))
+    for n in range(4):
+        live.apply_many([item(f"i{n}", "x", n)])
+        live.save_snapshot(tmp_path, {"t": {0: n}})
+    snaps = sorted(p.name for p in tmp_path.glob("snap-*"))
+    assert len(snaps) == 2 and (tmp_path / CURRENT).read_text() == snaps[-1]
+    # a crash mid-write leaves a .tmp directory behind: ignored, the last good one loads
+    (tmp_path / "snap-999999999999.tmp").mkdir()
+    snap = read_snapshot(tmp_path)
+    assert snap is not None and snap.offsets == {"t": {0: 3}}
+    # corruption is detected, not loaded
+    (tmp_path / snaps[-1] / "items.jsonl").write_text("{}\n")
+    with pytest.raises(SnapshotError, match="checksum"):
+        read_snapshot(tmp_path)
+    assert read_snapshot(tmp_path / "nothing-here") is None

@@ -1,0 +1,99 @@
+"""HTTP API of an index replica: search, item lookup, stats, health and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.concurrency import run_in_threadpool
+from prometheus_client import Counter, Histogram, make_asgi_app
+from pydantic import BaseModel
+
+from ecrec_stream.config import Settings
+from workers.indexer import IndexReplica
+
+SEARCHES = Counter("ecrec_search_requests_total", "Search requests served")
+SEARCH_SECONDS = Histogram("ecrec_search_seconds", "Search latency (embed + FAISS)")
+
+
+class SearchResult(BaseModel):
+    item_id: str
+    score: float
+    title: str | None
+    brand: str
+    category_path: list[str]
+    price: float | None
+
+
+class SearchResponse(BaseModel):
+    query: str
+    k: int
+    index_size: int
+    results: list[SearchResult]
+
+
+def create_api(settings: Settings, replica: IndexReplica) -> FastAPI:
+    """The FastAPI app serving ``replica``'s live index."""
+    live = replica.live
+    cfg = settings.index
+    api = FastAPI(title="ecrec-stream index replica", version="0.1.0")
+    api.mount("/metrics", make_asgi_app())
+
+    @api.get("/search", response_model=SearchResponse)
+    async def search(
+        q: str = Query(..., min_length=1, max_length=cfg.max_query_chars,
+                       description="free-text query"),
+        k: int = Query(10, ge=1, le=cfg.max_k, description="number of results"),
+    ) -> SearchResponse:
+        query = q.strip()
+        if not query:
+            raise HTTPException(status_code=422, detail="q must contain non-space characters")
+        SEARCHES.inc()
+        with SEARCH_SECONDS.time():
+            # Embedding is CPU work: run it off the event loop (../shared/MODELS.md).
+            results = await run_in_threadpool(live.search, query, k)
+        return SearchResponse(
+            query=query,
+            k=k,
+            index_size=len(live),
+            results=[
+                SearchResult(
+                    item_id=r.item.item_id,
+                    score=r.score,
+                    title=r.item.title,
+                    brand=r.item.brand,
+                    category_path=r.item.category_path,
+                    price=r.item.price,
+                )
+                for r in results
+            ],
+        )
+
+    @api.get("/items/{item_id}")
+    async def get_item(item_id: str) -> dict[str, Any]:
+        stored = live.get(item_id)
+        if stored is None:
+            raise HTTPException(status_code=404, detail=f"item {item_id!r} is not in the index")
+        return {
+            "item": stored.item.model_dump(mode="json"),
+            "indexed_at": stored.indexed_at.isoformat(),
+        }
+
+    @api.get("/stats")
+    async def stats() -> dict[str, Any]:
+        return {
+            **live.stats(),
+            "freshness": live.freshness(),
+            "restored_from_snapshot": replica.restored_from_snapshot,
+            "offsets": replica.offsets,
+            "skipped_messages": replica.skipped_messages,
+            "caught_up": replica.caught_up.is_set(),
+        }
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        if not replica.is_alive():
+            raise HTTPException(status_code=503, detail=f"consumer stopped: {replica.error}")
+        return {"ok": True}
+
+    return api

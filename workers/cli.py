@@ -1,0 +1,157 @@
+"""The ``ecrec-stream`` command line: one entry point for every process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ecrec_stream.config import Settings, load_settings
+
+app = typer.Typer(
+    help="Keep e-commerce search models fresh from live Kafka traffic. Settings come from "
+    "ECREC_* environment variables (see the README); ECREC_BROKER=kafka://host:port selects "
+    "an external Kafka, the default 'embedded' a Tansu broker started by `demo`/`broker`.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+KINDS = ("item", "search", "click", "review")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _external_bootstrap(settings: Settings) -> str:
+    from streams.kafka import resolve_bootstrap
+
+    if settings.uses_embedded_broker:
+        console.print(
+            "[red]This command needs a running broker.[/] Start one with "
+            "`ecrec-stream broker` and export the ECREC_BROKER=kafka://... it prints, or point "
+            "ECREC_BROKER at your Kafka."
+        )
+        raise typer.Exit(2)
+    return resolve_bootstrap(settings)
+
+
+@app.command()
+def broker(
+    port: Annotated[int, typer.Option(help="port to listen on (0 = any free port)")] = 9092,
+    host: Annotated[str, typer.Option(help="loopback address to bind")] = "127.0.0.1",
+) -> None:
+    """Run the embedded Tansu broker in the foreground (in-memory; data is gone on exit)."""
+    from streams.broker import EmbeddedBroker
+
+    with EmbeddedBroker(host, port or None) as running:
+        console.print(f"embedded broker on [bold]{running.url}[/]; "
+                      f"export ECREC_BROKER={running.url}. Ctrl-C stops it.")
+        try:
+            running.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def worker(
+    log_level: Annotated[str, typer.Option(help="log level")] = "warning",
+) -> None:
+    """Run the Faust stream worker (ingest agents: validate, route to valid topics or the DLQ)."""
+    from streams.worker import run_worker
+
+    settings = load_settings()
+    bootstrap = _external_bootstrap(settings)
+    # Faust parses sys.argv itself; hand it a clean command line.
+    sys.argv = [sys.argv[0], "worker"]
+    run_worker(settings, bootstrap, loglevel=log_level)
+
+
+@app.command()
+def indexer(
+    port: Annotated[int | None, typer.Option(help="HTTP port (default ECREC_INDEX__PORT)")] = None,
+    log_level: Annotated[str, typer.Option(help="log level")] = "warning",
+) -> None:
+    """Run an index replica: consume all item partitions, keep FAISS fresh, serve /search."""
+    from workers.indexer import serve_indexer
+
+    _setup_logging(log_level)
+    settings = load_settings()
+    if port is not None:
+        settings = settings.model_copy(update={"index": settings.index.model_copy(
+            update={"port": port})})
+    serve_indexer(settings, _external_bootstrap(settings), log_level=log_level)
+
+
+@app.command()
+def demo(
+    duration: Annotated[float, typer.Option(help="seconds of live traffic (Ctrl-C stops early)")]
+    = 60.0,
+    rate: Annotated[float, typer.Option(help="events per second to produce")] = 200.0,
+    items: Annotated[int, typer.Option(help="size of the generated catalog")] = 1000,
+    catalog: Annotated[Path | None, typer.Option(
+        help="folder with an Instacart-style products.csv/aisles.csv/departments.csv "
+        "instead of a generated catalog")] = None,
+    seed: Annotated[int, typer.Option(help="random seed of the simulator")] = 11,
+    live: Annotated[bool, typer.Option(help="show the live dashboard")] = True,
+) -> None:
+    """Run everything on the embedded broker: worker, index replica, simulated shop traffic,
+    a live dashboard, then example searches."""
+    from workers.demo import DemoOptions, run_demo
+
+    _setup_logging("warning")
+    run_demo(load_settings(), DemoOptions(
+        duration_s=duration, rate=rate, n_items=items, catalog_dir=catalog, seed=seed, live=live,
+    ), console)
+
+
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(help="JSONL (one event per line) or CSV file")],
+    topic: Annotated[str, typer.Option(help="input kind (item/search/click/review) or a topic")],
+    key_field: Annotated[str | None, typer.Option(
+        help="field used as message key (default: item_id for items/reviews, else session_id)")]
+    = None,
+) -> None:
+    """Feed a JSONL or CSV file into a topic (records are sent as-is; the worker validates)."""
+    from workers.replay import replay_file
+
+    settings = load_settings()
+    sent = replay_file(file, topic, settings, _external_bootstrap(settings), key_field=key_field)
+    console.print(f"sent {sent} records")
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="free-text query")],
+    k: Annotated[int, typer.Option(help="number of results")] = 10,
+    url: Annotated[str, typer.Option(help="index replica base URL")] = "http://127.0.0.1:8080",
+) -> None:
+    """Query a running index replica and print the results."""
+    import httpx
+
+    response = httpx.get(f"{url.rstrip('/')}/search", params={"q": query, "k": k}, timeout=10)
+    if response.status_code != 200:
+        console.print(f"[red]{response.status_code}[/] {response.text}")
+        raise typer.Exit(1)
+    from workers.demo import results_table
+
+    console.print(results_table(response.json()))
+
+
+@app.command()
+def config() -> None:
+    """Print the effective settings (from ECREC_* variables) as JSON."""
+    console.print_json(json.dumps(load_settings().model_dump(mode="json")))
+
+
+if __name__ == "__main__":
+    app()
