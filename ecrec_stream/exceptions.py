@@ -13,7 +13,7 @@ class ModelLoadError(EcrecError):
     """An encoder model could not be loaded (offline, missing path, bad files)."""
 
 
-class IndexError_(EcrecError):  # noqa: N801 - ``IndexError`` would shadow the builtin
+class IndexError_(EcrecError):
     """The item index was asked for something it cannot do (bad shape, unknown backend)."""
 
 

@@ -65,19 +65,53 @@ _TAXONOMY: dict[str, dict[str, list[str]]] = {
         "cat food care": ["wet cat food", "cat litter", "cat treats"],
     },
 }
-_BRANDS = ["Greenfield", "Oakridge", "Sunny Valley", "Blue Harbor", "Maple & Co", "Nordvik",
-           "Casa Verde", "Pure Path", "Hearthstone", "Little Acre", "Urban Pantry", "Tidewater"]
-_MODIFIERS = ["organic", "family size", "low fat", "unsweetened", "original", "extra large",
-              "gluten free", "value pack", "classic", "reduced sodium", "fair trade", "fresh"]
+_BRANDS = [
+    "Greenfield",
+    "Oakridge",
+    "Sunny Valley",
+    "Blue Harbor",
+    "Maple & Co",
+    "Nordvik",
+    "Casa Verde",
+    "Pure Path",
+    "Hearthstone",
+    "Little Acre",
+    "Urban Pantry",
+    "Tidewater",
+]
+_MODIFIERS = [
+    "organic",
+    "family size",
+    "low fat",
+    "unsweetened",
+    "original",
+    "extra large",
+    "gluten free",
+    "value pack",
+    "classic",
+    "reduced sodium",
+    "fair trade",
+    "fresh",
+]
 _SIZES = ["8 oz", "12 oz", "16 oz", "32 oz", "1 lb", "2 lb", "1 gal", "6 ct", "12 ct", "500 ml"]
 
-_POSITIVE = ["Love this {noun}, will buy again.", "Great {noun}, exactly as described.",
-             "Best {noun} I have tried, my family loves it.", "Fresh and tasty {noun}, five stars."]
-_NEUTRAL = ["The {noun} is okay, nothing special.", "Decent {noun} for the price.",
-            "Average {noun}; packaging could be better."]
-_NEGATIVE = ["The {noun} arrived damaged and tasted stale.", "Terrible {noun}, would not buy again.",
-             "Disappointed with this {noun}, it broke after one use.",
-             "Awful {noun}, nothing like the picture."]
+_POSITIVE = [
+    "Love this {noun}, will buy again.",
+    "Great {noun}, exactly as described.",
+    "Best {noun} I have tried, my family loves it.",
+    "Fresh and tasty {noun}, five stars.",
+]
+_NEUTRAL = [
+    "The {noun} is okay, nothing special.",
+    "Decent {noun} for the price.",
+    "Average {noun}; packaging could be better.",
+]
+_NEGATIVE = [
+    "The {noun} arrived damaged and tasted stale.",
+    "Terrible {noun}, would not buy again.",
+    "Disappointed with this {noun}, it broke after one use.",
+    "Awful {noun}, nothing like the picture.",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +125,13 @@ class CatalogItem:
 
     def upsert(self, event_id: str, ts: datetime, *, price: float | None = None) -> dict[str, Any]:
         return {
-            "event_id": event_id, "ts": ts.isoformat(), "op": "upsert", "item_id": self.item_id,
-            "title": self.title, "category_path": list(self.category_path), "brand": self.brand,
+            "event_id": event_id,
+            "ts": ts.isoformat(),
+            "op": "upsert",
+            "item_id": self.item_id,
+            "title": self.title,
+            "category_path": list(self.category_path),
+            "brand": self.brand,
             "price": self.price if price is None else price,
         }
 
@@ -100,8 +139,12 @@ class CatalogItem:
 def synthetic_catalog(n_items: int, seed: int = 7) -> list[CatalogItem]:
     """``n_items`` plausible grocery products with a two-level category path."""
     rng = random.Random(seed)
-    leaves = [(d, a, noun) for d, aisles in _TAXONOMY.items()
-              for a, nouns in aisles.items() for noun in nouns]
+    leaves = [
+        (d, a, noun)
+        for d, aisles in _TAXONOMY.items()
+        for a, nouns in aisles.items()
+        for noun in nouns
+    ]
     items = []
     for i in range(n_items):
         dept, aisle, noun = leaves[i % len(leaves)] if i < len(leaves) else rng.choice(leaves)
@@ -109,14 +152,22 @@ def synthetic_catalog(n_items: int, seed: int = 7) -> list[CatalogItem]:
         modifier = rng.choice(_MODIFIERS)
         size = rng.choice(_SIZES)
         title = f"{brand} {modifier} {noun} {size}".replace("  ", " ")
-        items.append(CatalogItem(
-            item_id=f"sku-{i:06d}", title=title, category_path=(dept, aisle), brand=brand,
-            price=round(rng.uniform(0.99, 24.99), 2), quality=rng.betavariate(4, 1.6),
-        ))
+        items.append(
+            CatalogItem(
+                item_id=f"sku-{i:06d}",
+                title=title,
+                category_path=(dept, aisle),
+                brand=brand,
+                price=round(rng.uniform(0.99, 24.99), 2),
+                quality=rng.betavariate(4, 1.6),
+            )
+        )
     return items
 
 
-def load_instacart_catalog(folder: Path, limit: int | None = None, seed: int = 7) -> list[CatalogItem]:
+def load_instacart_catalog(
+    folder: Path, limit: int | None = None, seed: int = 7
+) -> list[CatalogItem]:
     """Read ``products.csv``, ``aisles.csv`` and ``departments.csv`` (the Instacart layout)."""
     rng = random.Random(seed)
     with open(folder / "aisles.csv", newline="") as fh:
@@ -126,11 +177,16 @@ def load_instacart_catalog(folder: Path, limit: int | None = None, seed: int = 7
     items = []
     with open(folder / "products.csv", newline="") as fh:
         for row in csv.DictReader(fh):
-            items.append(CatalogItem(
-                item_id=f"ic-{row['product_id']}", title=row["product_name"].strip()[:300],
-                category_path=(depts[row["department_id"]], aisles[row["aisle_id"]]), brand="",
-                price=round(rng.uniform(0.99, 24.99), 2), quality=rng.betavariate(4, 1.6),
-            ))
+            items.append(
+                CatalogItem(
+                    item_id=f"ic-{row['product_id']}",
+                    title=row["product_name"].strip()[:300],
+                    category_path=(depts[row["department_id"]], aisles[row["aisle_id"]]),
+                    brand="",
+                    price=round(rng.uniform(0.99, 24.99), 2),
+                    quality=rng.betavariate(4, 1.6),
+                )
+            )
             if limit is not None and len(items) >= limit:
                 break
     return items
@@ -150,8 +206,14 @@ class Session:
 class ShopSimulator:
     """Generates sessions (search, clicks, reviews) and catalog changes over a catalog."""
 
-    def __init__(self, catalog: list[CatalogItem], seed: int = 11, *, n_impressions: int = 10,
-                 position_bias: float = 0.7) -> None:
+    def __init__(
+        self,
+        catalog: list[CatalogItem],
+        seed: int = 11,
+        *,
+        n_impressions: int = 10,
+        position_bias: float = 0.7,
+    ) -> None:
         if not catalog:
             raise ValueError("the catalog is empty")
         self.catalog = catalog
@@ -201,16 +263,27 @@ class ShopSimulator:
         same_leaf = [i for i in self._by_leaf[target.category_path] if i.item_id != target.item_id]
         others = rng.sample(self.catalog, min(len(self.catalog), self.n_impressions * 2))
         pool = {i.item_id: i for i in [target, *same_leaf[: self.n_impressions], *others]}
-        ranked = sorted(pool.values(), key=lambda i: -(self.grade(query, target, i)
-                                                        + rng.gauss(0, 1.2)))
+        ranked = sorted(
+            pool.values(), key=lambda i: -(self.grade(query, target, i) + rng.gauss(0, 1.2))
+        )
         shown = ranked[: self.n_impressions]
         sess = Session(self._next_id("sess"), query, target.item_id)
         search_id = self._next_id("search")
         sess.relevance = {i.item_id: self.grade(query, target, i) for i in shown}
-        sess.events.append(("search", sess.session_id, {
-            "event_id": self._next_id("ev"), "ts": ts.isoformat(), "search_id": search_id,
-            "session_id": sess.session_id, "query": query, "impressions": [i.item_id for i in shown],
-        }))
+        sess.events.append(
+            (
+                "search",
+                sess.session_id,
+                {
+                    "event_id": self._next_id("ev"),
+                    "ts": ts.isoformat(),
+                    "search_id": search_id,
+                    "session_id": sess.session_id,
+                    "query": query,
+                    "impressions": [i.item_id for i in shown],
+                },
+            )
+        )
         t = ts
         for pos, item in enumerate(shown):
             examine = 1.0 / (pos + 1) ** self.position_bias
@@ -222,11 +295,22 @@ class ShopSimulator:
             action = "click"
             if rng.random() < 0.15 * grade:
                 action = "purchase" if rng.random() < 0.5 else "add_to_cart"
-            sess.events.append(("click", sess.session_id, {
-                "event_id": self._next_id("ev"), "ts": t.isoformat(), "session_id": sess.session_id,
-                "search_id": search_id, "item_id": item.item_id, "position": pos, "action": action,
-                "dwell_ms": int(rng.lognormvariate(8 + 0.6 * grade, 0.6)),
-            }))
+            sess.events.append(
+                (
+                    "click",
+                    sess.session_id,
+                    {
+                        "event_id": self._next_id("ev"),
+                        "ts": t.isoformat(),
+                        "session_id": sess.session_id,
+                        "search_id": search_id,
+                        "item_id": item.item_id,
+                        "position": pos,
+                        "action": action,
+                        "dwell_ms": int(rng.lognormvariate(8 + 0.6 * grade, 0.6)),
+                    },
+                )
+            )
             if action == "purchase" and rng.random() < 0.5:
                 sess.events.append(("review", item.item_id, self.review(item, t)))
         return sess
@@ -238,8 +322,12 @@ class ShopSimulator:
         templates = _POSITIVE if rating >= 4 else _NEGATIVE if rating <= 2 else _NEUTRAL
         noun = item.title.split()[-3] if len(item.title.split()) >= 3 else item.title
         return {
-            "event_id": self._next_id("ev"), "ts": ts.isoformat(), "item_id": item.item_id,
-            "rating": rating, "title": "", "text": rng.choice(templates).format(noun=noun),
+            "event_id": self._next_id("ev"),
+            "ts": ts.isoformat(),
+            "item_id": item.item_id,
+            "rating": rating,
+            "title": "",
+            "text": rng.choice(templates).format(noun=noun),
         }
 
     def catalog_change(self, ts: datetime | None = None) -> tuple[str, str, dict[str, Any]]:
@@ -247,11 +335,16 @@ class ShopSimulator:
         ts = ts or utc_now()
         item = self.rng.choice(self.catalog)
         if self.rng.random() < 0.1:
-            doc = {"event_id": self._next_id("item"), "ts": ts.isoformat(), "op": "delete",
-                   "item_id": item.item_id}
+            doc = {
+                "event_id": self._next_id("item"),
+                "ts": ts.isoformat(),
+                "op": "delete",
+                "item_id": item.item_id,
+            }
         else:
-            doc = item.upsert(self._next_id("item"), ts,
-                              price=round(item.price * self.rng.uniform(0.8, 1.2), 2))
+            doc = item.upsert(
+                self._next_id("item"), ts, price=round(item.price * self.rng.uniform(0.8, 1.2), 2)
+            )
         return ("item", item.item_id, doc)
 
     def malformed(self) -> tuple[str, str, bytes]:
@@ -263,15 +356,22 @@ class ShopSimulator:
         if choice == 0:
             return kind, ev, b'{"event_id": "' + ev.encode() + b'", "ts": '
         if choice == 1:
-            bad: dict[str, Any] = {"event_id": ev, "ts": utc_now().isoformat(), "item_id": "x",
-                                   "rating": "five", "op": 3, "session_id": 7}
+            bad: dict[str, Any] = {
+                "event_id": ev,
+                "ts": utc_now().isoformat(),
+                "item_id": "x",
+                "rating": "five",
+                "op": 3,
+                "session_id": 7,
+            }
             return kind, ev, json.dumps(bad).encode()
         if choice == 2:
             return kind, ev, json.dumps({"event_id": ev}).encode()
         return kind, ev, b'{"padding": "' + b"x" * 70_000 + b'"}'
 
-    def stream(self, malformed_rate: float = 0.02, change_rate: float = 0.05
-               ) -> Iterator[tuple[str, str, bytes]]:
+    def stream(
+        self, malformed_rate: float = 0.02, change_rate: float = 0.05
+    ) -> Iterator[tuple[str, str, bytes]]:
         """An endless stream of (kind, key, payload) records."""
         while True:
             roll = self.rng.random()

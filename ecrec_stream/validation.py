@@ -158,4 +158,3 @@ def validate_many(
         else:
             outcome.valid.append(result)
     return outcome
-

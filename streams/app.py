@@ -110,10 +110,14 @@ def _add_ingest_agent(
     cfg = settings.ingest
 
     async def ingest(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(cfg.batch_max, within=cfg.batch_wait_s):
+        # take_events (not take): it keeps each record's partition and offset for the DLQ.
+        batches = stream.take_events(  # type: ignore[attr-defined]  # missing from faust's stubs
+            cfg.batch_max, within=cfg.batch_wait_s
+        )
+        async for events in batches:
             try:
                 await _ingest_batch(kind, _records(events), valid, dlq, counters, settings)
-            except BaseException:  # noqa: BLE001 - see the module docstring: fail-stop
+            except BaseException:
                 LOG.exception("unexpected error in %s ingest; stopping before commit", kind)
                 logging.shutdown()
                 os._exit(EXIT_UNEXPECTED)
@@ -146,7 +150,7 @@ async def _ingest_batch(
             )
         if outcome.valid:
             batch = EventBatch(
-                kind=kind,  # type: ignore[arg-type]
+                kind=kind,
                 source=part_records[0].position,
                 last_offset=part_records[-1].position.offset,
                 events=outcome.valid,

@@ -90,15 +90,24 @@ class EmbeddedBroker:
         for _ in range(attempts):
             port = self.port if self.port is not None else free_port(self.host)
             listener = f"tcp://{self.host}:{port}"
-            log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
             env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
-            self._proc = subprocess.Popen(
-                [binary, "broker", "--listener-url", listener,
-                 "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            )
-            if log is not subprocess.DEVNULL:
-                log.close()
+            with open(self.log_path or os.devnull, "ab") as log:
+                self._proc = subprocess.Popen(
+                    [
+                        binary,
+                        "broker",
+                        "--listener-url",
+                        listener,
+                        "--advertised-listener-url",
+                        listener,
+                        "--storage-engine",
+                        "memory://tansu/",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
             if wait_for_port(self.host, port, self.start_timeout_s) and self._proc.poll() is None:
                 self.port = port
                 LOG.info("embedded broker (Tansu) listening on %s", listener)

@@ -60,8 +60,11 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int) -> Non
     """Create ``topics`` with ``partitions`` partitions where they do not exist yet."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=10).topics)
-    wanted = [NewTopic(t, num_partitions=partitions, replication_factor=1)
-              for t in topics if t not in existing]
+    wanted = [
+        NewTopic(t, num_partitions=partitions, replication_factor=1)
+        for t in topics
+        if t not in existing
+    ]
     if not wanted:
         return
     for topic, future in admin.create_topics(wanted, operation_timeout=10).items():

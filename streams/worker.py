@@ -21,8 +21,9 @@ def check_partitions(bootstrap: str, settings: Settings) -> None:
         (t.clicks, t.valid_clicks),
         (t.reviews, t.valid_reviews),
     ]:
-        n_source, n_valid = len(topic_partitions(bootstrap, source)), len(
-            topic_partitions(bootstrap, valid)
+        n_source, n_valid = (
+            len(topic_partitions(bootstrap, source)),
+            len(topic_partitions(bootstrap, valid)),
         )
         if n_source != n_valid:
             raise ConfigError(

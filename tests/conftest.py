@@ -43,8 +43,11 @@ def worker(broker: object, pipeline_dir: Path) -> Iterator[object]:
     proc = worker_process(broker.url, pipeline_dir, port).start()  # type: ignore[attr-defined]
     try:
         proc.wait_http(f"http://127.0.0.1:{port}/ecrec/stats", timeout_s=120)
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/ecrec/stats").json()["assigned"],
-                   timeout_s=60, interval_s=0.2)
+        wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/ecrec/stats").json()["assigned"],
+            timeout_s=60,
+            interval_s=0.2,
+        )
         yield proc
     finally:
         proc.stop()

@@ -21,10 +21,17 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def item(item_id: str, title: str = "", ts: float = 0.0, op: str = "upsert",
-         **fields: Any) -> ItemEvent:
-    return ItemEvent(event_id=f"e-{item_id}-{ts}-{op}", ts=at(ts), op=op, item_id=item_id,
-                     title=(title or f"item {item_id}") if op == "upsert" else None, **fields)
+def item(
+    item_id: str, title: str = "", ts: float = 0.0, op: str = "upsert", **fields: Any
+) -> ItemEvent:
+    return ItemEvent(
+        event_id=f"e-{item_id}-{ts}-{op}",
+        ts=at(ts),
+        op=op,
+        item_id=item_id,
+        title=(title or f"item {item_id}") if op == "upsert" else None,
+        **fields,
+    )
 
 
 class HashEncoder:
@@ -61,16 +68,18 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def read_topic(bootstrap: str, topic: str, *, done: Callable[[list[Any]], bool],
-               timeout_s: float = 60.0) -> list[Any]:
+def read_topic(
+    bootstrap: str, topic: str, *, done: Callable[[list[Any]], bool], timeout_s: float = 60.0
+) -> list[Any]:
     """Read every partition of ``topic`` from the beginning until ``done(messages)``."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     from streams.kafka import consumer_config, topic_partitions
 
     consumer = Consumer(consumer_config(bootstrap, unique("test-reader")))
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
-                     for p in topic_partitions(bootstrap, topic)])
+    consumer.assign(
+        [TopicPartition(topic, p, OFFSET_BEGINNING) for p in topic_partitions(bootstrap, topic)]
+    )
     messages: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:

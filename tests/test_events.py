@@ -23,8 +23,16 @@ TS = "2026-03-01T12:00:00+02:00"
 
 
 def _item(**over: Any) -> bytes:
-    doc = {"event_id": "e1", "ts": TS, "op": "upsert", "item_id": "sku-1", "title": "Oat milk",
-           "price": 2.5, "category_path": ["dairy", "milk"], "attributes": {"size": "1l"}}
+    doc = {
+        "event_id": "e1",
+        "ts": TS,
+        "op": "upsert",
+        "item_id": "sku-1",
+        "title": "Oat milk",
+        "price": 2.5,
+        "category_path": ["dairy", "milk"],
+        "attributes": {"size": "1l"},
+    }
     doc.update(over)
     return json.dumps({k: v for k, v in doc.items() if v is not ...}).encode()
 
@@ -65,37 +73,77 @@ def test_nan_price_is_rejected() -> None:
 
 def test_delete_needs_only_the_id() -> None:
     event = ItemEvent.model_validate_json(
-        json.dumps({"event_id": "d", "ts": TS, "op": "delete", "item_id": "sku-1"}))
+        json.dumps({"event_id": "d", "ts": TS, "op": "delete", "item_id": "sku-1"})
+    )
     assert event.is_delete and event.title is None
 
 
 def test_search_click_review_contracts() -> None:
-    SearchEvent.model_validate_json(json.dumps({
-        "event_id": "s", "ts": TS, "search_id": "q1", "session_id": "u1", "query": " milk ",
-        "impressions": ["a", "b"]}))
+    SearchEvent.model_validate_json(
+        json.dumps(
+            {
+                "event_id": "s",
+                "ts": TS,
+                "search_id": "q1",
+                "session_id": "u1",
+                "query": " milk ",
+                "impressions": ["a", "b"],
+            }
+        )
+    )
     with pytest.raises(ValidationError):
-        SearchEvent.model_validate_json(json.dumps({
-            "event_id": "s", "ts": TS, "search_id": "q1", "session_id": "u1", "query": "x",
-            "impressions": ["a"] * (MAX_IMPRESSIONS + 1)}))
+        SearchEvent.model_validate_json(
+            json.dumps(
+                {
+                    "event_id": "s",
+                    "ts": TS,
+                    "search_id": "q1",
+                    "session_id": "u1",
+                    "query": "x",
+                    "impressions": ["a"] * (MAX_IMPRESSIONS + 1),
+                }
+            )
+        )
     with pytest.raises(ValidationError):
-        SearchEvent.model_validate_json(json.dumps({
-            "event_id": "s", "ts": TS, "search_id": "q1", "session_id": "u1", "query": "   "}))
-    click = ClickEvent.model_validate_json(json.dumps({
-        "event_id": "c", "ts": TS, "session_id": "u1", "item_id": "a", "position": 0,
-        "action": "purchase", "dwell_ms": 1200}))
+        SearchEvent.model_validate_json(
+            json.dumps(
+                {"event_id": "s", "ts": TS, "search_id": "q1", "session_id": "u1", "query": "   "}
+            )
+        )
+    click = ClickEvent.model_validate_json(
+        json.dumps(
+            {
+                "event_id": "c",
+                "ts": TS,
+                "session_id": "u1",
+                "item_id": "a",
+                "position": 0,
+                "action": "purchase",
+                "dwell_ms": 1200,
+            }
+        )
+    )
     assert click.action == "purchase"
     with pytest.raises(ValidationError):
-        ClickEvent.model_validate_json(json.dumps({
-            "event_id": "c", "ts": TS, "session_id": "u1", "item_id": "a", "action": "like"}))
+        ClickEvent.model_validate_json(
+            json.dumps(
+                {"event_id": "c", "ts": TS, "session_id": "u1", "item_id": "a", "action": "like"}
+            )
+        )
     for rating in (0, 6, "5", 4.5):
         with pytest.raises(ValidationError):
-            ReviewEvent.model_validate_json(json.dumps({
-                "event_id": "r", "ts": TS, "item_id": "a", "rating": rating}))
+            ReviewEvent.model_validate_json(
+                json.dumps({"event_id": "r", "ts": TS, "item_id": "a", "rating": rating})
+            )
 
 
 def test_event_batch_round_trips_mixed_kinds() -> None:
     event = ItemEvent.model_validate_json(_item())
-    batch = EventBatch(kind="item", source=SourcePosition(topic="t", partition=1, offset=5),
-                       last_offset=9, events=[event])
+    batch = EventBatch(
+        kind="item",
+        source=SourcePosition(topic="t", partition=1, offset=5),
+        last_offset=9,
+        events=[event],
+    )
     again = EventBatch.model_validate_json(batch.model_dump_json())
     assert again.events == [event]

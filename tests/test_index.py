@@ -45,7 +45,8 @@ def test_upsert_replaces_delete_removes_and_state_round_trips(backend: str) -> N
     back = FaissItemIndex.from_state(blob, json.loads(json.dumps(meta)))
     assert len(back) == 398 and back.is_trained_ivf == idx.is_trained_ivf
     assert [h.item_id for h in back.search(vecs[:5], 3)[0]] == [
-        h.item_id for h in idx.search(vecs[:5], 3)[0]]
+        h.item_id for h in idx.search(vecs[:5], 3)[0]
+    ]
     back.delete_many(["i7"])  # removal still works after a reload (hashtable direct map)
     assert "i7" not in back
 
@@ -71,8 +72,14 @@ def test_live_index_searches_by_text_and_guards_versions() -> None:
     stats = live.apply_many([item("b", "green tea", 3)])
     assert stats.stale_skipped == 1 and live.get("b") is None
     # within one batch the last event per item wins; older ones are stale
-    stats = live.apply_many([item("a", "apple v3", 9), item("a", "apple v2", 8),
-                             item("c", "coffee", 2), item("c", op="delete", ts=4)])
+    stats = live.apply_many(
+        [
+            item("a", "apple v3", 9),
+            item("a", "apple v2", 8),
+            item("c", "coffee", 2),
+            item("c", op="delete", ts=4),
+        ]
+    )
     assert live.get("a").item.title == "apple v3"  # type: ignore[union-attr]
     assert live.get("c") is None and stats.stale_skipped == 1
     # a newer upsert after a delete brings the item back
@@ -86,15 +93,19 @@ def test_redelivered_batch_is_idempotent() -> None:
     live.apply_many(batch)
     before = ({s.item.item_id for s in live.store}, len(live))
     live.apply_many(batch)
-    assert ({s.item.item_id for s in live.store}, len(live)) == before == (
-        {f"i{i}" for i in range(10)} - {"i3"}, 9)
+    assert (
+        ({s.item.item_id for s in live.store}, len(live))
+        == before
+        == ({f"i{i}" for i in range(10)} - {"i3"}, 9)
+    )
 
 
 def test_snapshot_restores_without_reembedding(tmp_path: Path) -> None:
     encoder = HashEncoder()
     live = LiveItemIndex(encoder)
-    live.apply_many([item(f"i{i}", f"product {i}", 1) for i in range(50)]
-                    + [item("i7", op="delete", ts=2)])
+    live.apply_many(
+        [item(f"i{i}", f"product {i}", 1) for i in range(50)] + [item("i7", op="delete", ts=2)]
+    )
     live.save_snapshot(tmp_path, {"topic": {0: 10, 1: 4}})
     fresh_encoder = HashEncoder()
     restored = LiveItemIndex(fresh_encoder)
@@ -104,7 +115,8 @@ def test_snapshot_restores_without_reembedding(tmp_path: Path) -> None:
     assert len(restored) == 49 and restored.get("i7") is None
     assert restored.store.is_stale("i7", item("i7", ts=1).ts)  # tombstone survived
     assert [r.item.item_id for r in restored.search("product 12", 3)] == [
-        r.item.item_id for r in live.search("product 12", 3)]
+        r.item.item_id for r in live.search("product 12", 3)
+    ]
 
 
 def test_snapshot_with_another_model_reembeds(tmp_path: Path) -> None:

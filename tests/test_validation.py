@@ -11,8 +11,9 @@ from ecrec_stream.events import DeadLetter, DeadLetterReason, ReviewEvent, Sourc
 from ecrec_stream.validation import RawRecord, validate_many, validate_one
 
 POS = SourcePosition(topic="ecrec.reviews", partition=3, offset=41)
-GOOD = json.dumps({"event_id": "r1", "ts": "2026-01-01T00:00:00Z", "item_id": "a",
-                   "rating": 5, "text": "great"}).encode()
+GOOD = json.dumps(
+    {"event_id": "r1", "ts": "2026-01-01T00:00:00Z", "item_id": "a", "rating": 5, "text": "great"}
+).encode()
 
 
 def _check(raw: bytes | None, **limits: int) -> ReviewEvent | DeadLetter:
@@ -65,8 +66,10 @@ def test_valid_record_becomes_an_event() -> None:
 
 
 def test_bad_records_never_cost_their_neighbours() -> None:
-    records = [RawRecord(r, SourcePosition(topic="t", partition=0, offset=i))
-               for i, r in enumerate([GOOD, b"{", GOOD.replace(b"r1", b"r2"), b"[]"])]
+    records = [
+        RawRecord(r, SourcePosition(topic="t", partition=0, offset=i))
+        for i, r in enumerate([GOOD, b"{", GOOD.replace(b"r1", b"r2"), b"[]"])
+    ]
     outcome = validate_many("review", records, max_payload_bytes=1024, max_raw_bytes=64)
     assert [e.event_id for e in outcome.valid] == ["r1", "r2"]
     assert [d.source.offset for d in outcome.dead] == [1, 3]

@@ -41,8 +41,9 @@ def create_api(settings: Settings, replica: IndexReplica) -> FastAPI:
 
     @api.get("/search", response_model=SearchResponse)
     async def search(
-        q: str = Query(..., min_length=1, max_length=cfg.max_query_chars,
-                       description="free-text query"),
+        q: str = Query(
+            ..., min_length=1, max_length=cfg.max_query_chars, description="free-text query"
+        ),
         k: int = Query(10, ge=1, le=cfg.max_k, description="number of results"),
     ) -> SearchResponse:
         query = q.strip()

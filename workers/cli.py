@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -53,12 +54,12 @@ def broker(
     from streams.broker import EmbeddedBroker
 
     with EmbeddedBroker(host, port or None) as running:
-        console.print(f"embedded broker on [bold]{running.url}[/]; "
-                      f"export ECREC_BROKER={running.url}. Ctrl-C stops it.")
-        try:
+        console.print(
+            f"embedded broker on [bold]{running.url}[/]; "
+            f"export ECREC_BROKER={running.url}. Ctrl-C stops it."
+        )
+        with contextlib.suppress(KeyboardInterrupt):
             running.wait()
-        except KeyboardInterrupt:
-            pass
 
 
 @app.command()
@@ -86,20 +87,26 @@ def indexer(
     _setup_logging(log_level)
     settings = load_settings()
     if port is not None:
-        settings = settings.model_copy(update={"index": settings.index.model_copy(
-            update={"port": port})})
+        settings = settings.model_copy(
+            update={"index": settings.index.model_copy(update={"port": port})}
+        )
     serve_indexer(settings, _external_bootstrap(settings), log_level=log_level)
 
 
 @app.command()
 def demo(
-    duration: Annotated[float, typer.Option(help="seconds of live traffic (Ctrl-C stops early)")]
-    = 60.0,
+    duration: Annotated[
+        float, typer.Option(help="seconds of live traffic (Ctrl-C stops early)")
+    ] = 60.0,
     rate: Annotated[float, typer.Option(help="events per second to produce")] = 200.0,
     items: Annotated[int, typer.Option(help="size of the generated catalog")] = 1000,
-    catalog: Annotated[Path | None, typer.Option(
-        help="folder with an Instacart-style products.csv/aisles.csv/departments.csv "
-        "instead of a generated catalog")] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            help="folder with an Instacart-style products.csv/aisles.csv/departments.csv "
+            "instead of a generated catalog"
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="random seed of the simulator")] = 11,
     live: Annotated[bool, typer.Option(help="show the live dashboard")] = True,
 ) -> None:
@@ -108,18 +115,30 @@ def demo(
     from workers.demo import DemoOptions, run_demo
 
     _setup_logging("warning")
-    run_demo(load_settings(), DemoOptions(
-        duration_s=duration, rate=rate, n_items=items, catalog_dir=catalog, seed=seed, live=live,
-    ), console)
+    run_demo(
+        load_settings(),
+        DemoOptions(
+            duration_s=duration,
+            rate=rate,
+            n_items=items,
+            catalog_dir=catalog,
+            seed=seed,
+            live=live,
+        ),
+        console,
+    )
 
 
 @app.command()
 def replay(
     file: Annotated[Path, typer.Argument(help="JSONL (one event per line) or CSV file")],
     topic: Annotated[str, typer.Option(help="input kind (item/search/click/review) or a topic")],
-    key_field: Annotated[str | None, typer.Option(
-        help="field used as message key (default: item_id for items/reviews, else session_id)")]
-    = None,
+    key_field: Annotated[
+        str | None,
+        typer.Option(
+            help="field used as message key (default: item_id for items/reviews, else session_id)"
+        ),
+    ] = None,
 ) -> None:
     """Feed a JSONL or CSV file into a topic (records are sent as-is; the worker validates)."""
     from workers.replay import replay_file

@@ -46,8 +46,14 @@ def results_table(payload: dict[str, Any]) -> Table:
         table.add_column(col)
     for rank, hit in enumerate(payload["results"], 1):
         price = hit["price"]
-        table.add_row(str(rank), f"{hit['score']:.3f}", hit["item_id"], hit["title"] or "",
-                      " > ".join(hit["category_path"]), "" if price is None else f"{price:.2f}")
+        table.add_row(
+            str(rank),
+            f"{hit['score']:.3f}",
+            hit["item_id"],
+            hit["title"] or "",
+            " > ".join(hit["category_path"]),
+            "" if price is None else f"{price:.2f}",
+        )
     return table
 
 
@@ -59,8 +65,13 @@ def _get_json(url: str) -> dict[str, Any] | None:
         return None
 
 
-def _dashboard(elapsed: float, produced: int, bad_sent: int, worker: dict[str, Any] | None,
-               index: dict[str, Any] | None) -> Table:
+def _dashboard(
+    elapsed: float,
+    produced: int,
+    bad_sent: int,
+    worker: dict[str, Any] | None,
+    index: dict[str, Any] | None,
+) -> Table:
     table = Table(title="ecrec-stream demo", show_header=False)
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
@@ -107,8 +118,16 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> None
         worker = worker_process(broker_url, workdir, worker_port).start()
         indexer = indexer_process(broker_url, workdir, index_port).start()
         try:
-            _drive(settings, options, console, bootstrap, worker_port, index_port,
-                   lambda: stopping, [worker, indexer])
+            _drive(
+                settings,
+                options,
+                console,
+                bootstrap,
+                worker_port,
+                index_port,
+                lambda: stopping,
+                [worker, indexer],
+            )
         finally:
             indexer.stop()
             worker.stop()
@@ -119,12 +138,23 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> None
             broker.stop()
 
 
-def _drive(settings: Settings, options: DemoOptions, console: Console, bootstrap: str,
-           worker_port: int, index_port: int, should_stop: Any, children: list[Any]) -> None:
+def _drive(
+    settings: Settings,
+    options: DemoOptions,
+    console: Console,
+    bootstrap: str,
+    worker_port: int,
+    index_port: int,
+    should_stop: Any,
+    children: list[Any],
+) -> None:
     index_url = f"http://127.0.0.1:{index_port}"
     worker_url = f"http://127.0.0.1:{worker_port}/ecrec/stats"
-    catalog = (load_instacart_catalog(options.catalog_dir, limit=options.n_items, seed=options.seed)
-               if options.catalog_dir else synthetic_catalog(options.n_items, seed=options.seed))
+    catalog = (
+        load_instacart_catalog(options.catalog_dir, limit=options.n_items, seed=options.seed)
+        if options.catalog_dir
+        else synthetic_catalog(options.n_items, seed=options.seed)
+    )
     sim = ShopSimulator(catalog, seed=options.seed)
     producer = new_producer(bootstrap)
     topics = {kind: topic_for(kind, settings)[0] for kind in ("item", "search", "click", "review")}
@@ -135,15 +165,18 @@ def _drive(settings: Settings, options: DemoOptions, console: Console, bootstrap
         producer.produce(topics[kind], key=key.encode(), value=json.dumps(doc).encode())
         produced += 1
     producer.flush(30)
-    console.print(f"sent a catalog of {len(catalog):,} items; streaming sessions at "
-                  f"{options.rate:.0f} events/s for {options.duration_s:.0f} s (Ctrl-C stops)")
+    console.print(
+        f"sent a catalog of {len(catalog):,} items; streaming sessions at "
+        f"{options.rate:.0f} events/s for {options.duration_s:.0f} s (Ctrl-C stops)"
+    )
     stream = sim.stream()
     start = time.monotonic()
     next_refresh = 0.0
     worker_stats = index_stats = None
     try:
-        with Live(console=console, refresh_per_second=4, transient=False,
-                  auto_refresh=False) as live:
+        with Live(
+            console=console, refresh_per_second=4, transient=False, auto_refresh=False
+        ) as live:
             while not should_stop():
                 elapsed = time.monotonic() - start
                 if elapsed >= options.duration_s:
@@ -162,16 +195,32 @@ def _drive(settings: Settings, options: DemoOptions, console: Console, bootstrap
                     worker_stats = _get_json(worker_url)
                     index_stats = _get_json(f"{index_url}/stats")
                     if options.live:
-                        live.update(_dashboard(elapsed, produced - len(catalog), bad_sent, worker_stats,
-                                               index_stats), refresh=True)
+                        live.update(
+                            _dashboard(
+                                elapsed,
+                                produced - len(catalog),
+                                bad_sent,
+                                worker_stats,
+                                index_stats,
+                            ),
+                            refresh=True,
+                        )
                     next_refresh = elapsed + 0.5
                 time.sleep(0.01)
             producer.flush(30)
             time.sleep(1.0)  # let the last events through
             worker_stats = _get_json(worker_url)
             index_stats = _get_json(f"{index_url}/stats")
-            live.update(_dashboard(time.monotonic() - start, produced - len(catalog), bad_sent, worker_stats,
-                                   index_stats), refresh=True)
+            live.update(
+                _dashboard(
+                    time.monotonic() - start,
+                    produced - len(catalog),
+                    bad_sent,
+                    worker_stats,
+                    index_stats,
+                ),
+                refresh=True,
+            )
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
     producer.flush(30)
@@ -179,8 +228,9 @@ def _drive(settings: Settings, options: DemoOptions, console: Console, bootstrap
     _example_searches(sim, options, console, index_url)
 
 
-def _wait_ready(worker_url: str, index_health_url: str, children: list[Any],
-                timeout_s: float = 180.0) -> None:
+def _wait_ready(
+    worker_url: str, index_health_url: str, children: list[Any], timeout_s: float = 180.0
+) -> None:
     """Wait until the worker owns its partitions and the replica answers, so the freshness
     figures measure the pipeline rather than process start-up."""
     deadline = time.monotonic() + timeout_s
@@ -195,8 +245,9 @@ def _wait_ready(worker_url: str, index_health_url: str, children: list[Any],
     raise RuntimeError(f"the pipeline was not ready after {timeout_s:.0f} s")
 
 
-def _example_searches(sim: ShopSimulator, options: DemoOptions, console: Console,
-                      index_url: str) -> None:
+def _example_searches(
+    sim: ShopSimulator, options: DemoOptions, console: Console, index_url: str
+) -> None:
     queries = []
     for _ in range(options.n_example_queries):
         queries.append(sim.query_for(sim.rng.choice(sim.catalog)))

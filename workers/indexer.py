@@ -10,6 +10,7 @@ at the offsets stored in its snapshot. Assignment gives both directly and skips 
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -59,23 +60,26 @@ class IndexReplica:
         if restored is not None:
             self.offsets = {self.topic: dict(restored.get(self.topic, {}))}
             self.restored_from_snapshot = True
-            LOG.info("restored %d items from snapshot; resuming at %s", len(self.live),
-                     self.offsets[self.topic])
+            LOG.info(
+                "restored %d items from snapshot; resuming at %s",
+                len(self.live),
+                self.offsets[self.topic],
+            )
         ensure_topics(self.bootstrap, [self.topic], self.settings.partitions)
         self._thread = threading.Thread(target=self._run, name="index-replica", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         cfg = self.settings.index
-        consumer = Consumer(
-            consumer_config(self.bootstrap, f"ecrec-index-{cfg.replica_id}")
-        )
+        consumer = Consumer(consumer_config(self.bootstrap, f"ecrec-index-{cfg.replica_id}"))
         try:
             parts = topic_partitions(self.bootstrap, self.topic)
-            consumer.assign([
-                TopicPartition(self.topic, p, self.offsets[self.topic].get(p, OFFSET_BEGINNING))
-                for p in parts
-            ])
+            consumer.assign(
+                [
+                    TopicPartition(self.topic, p, self.offsets[self.topic].get(p, OFFSET_BEGINNING))
+                    for p in parts
+                ]
+            )
             last_snapshot = time.monotonic()
             while not self._stop.is_set():
                 messages = consumer.consume(num_messages=cfg.batch_max, timeout=cfg.batch_wait_s)
@@ -108,12 +112,19 @@ class IndexReplica:
             except ValidationError as exc:
                 # The stream worker validated these already; a bad one means another producer
                 # wrote to the validated topic. Skip it loudly rather than stop the index.
-                LOG.error("skipping malformed batch at %s[%d]@%d: %s", message.topic(),
-                          message.partition(), message.offset(), exc)
+                LOG.error(
+                    "skipping malformed batch at %s[%d]@%d: %s",
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    exc,
+                )
                 self.skipped_messages += 1
             else:
                 events.extend(e for e in batch.events if isinstance(e, ItemEvent))
-            advanced[message.partition()] = message.offset() + 1
+            partition, offset = message.partition(), message.offset()
+            if partition is not None and offset is not None:
+                advanced[partition] = offset + 1
         if events:
             self.live.apply_many(events)
         # Offsets move only after the events are in the index, so a snapshot never claims
@@ -149,6 +160,11 @@ def serve_indexer(settings: Settings, bootstrap: str, *, log_level: str = "warni
     replica = IndexReplica(settings, bootstrap, live)
     replica.start()
     api = create_api(settings, replica)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal into the
+    # handler that was installed before it. Make that a no-op so the final snapshot below runs
+    # and the process exits 0 instead of dying by the signal.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: None)
     try:
         uvicorn.run(api, host=settings.index.host, port=settings.index.port, log_level=log_level)
     finally:

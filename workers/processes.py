@@ -32,7 +32,10 @@ class ManagedProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "workers.cli", *self.command],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         return self
 
@@ -57,7 +60,9 @@ class ManagedProcess:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise ProcessFailed(f"{self.name} not ready at {url} after {timeout_s}s:\n{self.log_tail()}")
+        raise ProcessFailed(
+            f"{self.name} not ready at {url} after {timeout_s}s:\n{self.log_tail()}"
+        )
 
     def stop(self, timeout_s: float = 20.0, sig: int = signal.SIGTERM) -> int | None:
         """Ask the process to stop (SIGTERM), kill it after ``timeout_s``; return its exit code."""
@@ -81,21 +86,40 @@ class ManagedProcess:
     def __enter__(self) -> ManagedProcess:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
 
-def worker_process(broker_url: str, data_dir: Path, web_port: int, *,
-                   extra_env: dict[str, str] | None = None) -> ManagedProcess:
-    env = {"ECREC_BROKER": broker_url, "ECREC_DATA_DIR": str(data_dir),
-           "ECREC_WORKER_WEB_PORT": str(web_port), **(extra_env or {})}
+def worker_process(
+    broker_url: str, data_dir: Path, web_port: int, *, extra_env: dict[str, str] | None = None
+) -> ManagedProcess:
+    env = {
+        "ECREC_BROKER": broker_url,
+        "ECREC_DATA_DIR": str(data_dir),
+        "ECREC_WORKER_WEB_PORT": str(web_port),
+        **(extra_env or {}),
+    }
     return ManagedProcess("worker", ["worker"], env, data_dir / "logs")
 
 
-def indexer_process(broker_url: str, data_dir: Path, port: int, *, name: str = "indexer",
-                    extra_env: dict[str, str] | None = None) -> ManagedProcess:
-    env = {"ECREC_BROKER": broker_url, "ECREC_INDEX__DATA_DIR": str(data_dir / name),
-           "ECREC_INDEX__PORT": str(port), "ECREC_INDEX__REPLICA_ID": name,
-           **(extra_env or {})}
+def indexer_process(
+    broker_url: str,
+    data_dir: Path,
+    port: int,
+    *,
+    name: str = "indexer",
+    extra_env: dict[str, str] | None = None,
+) -> ManagedProcess:
+    env = {
+        "ECREC_BROKER": broker_url,
+        "ECREC_INDEX__DATA_DIR": str(data_dir / name),
+        "ECREC_INDEX__PORT": str(port),
+        "ECREC_INDEX__REPLICA_ID": name,
+        **(extra_env or {}),
+    }
     return ManagedProcess(name, ["indexer"], env, data_dir / "logs")

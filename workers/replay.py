@@ -11,8 +11,12 @@ from typing import Any
 from ecrec_stream.config import Settings
 from streams.kafka import new_producer
 
-DEFAULT_KEYS = {"item": "item_id", "review": "item_id", "search": "session_id",
-                "click": "session_id"}
+DEFAULT_KEYS = {
+    "item": "item_id",
+    "review": "item_id",
+    "search": "session_id",
+    "click": "session_id",
+}
 
 
 def topic_for(name: str, settings: Settings) -> tuple[str, str | None]:
@@ -59,8 +63,9 @@ def _key(payload: bytes, field: str | None) -> bytes | None:
     return str(value).encode() if value is not None else None
 
 
-def replay_file(path: Path, topic: str, settings: Settings, bootstrap: str,
-                *, key_field: str | None = None) -> int:
+def replay_file(
+    path: Path, topic: str, settings: Settings, bootstrap: str, *, key_field: str | None = None
+) -> int:
     """Send every record of ``path`` to ``topic``; returns how many were sent."""
     topic_name, kind = topic_for(topic, settings)
     field = key_field or (DEFAULT_KEYS.get(kind) if kind else None)

@@ -186,8 +186,9 @@ class LiveItemIndex:
         fresh = self._new_faiss()
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            fresh.upsert_many([i.item_id for i in chunk], self.encoder.encode(
-                [item_text(i) for i in chunk]))
+            fresh.upsert_many(
+                [i.item_id for i in chunk], self.encoder.encode([item_text(i) for i in chunk])
+            )
         with self._lock:
             self.index = fresh
             self.items_embedded += len(items)
@@ -200,7 +201,9 @@ class LiveItemIndex:
                 "tombstones": len(self.store.tombstones),
                 "applied_events": self.applied_events,
                 "items_embedded": self.items_embedded,
-                "last_applied_at": self.last_applied_at.isoformat() if self.last_applied_at else None,
+                "last_applied_at": self.last_applied_at.isoformat()
+                if self.last_applied_at
+                else None,
                 "backend": "ivf" if self.index.is_trained_ivf else "flat",
                 "model": self.encoder.name,
             }

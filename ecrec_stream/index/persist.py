@@ -131,8 +131,10 @@ def read_snapshot(data_dir: Path) -> SnapshotData | None:
     for line in blobs[ITEMS_FILE].decode("utf-8").splitlines():
         row = json.loads(line)
         items.append(
-            (ItemEvent.model_validate(row["item"], strict=False),
-             datetime.fromisoformat(row["indexed_at"]))
+            (
+                ItemEvent.model_validate(row["item"], strict=False),
+                datetime.fromisoformat(row["indexed_at"]),
+            )
         )
     tombstones = {
         k: datetime.fromisoformat(v) for k, v in json.loads(blobs[TOMBSTONES_FILE]).items()

