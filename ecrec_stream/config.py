@@ -42,6 +42,7 @@ class IngestSettings(BaseModel):
 
     batch_max: int = Field(500, ge=1, le=100_000)
     batch_wait_s: float = Field(0.05, gt=0, le=60)
+    fetch_max_wait_ms: int = Field(50, ge=1, le=10_000)
     max_payload_bytes: int = Field(65_536, ge=256)
     dlq_max_raw_bytes: int = Field(16_384, ge=64)
 

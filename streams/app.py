@@ -57,8 +57,35 @@ def _records(events: Sequence[EventT]) -> list[RawRecord]:
     ]
 
 
+def cap_faust_fetch_wait(max_wait_ms: int) -> None:
+    """Make Faust's consumer use ``fetch_max_wait_ms=max_wait_ms``.
+
+    faust-streaming hard-codes ``fetch_max_wait_ms=1500`` when it builds its aiokafka consumer
+    and offers no setting for it. Tansu answers a fetch only when that wait expires (measured:
+    produce->consume p50 86 ms at 50 ms, 3.2 s at 1500 ms), which alone would put the stream
+    worker's hop at ~0.5 s. So the driver module gets an aiokafka namespace whose consumer
+    class overrides that one argument. Nothing else in the process is affected. On Apache Kafka
+    a fetch returns as soon as data arrives, so a short wait only costs idle fetch requests.
+    """
+    import types
+
+    import aiokafka
+    from faust.transport.drivers import aiokafka as driver
+
+    class _Consumer(aiokafka.AIOKafkaConsumer):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["fetch_max_wait_ms"] = max_wait_ms
+            super().__init__(*args, **kwargs)
+
+    shim = types.ModuleType("aiokafka")
+    shim.__dict__.update(aiokafka.__dict__)
+    shim.AIOKafkaConsumer = _Consumer  # type: ignore[attr-defined]
+    driver.aiokafka = shim  # type: ignore[attr-defined]
+
+
 def create_app(settings: Settings, bootstrap: str) -> faust.App:
     """Build the Faust app for ``settings`` against ``bootstrap`` (host:port list)."""
+    cap_faust_fetch_wait(settings.ingest.fetch_max_wait_ms)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{h}" for h in bootstrap.split(",")],

@@ -35,6 +35,7 @@ def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
         "acks": "all",
         "enable.idempotence": True,
         "linger.ms": 5,
+        "log.connection.close": False,
         **extra,
     }
 
@@ -48,6 +49,7 @@ def consumer_config(bootstrap: str, group_id: str, **extra: Any) -> dict[str, An
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
         "fetch.wait.max.ms": 50,
+        "log.connection.close": False,
         **extra,
     }
 
