@@ -72,7 +72,7 @@ def cap_faust_fetch_wait(max_wait_ms: int) -> None:
     import aiokafka
     from faust.transport.drivers import aiokafka as driver
 
-    class _Consumer(aiokafka.AIOKafkaConsumer):  # type: ignore[misc]
+    class _Consumer(aiokafka.AIOKafkaConsumer):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["fetch_max_wait_ms"] = max_wait_ms
             super().__init__(*args, **kwargs)
@@ -80,7 +80,7 @@ def cap_faust_fetch_wait(max_wait_ms: int) -> None:
     shim = types.ModuleType("aiokafka")
     shim.__dict__.update(aiokafka.__dict__)
     shim.AIOKafkaConsumer = _Consumer  # type: ignore[attr-defined]
-    driver.aiokafka = shim  # type: ignore[attr-defined]
+    driver.aiokafka = shim
 
 
 def create_app(settings: Settings, bootstrap: str) -> faust.App:
