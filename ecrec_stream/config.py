@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ecrec_stream.exceptions import ConfigError
@@ -33,6 +33,7 @@ class TopicNames(BaseModel):
     valid_clicks: str = "ecrec.valid.clicks"
     valid_reviews: str = "ecrec.valid.reviews"
     dlq: str = "ecrec.dlq"
+    examples: str = "ecrec.examples"
 
 
 class IngestSettings(BaseModel):
@@ -78,6 +79,41 @@ class IndexSettings(BaseModel):
     max_k: int = Field(100, ge=1)
 
 
+class LabelSettings(BaseModel):
+    """Label synthesis, augmentation and data quality (the ``label`` agents)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    enabled: bool = True
+    batch_max: int = Field(200, ge=1, le=100_000)
+    batch_wait_s: float = Field(1.0, gt=0, le=60)
+    session_gap_s: float = Field(1800.0, gt=0, description="event-time inactivity that closes")
+    max_session_clicks: int = Field(500, ge=1)
+    bounce_ms: int = Field(5_000, ge=0)
+    exposure_depth: int = Field(3, ge=0)
+    ips_eta: float = Field(1.0, ge=0, le=3)
+    ips_clip: float = Field(10.0, ge=1)
+    content_high: float = Field(0.55, ge=-1, le=1)
+    content_low: float = Field(0.25, ge=-1, le=1)
+    min_confidence: float = Field(0.6, ge=0, le=1)
+    seed_min: int = Field(100, ge=2)
+    seed_refit_every: int = Field(500, ge=1)
+    seed_capacity: int = Field(5_000, ge=10)
+    augmenters: tuple[Literal["eda", "typo", "query_rewrite"], ...] = (
+        "eda",
+        "typo",
+        "query_rewrite",
+    )
+    augment_variants: int = Field(1, ge=0, le=10)
+    augment_seed: int = 13
+    min_similarity: float = Field(0.8, ge=-1, le=1)
+    bot_max_clicks_per_minute: float = Field(30.0, gt=0)
+    bot_max_clicks: int = Field(100, ge=1)
+    bot_min_median_dwell_ms: int = Field(500, ge=0)
+    dedupe_capacity: int = Field(100_000, ge=100)
+    pseudonym_key: SecretStr = SecretStr("ecrec-dev-key-change-me")
+
+
 class Settings(BaseSettings):
     """Everything a process needs; frozen once built."""
 
@@ -100,6 +136,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     index: IndexSettings = IndexSettings()
+    labels: LabelSettings = LabelSettings()
 
     @field_validator("broker")
     @classmethod

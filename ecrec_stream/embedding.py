@@ -134,3 +134,42 @@ class SentenceTransformerEncoder:
         with self._count_lock:
             self.texts_encoded += len(texts)
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+class CachedEncoder:
+    """Remembers the vectors of recently encoded texts, so the label functions and the meaning
+    filter of one micro-batch share one ``encode`` call per distinct text. Thread-safe."""
+
+    def __init__(self, encoder: Encoder, capacity: int = 20_000) -> None:
+        from collections import OrderedDict
+
+        self.inner = encoder
+        self.capacity = capacity
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return self.inner.dim
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            fresh = self.inner.encode(missing)
+            with self._lock:
+                for text, vec in zip(missing, fresh, strict=True):
+                    self._cache[text] = vec
+                while len(self._cache) > self.capacity:
+                    self._cache.popitem(last=False)
+        with self._lock:
+            # A text may have been evicted by a concurrent call between the two steps.
+            lost = [t for t in texts if t not in self._cache]
+        extra = dict(zip(lost, self.inner.encode(lost), strict=True)) if lost else {}
+        with self._lock:
+            rows = [self._cache[t] if t in self._cache else extra[t] for t in texts]
+        return np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)

@@ -369,15 +369,59 @@ class ShopSimulator:
             return kind, ev, json.dumps({"event_id": ev}).encode()
         return kind, ev, b'{"padding": "' + b"x" * 70_000 + b'"}'
 
+    def bot_session(self, ts: datetime | None = None) -> Session:
+        """An automated session: one search, then every result clicked within seconds."""
+        ts = ts or utc_now()
+        target = self.rng.choice(self.catalog)
+        sess = Session(self._next_id("bot"), self.query_for(target), target.item_id)
+        search_id = self._next_id("search")
+        shown = self.rng.sample(self.catalog, self.n_impressions)
+        sess.events.append(
+            (
+                "search",
+                sess.session_id,
+                {
+                    "event_id": self._next_id("ev"),
+                    "ts": ts.isoformat(),
+                    "search_id": search_id,
+                    "session_id": sess.session_id,
+                    "query": sess.query,
+                    "impressions": [i.item_id for i in shown],
+                },
+            )
+        )
+        for pos, item in enumerate(shown):
+            sess.events.append(
+                (
+                    "click",
+                    sess.session_id,
+                    {
+                        "event_id": self._next_id("ev"),
+                        "ts": (ts + timedelta(milliseconds=300 * pos)).isoformat(),
+                        "session_id": sess.session_id,
+                        "search_id": search_id,
+                        "item_id": item.item_id,
+                        "position": pos,
+                        "action": "click",
+                        "dwell_ms": self.rng.randint(40, 250),
+                    },
+                )
+            )
+        return sess
+
     def stream(
-        self, malformed_rate: float = 0.02, change_rate: float = 0.05
+        self, malformed_rate: float = 0.02, change_rate: float = 0.05, bot_rate: float = 0.01
     ) -> Iterator[tuple[str, str, bytes]]:
-        """An endless stream of (kind, key, payload) records."""
+        """An endless stream of (kind, key, payload) records: sessions, catalog changes,
+        malformed records and a few bot sessions."""
         while True:
             roll = self.rng.random()
             if roll < malformed_rate:
                 yield self.malformed()
-            elif roll < malformed_rate + change_rate:
+            elif roll < malformed_rate + bot_rate:
+                for kind, key, doc in self.bot_session().events:
+                    yield kind, key, json.dumps(doc).encode()
+            elif roll < malformed_rate + bot_rate + change_rate:
                 kind, key, doc = self.catalog_change()
                 yield kind, key, json.dumps(doc).encode()
             else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,12 +86,17 @@ def cap_faust_fetch_wait(max_wait_ms: int) -> None:
 def create_app(settings: Settings, bootstrap: str) -> faust.App:
     """Build the Faust app for ``settings`` against ``bootstrap`` (host:port list)."""
     cap_faust_fetch_wait(settings.ingest.fetch_max_wait_ms)
+    labels = settings.labels.enabled
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{h}" for h in bootstrap.split(",")],
         value_serializer="raw",
         key_serializer="raw",
-        store="memory://",
+        # The session table lives in RocksDB so a restart does not replay its whole changelog
+        # (Tansu does not compact). One record per producer batch keeps table recovery exact on
+        # Tansu, whose ListOffsets(latest) reports the last batch's base offset (BROKER.md).
+        store="rocksdb://" if labels else "memory://",
+        producer_max_batch_size=1 if labels else 16_384,
         datadir=str(settings.data_dir / "worker"),
         topic_partitions=settings.partitions,
         topic_allow_declare=True,
@@ -114,11 +119,30 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     }
     for kind, (source_name, valid_name) in routes.items():
         _add_ingest_agent(app, settings, counters, kind, source_name, valid_name, dlq)
+    label_counts: Counter[str] = Counter()
+    if labels:
+        from streams.labels import TitleCache, add_label_agents
+
+        titles = TitleCache(bootstrap, names.valid_items)
+        app.ecrec_titles = titles  # type: ignore[attr-defined]
+        add_label_agents(app, settings, label_counts)
+
+        @app.task
+        async def start_title_cache() -> None:
+            titles.start()
 
     @app.page("/ecrec/stats")
     async def stats(web: Any, request: Any) -> Any:
+        from streams.labels import label_stats
+
         # ``assigned`` > 0 once the consumer group has handed this worker its partitions.
-        return web.json({**counters.as_dict(), "assigned": len(app.consumer.assignment())})
+        return web.json(
+            {
+                **counters.as_dict(),
+                "assigned": len(app.consumer.assignment()),
+                "labels": label_stats(label_counts, app),
+            }
+        )
 
     return app
 

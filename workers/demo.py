@@ -8,8 +8,10 @@ changes into FAISS within a second, and the HTTP search answers from the live in
 from __future__ import annotations
 
 import json
+import os
 import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,62 @@ class DemoOptions:
     seed: int = 11
     live: bool = True
     n_example_queries: int = 4
+
+
+class ExamplesReader(threading.Thread):
+    """Counts training examples on ``ecrec.examples`` and keeps recent augmented samples."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        super().__init__(daemon=True, name="demo-examples")
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        from streams.kafka import consumer_config
+
+        self.consumer = Consumer(consumer_config(bootstrap, "ecrec-demo-examples"))
+        self.consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
+        )
+        self.counts: dict[str, int] = {"relevance": 0, "sentiment": 0, "augmented": 0}
+        self.texts: dict[str, str] = {}
+        self.samples: list[tuple[str, str, str, str, int]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for msg in self.consumer.consume(200, timeout=0.2):
+                if msg.error() is not None:
+                    continue
+                batch = json.loads(msg.value() or b"{}")
+                for ex in batch["examples"]:
+                    self.counts[ex["task"]] += 1
+                    if ex["augmented_from"] is None:
+                        if len(self.texts) < 50_000:
+                            self.texts[ex["example_id"]] = ex["text"]
+                    else:
+                        self.counts["augmented"] += 1
+                        self._sample(ex)
+        self.consumer.close()
+
+    def _sample(self, ex: dict[str, Any]) -> None:
+        """Keep the latest few samples per task, one per source text."""
+        source = self.texts.get(ex["augmented_from"])
+        if source is None:
+            return
+        same_task = [x for x in self.samples if x[0] == ex["task"]]
+        if any(x[2] == source for x in same_task):
+            return
+        if len(same_task) >= 4:
+            self.samples.remove(same_task[0])
+        self.samples.append((ex["task"], ex["augmenter"], source, ex["text"], ex["label"]))
+
+
+def samples_table(samples: list[tuple[str, str, str, str, int]]) -> Table:
+    table = Table(title="augmented training examples (kept by the meaning filter)")
+    for col in ("task", "augmenter", "source", "augmented", "label"):
+        table.add_column(col)
+    for task, augmenter, source, text, label in samples:
+        table.add_row(task, augmenter, source[:70], text[:70], str(label))
+    return table
 
 
 def results_table(payload: dict[str, Any]) -> Table:
@@ -71,6 +129,7 @@ def _dashboard(
     bad_sent: int,
     worker: dict[str, Any] | None,
     index: dict[str, Any] | None,
+    examples: ExamplesReader,
 ) -> Table:
     table = Table(title="ecrec-stream demo", show_header=False)
     table.add_column("metric", style="bold")
@@ -82,6 +141,18 @@ def _dashboard(
         valid, dead = sum(worker["valid"].values()), sum(worker["dead"].values())
         table.add_row("validated by worker", f"{valid:,}")
         table.add_row("dead letters (DLQ)", f"{dead:,}")
+        labels = worker.get("labels", {})
+        table.add_row(
+            "bot sessions excluded / duplicates dropped",
+            f"{labels.get('bot_sessions', 0)} / {labels.get('duplicate_events', 0)}",
+        )
+        for task in ("relevance", "sentiment"):
+            acc = labels.get(f"{task}_lf_accuracy")
+            if acc:
+                table.add_row(
+                    f"{task} label-function accuracy (label model)",
+                    ", ".join(f"{k} {v:.2f}" for k, v in acc.items()),
+                )
     else:
         table.add_row("stream worker", "starting (joining its consumer group)")
     if index:
@@ -93,6 +164,13 @@ def _dashboard(
         table.add_row("item changes applied", f"{index['applied_events']:,}")
     else:
         table.add_row("index replica", "starting (loading the model)")
+    c = examples.counts
+    total = c["relevance"] + c["sentiment"]
+    table.add_row(
+        "training examples (relevance / sentiment)",
+        f"{c['relevance']:,} / {c['sentiment']:,} ({total / max(elapsed, 1e-9):,.0f}/s),"
+        f" {c['augmented']:,} augmented",
+    )
     return table
 
 
@@ -115,7 +193,14 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> None
         broker_url = f"kafka://{bootstrap}"
         ensure_topics(bootstrap, all_topics(settings.topics), settings.partitions)
         worker_port, index_port = free_port(), free_port()
-        worker = worker_process(broker_url, workdir, worker_port).start()
+        # Simulated sessions last seconds, not the half hour of real shoppers: close them after
+        # 10 s of event-time inactivity unless the user chose a gap.
+        gap = (
+            {}
+            if "ECREC_LABELS__SESSION_GAP_S" in os.environ
+            else {"ECREC_LABELS__SESSION_GAP_S": "10"}
+        )
+        worker = worker_process(broker_url, workdir, worker_port, extra_env=gap).start()
         indexer = indexer_process(broker_url, workdir, index_port).start()
         try:
             _drive(
@@ -170,9 +255,25 @@ def _drive(
         f"{options.rate:.0f} events/s for {options.duration_s:.0f} s (Ctrl-C stops)"
     )
     stream = sim.stream()
+    examples = ExamplesReader(bootstrap, settings.topics.examples, settings.partitions)
+    examples.start()
     start = time.monotonic()
     next_refresh = 0.0
-    worker_stats = index_stats = None
+
+    def draw(live: Live) -> None:
+        elapsed = time.monotonic() - start
+        live.update(
+            _dashboard(
+                elapsed,
+                produced - len(catalog),
+                bad_sent,
+                _get_json(worker_url),
+                _get_json(f"{index_url}/stats"),
+                examples,
+            ),
+            refresh=True,
+        )
+
     try:
         with Live(
             console=console, refresh_per_second=4, transient=False, auto_refresh=False
@@ -191,40 +292,21 @@ def _drive(
                     produced += 1
                     bad_sent += key.startswith("bad-")
                 producer.poll(0)
-                if elapsed >= next_refresh:
-                    worker_stats = _get_json(worker_url)
-                    index_stats = _get_json(f"{index_url}/stats")
-                    if options.live:
-                        live.update(
-                            _dashboard(
-                                elapsed,
-                                produced - len(catalog),
-                                bad_sent,
-                                worker_stats,
-                                index_stats,
-                            ),
-                            refresh=True,
-                        )
+                if options.live and elapsed >= next_refresh:
+                    draw(live)
                     next_refresh = elapsed + 0.5
                 time.sleep(0.01)
             producer.flush(30)
-            time.sleep(1.0)  # let the last events through
-            worker_stats = _get_json(worker_url)
-            index_stats = _get_json(f"{index_url}/stats")
-            live.update(
-                _dashboard(
-                    time.monotonic() - start,
-                    produced - len(catalog),
-                    bad_sent,
-                    worker_stats,
-                    index_stats,
-                ),
-                refresh=True,
-            )
+            time.sleep(2.0)  # let the last events through
+            draw(live)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
+    finally:
+        examples.stop.set()
     producer.flush(30)
     console.print()
+    if examples.samples:
+        console.print(samples_table(examples.samples))
     _example_searches(sim, options, console, index_url)
 
 

@@ -7,6 +7,7 @@ store change under the lock, so a search sees a batch either entirely or not at 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from ecrec_stream.index.faiss_index import FaissItemIndex
 from ecrec_stream.index.persist import Offsets, SnapshotData, read_snapshot, write_snapshot
 from ecrec_stream.index.store import ItemStore, StoredItem
 
-FRESHNESS_WINDOW = 2_000
+FRESHNESS_WINDOW = 2_000  # at most this many recent upserts...
+FRESHNESS_WINDOW_S = 30.0  # ...applied in the last 30 s
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +72,7 @@ class LiveItemIndex:
         self.index = self._new_faiss()
         self.store = ItemStore()
         self._lock = threading.RLock()
-        self._lags_s: deque[float] = deque(maxlen=FRESHNESS_WINDOW)
+        self._lags_s: deque[tuple[float, float]] = deque(maxlen=FRESHNESS_WINDOW)
         self.applied_events = 0
         self.items_embedded = 0
         self.last_applied_at: datetime | None = None
@@ -100,7 +102,7 @@ class LiveItemIndex:
             self.index.upsert_many([e.item_id for e in upserts], vectors)
             for event in upserts:
                 self.store.put(event, now)
-                self._lags_s.append((now - event.ts).total_seconds())
+                self._lags_s.append((time.monotonic(), (now - event.ts).total_seconds()))
             self.index.delete_many([e.item_id for e in deletes])
             for event in deletes:
                 self.store.remove(event.item_id, event.ts)
@@ -125,10 +127,12 @@ class LiveItemIndex:
         with self._lock:
             return self.store.get(item_id)
 
-    def freshness(self) -> dict[str, float | int | None]:
-        """Event-time to searchable lag over the last upserts, in seconds."""
+    def freshness(self, window_s: float = FRESHNESS_WINDOW_S) -> dict[str, float | int | None]:
+        """Event-time to searchable lag of the upserts applied in the last ``window_s``
+        seconds (at most the last 2,000), in seconds."""
+        since = time.monotonic() - window_s
         with self._lock:
-            lags = np.asarray(self._lags_s, dtype=np.float64)
+            lags = np.asarray([lag for at, lag in self._lags_s if at >= since], dtype=np.float64)
         if lags.size == 0:
             return {"n": 0, "p50_s": None, "p99_s": None, "max_s": None}
         return {

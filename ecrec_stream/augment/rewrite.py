@@ -1,0 +1,126 @@
+"""Query rewrites that keep the intent: plural/singular, unit spacing and spelling,
+abbreviations, word order."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+
+from ecrec_stream.augment.base import AugmentedText, make_variants, rng_for
+
+UNIT_WORDS = {
+    "oz": "ounce",
+    "lb": "pound",
+    "lbs": "pounds",
+    "ct": "count",
+    "pk": "pack",
+    "ml": "milliliter",
+    "l": "liter",
+    "gal": "gallon",
+    "kg": "kilogram",
+    "g": "gram",
+}
+ABBREVIATIONS = {
+    "extra large": "xl",
+    "large": "lg",
+    "small": "sm",
+    "medium": "med",
+    "package": "pkg",
+    "gluten free": "gf",
+    "sugar free": "sf",
+    "organic": "org",
+    "chocolate": "choc",
+    "vanilla": "van",
+    "original": "orig",
+    "count": "ct",
+}
+_QTY_SPACED = re.compile(r"\b(\d+(?:\.\d+)?) ([a-z]{1,3})\b")
+_QTY_TIGHT = re.compile(r"\b(\d+(?:\.\d+)?)([a-z]{1,3})\b")
+
+
+def toggle_plural(word: str) -> str:
+    """Singular <-> plural for regular English nouns.
+
+    >>> [toggle_plural(w) for w in ("apples", "berry", "berries", "box", "boxes")]
+    ['apple', 'berries', 'berry', 'boxes', 'box']
+    """
+    if len(word) < 3 or not word.isalpha():
+        return word
+    if word.endswith("ies"):
+        return word[:-3] + "y"
+    if word.endswith(("ses", "xes", "ches", "shes")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    if word.endswith("y") and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    if word.endswith(("s", "x", "ch", "sh")):
+        return word + "es"
+    return word + "s"
+
+
+def _rewrite_units(text: str, rng: random.Random) -> str:
+    if _QTY_SPACED.search(text) and rng.random() < 0.5:
+        return _QTY_SPACED.sub(lambda m: m.group(1) + m.group(2), text)  # "32 oz" -> "32oz"
+    if _QTY_TIGHT.search(text):
+        return _QTY_TIGHT.sub(lambda m: f"{m.group(1)} {m.group(2)}", text)  # "32oz" -> "32 oz"
+    words = text.split()
+    spots = [i for i, w in enumerate(words) if w in UNIT_WORDS]
+    if spots:
+        i = rng.choice(spots)
+        words[i] = UNIT_WORDS[words[i]]
+    return " ".join(words)
+
+
+def _abbreviate(text: str, rng: random.Random) -> str:
+    found = [(k, v) for k, v in ABBREVIATIONS.items() if re.search(rf"\b{k}\b", text)]
+    if not found:
+        return text
+    long, short = rng.choice(found)
+    return re.sub(rf"\b{long}\b", short, text, count=1)
+
+
+def _plural(text: str, rng: random.Random) -> str:
+    words = text.split()
+    spots = [i for i, w in enumerate(words) if w.isalpha() and len(w) > 3]
+    if not spots:
+        return text
+    i = rng.choice(spots)
+    words[i] = toggle_plural(words[i])
+    return " ".join(words)
+
+
+def _reorder(text: str, rng: random.Random) -> str:
+    words = text.split()
+    if len(words) < 2:
+        return text
+    k = rng.randrange(1, len(words))
+    return " ".join(words[k:] + words[:k])  # rotate: "oat milk 32 oz" -> "32 oz oat milk"
+
+
+REWRITES = (_rewrite_units, _abbreviate, _plural, _reorder)
+
+
+class QueryRewriteAugmenter:
+    """Rewrites a (lower-cased) query with one rule per variant, trying rules in a seeded order
+    until one changes the text."""
+
+    name = "query_rewrite"
+
+    def __init__(self, *, variants: int = 1) -> None:
+        self.variants = variants
+
+    def augment_one(self, source_id: str, text: str, variant: int, seed: int) -> str:
+        rng = rng_for(source_id, self.name, variant, seed)
+        query = text.lower().strip()
+        rules = list(REWRITES)
+        rng.shuffle(rules)
+        for rule in rules:
+            new = rule(query, rng)
+            if new != query:
+                return new
+        return query
+
+    def augment_many(self, items: Sequence[tuple[str, str]], *, seed: int) -> list[AugmentedText]:
+        return make_variants(self.name, self.variants, items, seed, self.augment_one)

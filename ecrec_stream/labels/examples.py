@@ -1,0 +1,360 @@
+"""Training examples: label-function votes combined by the label model, then augmented.
+
+``RelevanceLabeler`` and ``SentimentLabeler`` are the domain verbs the stream calls once per
+micro-batch (``label_many``). Both are deterministic in their ids: ``example_id`` hashes the
+source event ids, the task, the item, the label-function set and the augmenter, so a
+redelivered batch yields the same ids and consumers drop the duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ecrec_stream.augment import Augmenter, MeaningFilter
+from ecrec_stream.config import LabelSettings
+from ecrec_stream.embedding import Encoder
+from ecrec_stream.events import utc_now
+from ecrec_stream.labels.base import (
+    ABSTAIN,
+    POSITIVE,
+    LabelFunction,
+    RelevanceCandidate,
+    SentimentCandidate,
+)
+from ecrec_stream.labels.model import OnlineLabelModel
+from ecrec_stream.labels.relevance import (
+    ClickRelevance,
+    ContentRelevance,
+    ExposureRelevance,
+    behaviour_grade,
+    ips_weight,
+)
+from ecrec_stream.labels.sentiment import (
+    LexiconSentiment,
+    PrototypeSentiment,
+    RatingSentiment,
+    SeedClassifierSentiment,
+)
+from ecrec_stream.quality import Pseudonymiser
+
+
+class TrainingExample(BaseModel):
+    """One weakly labelled example on ``ecrec.examples``.
+
+    Relevance: ``text`` is the query, ``text_pair`` the item title, ``label`` 1 relevant / 0 not,
+    ``grade`` the behavioural grade (3 purchase ... 0 skipped). Sentiment: ``text`` is the review,
+    ``label`` 1 positive / 0 negative. ``weight`` = label-model confidence x position-bias
+    correction (relevance) x meaning similarity (augmented copies).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    example_id: str
+    task: Literal["relevance", "sentiment"]
+    text: str
+    text_pair: str | None = None
+    item_id: str
+    label: int
+    grade: int | None = None
+    confidence: float
+    weight: float
+    votes: dict[str, int]
+    source_event_ids: list[str]
+    augmented_from: str | None = None
+    augmenter: str | None = None
+    user_key: str | None = None
+    ts: datetime = Field(default_factory=utc_now)
+    schema_version: Literal[1] = 1
+
+
+class ExampleBatch(BaseModel):
+    """The ``ecrec.examples`` message: the examples of one micro-batch."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task: Literal["relevance", "sentiment"]
+    examples: list[TrainingExample]
+
+
+def example_id(
+    task: str,
+    source_event_ids: Sequence[str],
+    item_id: str,
+    functions: Sequence[str],
+    augmenter: str | None = None,
+    variant: int = 0,
+) -> str:
+    """Deterministic id of an example.
+
+    >>> example_id("sentiment", ["e2", "e1"], "i", ["rating"]) == example_id(
+    ...     "sentiment", ["e1", "e2"], "i", ["rating"])
+    True
+    """
+    parts = [
+        task,
+        *sorted(source_event_ids),
+        item_id,
+        *sorted(functions),
+        augmenter or "",
+        str(variant),
+    ]
+    return "ex-" + hashlib.blake2b("\x1f".join(parts).encode(), digest_size=12).hexdigest()
+
+
+def vote_matrix(functions: Sequence[LabelFunction[Any]], candidates: Sequence[Any]) -> np.ndarray:
+    """Votes of each function (columns) on each candidate (rows)."""
+    if not candidates:
+        return np.zeros((0, len(functions)), dtype=np.int64)
+    return np.array(
+        [[v.label for v in f.vote_many(candidates)] for f in functions], dtype=np.int64
+    ).T
+
+
+class _Labeler:
+    """Shared plumbing: votes -> label model -> examples -> augmented, filtered copies."""
+
+    task: Literal["relevance", "sentiment"]
+
+    def __init__(
+        self,
+        functions: Sequence[LabelFunction[Any]],
+        settings: LabelSettings,
+        augmenters: Sequence[Augmenter],
+        meaning_filter: MeaningFilter | None,
+    ) -> None:
+        self.functions = list(functions)
+        self.names = [f.name for f in self.functions]
+        self.settings = settings
+        self.model = OnlineLabelModel(len(self.functions), 2, seed=settings.augment_seed)
+        self.augmenters = list(augmenters)
+        self.meaning_filter = meaning_filter
+        self.pseudonymise = Pseudonymiser(settings.pseudonym_key.get_secret_value())
+        self.counts: dict[str, int] = {
+            "candidates": 0,
+            "examples": 0,
+            "augmented": 0,
+            "all_abstained": 0,
+            "low_confidence": 0,
+        }
+
+    def _combine(self, candidates: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        votes = vote_matrix(self.functions, candidates)
+        if len(candidates) == 0:
+            return votes, np.zeros((0, 2))
+        return votes, self.model.label_many(votes)
+
+    def _augment(self, examples: list[TrainingExample]) -> list[TrainingExample]:
+        if not self.augmenters or not examples or self.settings.augment_variants == 0:
+            return []
+        by_id = {e.example_id: e for e in examples}
+        items = [(e.example_id, e.text) for e in examples]
+        augmented = [
+            a
+            for aug in self.augmenters
+            for a in aug.augment_many(items, seed=self.settings.augment_seed)
+        ]
+        sources = {e.example_id: e.text for e in examples}
+        kept = (
+            self.meaning_filter.filter_many(augmented, sources, label_of=self._flip_check())
+            if self.meaning_filter
+            else [(a, 1.0) for a in augmented]
+        )
+        out = []
+        for aug, sim in kept:
+            parent = by_id[aug.source_id]
+            out.append(
+                parent.model_copy(
+                    update={
+                        "example_id": example_id(
+                            self.task,
+                            parent.source_event_ids,
+                            parent.item_id,
+                            self.names,
+                            aug.augmenter,
+                            aug.variant,
+                        ),
+                        "text": aug.text,
+                        "augmented_from": parent.example_id,
+                        "augmenter": aug.augmenter,
+                        "weight": parent.weight * max(sim, 0.0),
+                    }
+                )
+            )
+        self.counts["augmented"] += len(out)
+        return out
+
+    def _flip_check(self) -> Any:
+        return None
+
+
+class RelevanceLabeler(_Labeler):
+    """Closed sessions' (query, item) candidates -> relevance examples."""
+
+    task: Literal["relevance"] = "relevance"
+
+    def __init__(
+        self,
+        encoder: Encoder | None,
+        settings: LabelSettings,
+        augmenters: Sequence[Augmenter] = (),
+        meaning_filter: MeaningFilter | None = None,
+    ) -> None:
+        functions: list[LabelFunction[Any]] = [
+            ClickRelevance(settings.bounce_ms),
+            ExposureRelevance(settings.exposure_depth),
+        ]
+        if encoder is not None:
+            functions.append(
+                ContentRelevance(encoder, high=settings.content_high, low=settings.content_low)
+            )
+        super().__init__(functions, settings, augmenters, meaning_filter)
+
+    def label_many(self, candidates: Sequence[RelevanceCandidate]) -> list[TrainingExample]:
+        votes, proba = self._combine(candidates)
+        self.counts["candidates"] += len(candidates)
+        examples = []
+        for cand, row, p in zip(candidates, votes, proba, strict=True):
+            if (row == ABSTAIN).all():
+                self.counts["all_abstained"] += 1
+                continue
+            label, confidence = int(p.argmax()), float(p.max())
+            if confidence < self.settings.min_confidence:
+                self.counts["low_confidence"] += 1
+                continue
+            weight = confidence
+            if label == POSITIVE and cand.action != "none":
+                weight *= ips_weight(cand.position, self.settings.ips_eta, self.settings.ips_clip)
+            examples.append(
+                TrainingExample(
+                    example_id=example_id(
+                        self.task, cand.source_event_ids, cand.item_id, self.names
+                    ),
+                    task=self.task,
+                    text=cand.query,
+                    text_pair=cand.item_title,
+                    item_id=cand.item_id,
+                    label=label,
+                    grade=behaviour_grade(cand),
+                    confidence=confidence,
+                    weight=weight,
+                    votes=dict(zip(self.names, row.tolist(), strict=True)),
+                    source_event_ids=list(cand.source_event_ids),
+                    user_key=self.pseudonymise(cand.user_id),
+                )
+            )
+        self.counts["examples"] += len(examples)
+        return examples + self._augment(examples)
+
+
+class SentimentLabeler(_Labeler):
+    """Reviews -> sentiment examples. The seed classifier is refitted on the rating function's
+    confident votes as they arrive (bounded buffer)."""
+
+    task: Literal["sentiment"] = "sentiment"
+
+    def __init__(
+        self,
+        encoder: Encoder | None,
+        settings: LabelSettings,
+        augmenters: Sequence[Augmenter] = (),
+        meaning_filter: MeaningFilter | None = None,
+    ) -> None:
+        self.rating = RatingSentiment()
+        self.lexicon = LexiconSentiment()
+        functions: list[LabelFunction[Any]] = [self.rating, self.lexicon]
+        self.seed_classifier: SeedClassifierSentiment | None = None
+        if encoder is not None:
+            self.seed_classifier = SeedClassifierSentiment(encoder)
+            functions += [PrototypeSentiment(encoder), self.seed_classifier]
+        super().__init__(functions, settings, augmenters, meaning_filter)
+        self._seeds: deque[tuple[str, int]] = deque(maxlen=settings.seed_capacity)
+        self._since_fit = 0
+
+    def _flip_check(self) -> Any:
+        lexicon = self.lexicon
+
+        def label_of(texts: list[str]) -> list[int]:
+            cands = [SentimentCandidate("", "", t) for t in texts]
+            return [v.label for v in lexicon.vote_many(cands)]
+
+        return label_of
+
+    def _learn_seeds(self, candidates: Sequence[SentimentCandidate]) -> None:
+        if self.seed_classifier is None:
+            return
+        for c, v in zip(candidates, self.rating.vote_many(candidates), strict=True):
+            if not v.abstained and c.text.strip():
+                self._seeds.append((c.text, v.label))
+                self._since_fit += 1
+        due = self._since_fit >= self.settings.seed_refit_every or (
+            not self.seed_classifier.fitted and len(self._seeds) >= self.settings.seed_min
+        )
+        if due and len(self._seeds) >= self.settings.seed_min:
+            texts, labels = zip(*self._seeds, strict=True)
+            self.seed_classifier.fit(list(texts), list(labels))
+            self._since_fit = 0
+
+    def label_many(self, candidates: Sequence[SentimentCandidate]) -> list[TrainingExample]:
+        self._learn_seeds(candidates)
+        votes, proba = self._combine(candidates)
+        self.counts["candidates"] += len(candidates)
+        examples = []
+        for cand, row, p in zip(candidates, votes, proba, strict=True):
+            if (row == ABSTAIN).all() or not cand.text.strip():
+                self.counts["all_abstained"] += 1
+                continue
+            label, confidence = int(p.argmax()), float(p.max())
+            if confidence < self.settings.min_confidence:
+                self.counts["low_confidence"] += 1
+                continue
+            examples.append(
+                TrainingExample(
+                    example_id=example_id(self.task, [cand.event_id], cand.item_id, self.names),
+                    task=self.task,
+                    text=cand.text,
+                    item_id=cand.item_id,
+                    label=label,
+                    confidence=confidence,
+                    weight=confidence,
+                    votes=dict(zip(self.names, row.tolist(), strict=True)),
+                    source_event_ids=[cand.event_id],
+                    user_key=self.pseudonymise(cand.user_id),
+                )
+            )
+        self.counts["examples"] += len(examples)
+        return examples + self._augment(examples)
+
+
+def build_labelers(
+    settings: LabelSettings, encoder: Encoder | None
+) -> tuple[RelevanceLabeler, SentimentLabeler]:
+    """The two labelers with the augmenters chosen in ``settings`` (queries get rewrites and
+    typos, reviews EDA and typos) and a meaning filter when an encoder is available."""
+    from ecrec_stream.augment import EdaAugmenter, QueryRewriteAugmenter, TypoAugmenter
+
+    n = settings.augment_variants
+    make: dict[str, Callable[[], Augmenter]] = {
+        "eda": lambda: EdaAugmenter(variants=n),
+        "typo": lambda: TypoAugmenter(variants=n),
+        "query_rewrite": lambda: QueryRewriteAugmenter(variants=n),
+    }
+    chosen = set(settings.augmenters)
+    query_augs = [make[a]() for a in ("query_rewrite", "typo") if a in chosen]
+    text_augs = [make[a]() for a in ("eda", "typo") if a in chosen]
+
+    def meaning_filter() -> MeaningFilter | None:
+        if encoder is None:
+            return None
+        return MeaningFilter(encoder, min_similarity=settings.min_similarity)
+
+    return (
+        RelevanceLabeler(encoder, settings, query_augs, meaning_filter()),
+        SentimentLabeler(encoder, settings, text_augs, meaning_filter()),
+    )
