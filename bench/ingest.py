@@ -159,7 +159,9 @@ def main() -> None:
         names = TopicNames(**{f: f"{tag}.{v}" for f, v in TopicNames().model_dump().items()})
         ensure_topics(broker.bootstrap, all_topics(names), PARTITIONS)
         env = {f"ECREC_TOPICS__{f.upper()}": v for f, v in names.model_dump().items()}
-        env.update(ECREC_APP_ID=tag, ECREC_PARTITIONS=str(PARTITIONS))
+        # ingest alone, like the baseline: the label agents are measured by bench.labels
+        env.update(ECREC_APP_ID=tag, ECREC_PARTITIONS=str(PARTITIONS),
+                   ECREC_LABELS__ENABLED="false")
         port = free_port()
         worker = worker_process(broker.url, workdir, port, extra_env=env).start()
         try:

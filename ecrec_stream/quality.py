@@ -19,7 +19,7 @@ class BoundedSeen:
     consumers still drop them.
 
     >>> seen = BoundedSeen(2)
-    >>> [seen.add(k) for k in ("a", "b", "a", "c", "b", "a")]
+    >>> [seen.add(k) for k in ("a", "b", "a", "c", "a", "b")]  # "c" evicts "b", not "a"
     [True, True, False, True, False, True]
     """
 

@@ -52,6 +52,7 @@ def test_worker_killed_mid_batch_loses_no_event(broker: Any, tmp_path: Path) -> 
             producer.flush()
     assert producer.flush(30) == 0
     env["ECREC_INGEST__BATCH_MAX"] = "50"  # small batches: many commits, a kill lands mid-way
+    env["ECREC_LABELS__ENABLED"] = "false"  # this test is about ingest
     port = free_port()
     proc = worker_process(broker.url, tmp_path, port, extra_env=env).start()
     try:

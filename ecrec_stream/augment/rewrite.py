@@ -39,14 +39,36 @@ _QTY_SPACED = re.compile(r"\b(\d+(?:\.\d+)?) ([a-z]{1,3})\b")
 _QTY_TIGHT = re.compile(r"\b(\d+(?:\.\d+)?)([a-z]{1,3})\b")
 
 
+# plurals of nouns ending in "-ie", which the "-ies" -> "-y" rule would mangle
+IE_PLURALS = frozenset(
+    [
+        "cookies",
+        "brownies",
+        "smoothies",
+        "veggies",
+        "movies",
+        "pies",
+        "ties",
+        "hoodies",
+        "beanies",
+        "calories",
+        "goodies",
+        "freebies",
+        "rookies",
+    ]
+)
+
+
 def toggle_plural(word: str) -> str:
     """Singular <-> plural for regular English nouns.
 
-    >>> [toggle_plural(w) for w in ("apples", "berry", "berries", "box", "boxes")]
-    ['apple', 'berries', 'berry', 'boxes', 'box']
+    >>> [toggle_plural(w) for w in ("apples", "berry", "berries", "box", "boxes", "cookies")]
+    ['apple', 'berries', 'berry', 'boxes', 'box', 'cookie']
     """
     if len(word) < 3 or not word.isalpha():
         return word
+    if word in IE_PLURALS:
+        return word[:-1]
     if word.endswith("ies"):
         return word[:-3] + "y"
     if word.endswith(("ses", "xes", "ches", "shes")):

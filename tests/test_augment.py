@@ -1,0 +1,73 @@
+"""Augmenters: deterministic, meaning-preserving by construction or by the filter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ecrec_stream.augment import (
+    EdaAugmenter,
+    MeaningFilter,
+    QueryRewriteAugmenter,
+    TypoAugmenter,
+)
+from ecrec_stream.augment.base import AugmentedText
+from ecrec_stream.augment.rewrite import toggle_plural
+
+TEXTS = [
+    ("e1", "organic whole milk 32 oz"),
+    ("e2", "Love this sweater, so soft and comfy"),
+    ("e3", "chocolate chip cookies family size"),
+    ("e4", "gala apples 3 lb"),
+]
+AUGMENTERS = [
+    EdaAugmenter(variants=2),
+    TypoAugmenter(variants=2),
+    QueryRewriteAugmenter(variants=2),
+]
+
+
+@pytest.mark.parametrize("augmenter", AUGMENTERS, ids=lambda a: a.name)
+def test_conformance(augmenter: Any) -> None:
+    out = augmenter.augment_many(TEXTS, seed=5)
+    assert out, "changes at least some texts"
+    assert out == augmenter.augment_many(TEXTS, seed=5)  # deterministic
+    assert out != augmenter.augment_many(TEXTS, seed=6)  # the seed matters
+    # one item at a time gives the same as the batch (no hidden state across items)
+    assert out == [a for item in TEXTS for a in augmenter.augment_many([item], seed=5)]
+    sources = dict(TEXTS)
+    for a in out:
+        assert a.text.strip().lower() != sources[a.source_id].strip().lower()
+        assert a.augmenter == augmenter.name
+
+
+def test_query_rewrites() -> None:
+    rewrite = QueryRewriteAugmenter(variants=6)
+    texts = {a.text for a in rewrite.augment_many([("q", "organic whole milk 32 oz")], seed=1)}
+    assert texts & {
+        "organic whole milk 32oz",
+        "org whole milk 32 oz",
+        "organic whole milk 32 ounce",
+    }
+    assert toggle_plural("cookies") == "cookie" and toggle_plural("dress") == "dresses"
+
+
+def test_meaning_filter_drops_changed_meaning_and_sentiment_flips(minilm: Any) -> None:
+    sources = {"a": "red summer dress", "b": "I love this jacket, great quality"}
+    augmented = [
+        AugmentedText("a", "typo", 0, "red sumemr dress"),
+        AugmentedText("a", "eda", 0, "dog food for puppies"),
+        AugmentedText("b", "eda", 0, "I hate this jacket, terrible quality"),
+    ]
+
+    def lexicon(texts: list[str]) -> list[int]:
+        return [0 if "hate" in t else 1 for t in texts]
+
+    filt = MeaningFilter(minilm, min_similarity=0.6)
+    kept = filt.filter_many(augmented, sources, label_of=lexicon)
+    assert [a.text for a, _ in kept] == ["red sumemr dress"]
+    counts = filt.counts.as_dict()
+    assert counts["typo"]["kept"] == 1
+    assert counts["eda"]["dropped_similarity"] + counts["eda"]["dropped_flip"] == 2
+    assert counts["eda"]["dropped_flip"] >= 1 or counts["eda"]["dropped_similarity"] == 2

@@ -1,0 +1,208 @@
+"""Label functions, the label model and the labelers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ecrec_stream.config import LabelSettings
+from ecrec_stream.labels.base import ABSTAIN, RelevanceCandidate, SentimentCandidate
+from ecrec_stream.labels.examples import RelevanceLabeler, SentimentLabeler, example_id
+from ecrec_stream.labels.model import LabelModel, OnlineLabelModel
+from ecrec_stream.labels.relevance import (
+    ClickRelevance,
+    ContentRelevance,
+    ExposureRelevance,
+    behaviour_grade,
+)
+from ecrec_stream.labels.sentiment import (
+    LexiconSentiment,
+    PrototypeSentiment,
+    SeedClassifierSentiment,
+)
+from tests.helpers import HashEncoder
+
+
+def _cand(
+    pos: int,
+    action: str = "none",
+    skipped: bool = False,
+    dwell: int | None = None,
+    title: str | None = None,
+    query: str = "trail running shoes",
+) -> RelevanceCandidate:
+    return RelevanceCandidate(
+        "s1",
+        "u1",
+        query,
+        f"i{pos}",
+        pos,
+        item_title=title,
+        action=action,
+        dwell_ms=dwell,  # type: ignore[arg-type]
+        skipped_above_click=skipped,
+    )
+
+
+def test_behaviour_votes_and_grades() -> None:
+    cands = [
+        _cand(0, skipped=True),
+        _cand(1, "click", dwell=1_000),
+        _cand(2, "click", dwell=40_000),
+        _cand(3, "purchase"),
+        _cand(4),
+        _cand(9),
+    ]
+    assert [v.label for v in ClickRelevance(bounce_ms=5_000).vote_many(cands)] == [
+        0,
+        ABSTAIN,
+        1,
+        1,
+        ABSTAIN,
+        ABSTAIN,
+    ]
+    # weak negative only within 3 positions of the deepest click (3): position 4 yes, 9 no
+    assert [v.label for v in ExposureRelevance(depth=3).vote_many(cands)] == [
+        ABSTAIN,
+        ABSTAIN,
+        ABSTAIN,
+        ABSTAIN,
+        0,
+        ABSTAIN,
+    ]
+    assert [behaviour_grade(c) for c in cands] == [0, 1, 1, 3, None, None]
+
+
+def test_content_relevance_with_minilm(minilm: Any) -> None:
+    lf = ContentRelevance(minilm)
+    votes = lf.vote_many(
+        [
+            _cand(0, title="Trail running shoes, waterproof, men"),
+            _cand(1, title="Stainless steel saucepan 2 qt"),
+            _cand(2),
+        ]
+    )
+    assert [v.label for v in votes] == [1, 0, ABSTAIN]
+
+
+def test_lexicon_handles_negation() -> None:
+    lf = LexiconSentiment()
+    texts = ["I love it", "I do not love it", "not bad at all, great", "meh"]
+    assert [v.label for v in lf.vote_many([SentimentCandidate("e", "i", t) for t in texts])] == [
+        1,
+        0,
+        1,
+        ABSTAIN,
+    ]
+
+
+def test_prototype_and_seed_classifier_with_minilm(minilm: Any) -> None:
+    proto = PrototypeSentiment(minilm)
+    cands = [
+        SentimentCandidate("a", "i", "Absolutely love this dress, beautiful and comfy"),
+        SentimentCandidate("b", "i", "Cheap fabric, fell apart, sending it back"),
+    ]
+    assert [v.label for v in proto.vote_many(cands)] == [1, 0]
+    clf = SeedClassifierSentiment(minilm, abstain_band=0.01)  # 6 seeds: weak but right
+    assert [v.label for v in clf.vote_many(cands)] == [ABSTAIN, ABSTAIN]  # not fitted yet
+    clf.fit(
+        [
+            "great, love it",
+            "perfect fit, so soft",
+            "wonderful quality",
+            "terrible, returned it",
+            "poor quality, ripped",
+            "awful fit, disappointed",
+        ],
+        [1, 1, 1, 0, 0, 0],
+    )
+    assert [v.label for v in clf.vote_many(cands)] == [1, 0]
+
+
+@pytest.mark.parametrize("prior", [0.5, 0.85])
+def test_label_model_recovers_known_accuracies(prior: float) -> None:
+    rng = np.random.default_rng(7)
+    n = 6000
+    y = (rng.random(n) < prior).astype(int)
+    true_acc = [0.92, 0.8, 0.7, 0.62]
+    cols = []
+    for acc in true_acc:
+        votes = np.where(rng.random(n) < acc, y, 1 - y)
+        cols.append(np.where(rng.random(n) < 0.25, ABSTAIN, votes))
+    L = np.stack(cols, axis=1)
+    model = LabelModel().fit(L)
+    np.testing.assert_allclose(model.accuracies, true_acc, atol=0.04)
+    assert abs(model.fitted.priors[1] - prior) < 0.04  # type: ignore[union-attr]
+    pred = model.predict_proba(L).argmax(axis=1)
+    majority = (np.where(L == ABSTAIN, 0, 2 * L - 1).sum(axis=1) > 0).astype(int)
+    assert (pred == y).mean() >= (majority == y).mean()  # no worse than majority vote
+
+
+def test_label_model_rejects_bad_votes() -> None:
+    with pytest.raises(ValueError):
+        LabelModel().fit(np.array([[0, 2]]))
+    with pytest.raises(RuntimeError):
+        LabelModel().predict_proba(np.array([[0, 1]]))
+
+
+def test_online_label_model_is_bounded_and_warms_up() -> None:
+    online = OnlineLabelModel(2, capacity=50, min_rows=20)
+    p = online.label_many(np.array([[1, 1], [0, -1]]))
+    assert p.shape == (2, 2) and not online.warm and online.accuracies is None
+    for _ in range(30):
+        online.label_many(np.array([[1, 1], [0, 0], [1, -1]]))
+    assert online.warm and len(online._rows) == 50 and online.accuracies is not None
+
+
+def test_example_ids_are_deterministic() -> None:
+    a = example_id("relevance", ["s", "c"], "i", ["clicks", "content"])
+    assert a == example_id("relevance", ["c", "s"], "i", ["content", "clicks"])
+    assert a != example_id("relevance", ["c", "s"], "i", ["clicks", "content"], "typo")
+    assert a != example_id("relevance", ["c", "s"], "j", ["clicks", "content"])
+
+
+def test_relevance_labeler_grades_a_session() -> None:
+    settings = LabelSettings(augment_variants=0)
+    labeler = RelevanceLabeler(HashEncoder(), settings)
+    cands = [
+        _cand(0, skipped=True, title="steel saucepan"),
+        _cand(1, skipped=True, title="baby shampoo"),
+        _cand(2, "purchase", dwell=30_000, title="trail running shoes waterproof"),
+        _cand(3, title="garden hose"),
+    ]
+    examples = {e.item_id: e for e in labeler.label_many(cands)}
+    assert examples["i2"].label == 1 and examples["i2"].grade == 3
+    assert examples["i0"].label == 0 and examples["i0"].grade == 0
+    assert examples["i1"].label == 0
+    assert examples["i2"].weight > examples["i2"].confidence  # position-bias correction
+    assert examples["i2"].votes["clicks"] == 1
+    assert examples["i2"].source_event_ids == ["s1"]
+    again = {e.example_id for e in labeler.label_many(cands)}
+    assert again == {e.example_id for e in examples.values()}
+
+
+def test_sentiment_labeler_pseudonymises_and_augments() -> None:
+    from ecrec_stream.augment import EdaAugmenter, MeaningFilter, TypoAugmenter
+
+    settings = LabelSettings(min_similarity=0.0)
+    enc = HashEncoder()
+    labeler = SentimentLabeler(
+        enc, settings, [EdaAugmenter(), TypoAugmenter()], MeaningFilter(enc, min_similarity=0.0)
+    )
+    cands = [
+        SentimentCandidate(
+            "r1", "i1", "Love this sweater, great quality and so soft", 5, user_id="alice"
+        ),
+        SentimentCandidate("r2", "i1", "Terrible, cheap fabric, returning it", 1),
+    ]
+    out = labeler.label_many(cands)
+    originals = [e for e in out if e.augmented_from is None]
+    assert [e.label for e in originals] == [1, 0]
+    assert originals[0].user_key and originals[0].user_key != "alice"
+    augmented = [e for e in out if e.augmented_from is not None]
+    assert augmented and all(
+        a.augmented_from in {o.example_id for o in originals} for a in augmented
+    )
+    assert {e.example_id for e in labeler.label_many(cands)} == {e.example_id for e in out}
