@@ -95,7 +95,6 @@ class LabelSettings(BaseModel):
     ips_clip: float = Field(10.0, ge=1)
     content_high: float = Field(0.55, ge=-1, le=1)
     content_low: float = Field(0.25, ge=-1, le=1)
-    min_confidence: float = Field(0.6, ge=0, le=1)
     seed_min: int = Field(100, ge=2)
     seed_refit_every: int = Field(500, ge=1)
     seed_capacity: int = Field(5_000, ge=10)

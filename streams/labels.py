@@ -31,6 +31,7 @@ from ecrec_stream.labels.examples import ExampleBatch, TrainingExample, build_la
 from ecrec_stream.quality import BoundedSeen, near_duplicate_key
 from ecrec_stream.sessions import (
     BotRules,
+    Watermarks,
     add_event,
     bot_reason,
     new_session,
@@ -62,7 +63,7 @@ def add_label_agents(app: faust.App, settings: Settings, stats: Counter[str]) ->
     bot_rules = BotRules(
         cfg.bot_max_clicks_per_minute, cfg.bot_max_clicks, cfg.bot_min_median_dwell_ms
     )
-    watermark: dict[int, float] = {}
+    watermarks = Watermarks((names.valid_searches, names.valid_clicks))
     open_sessions: dict[int, set[str]] = {}
     app.ecrec_label_state = {"relevance": relevance, "sentiment": sentiment}  # type: ignore[attr-defined]
 
@@ -143,6 +144,11 @@ def add_label_agents(app: faust.App, settings: Settings, stats: Counter[str]) ->
                 for ev in batch.events:
                     if not isinstance(ev, SearchEvent | ClickEvent):
                         continue
+                    if ev.ts.timestamp() < watermarks.get(part) - cfg.session_gap_s:
+                        # later than its session could still be open: labelled already
+                        # or never joinable; counted, not turned into a bogus session
+                        stats["late_events"] += 1
+                        continue
                     state = (
                         touched.get(ev.session_id)
                         or sessions.get(ev.session_id)
@@ -152,12 +158,12 @@ def add_label_agents(app: faust.App, settings: Settings, stats: Counter[str]) ->
                         touched[ev.session_id] = state
                     else:
                         stats["duplicate_events"] += 1
-                    watermark[part] = max(watermark.get(part, 0.0), ev.ts.timestamp())
+                    watermarks.advance(part, event.message.topic, ev.ts.timestamp())
                 closing = [
                     s
                     for s in open_sessions[part] | set(touched)
                     if (touched.get(s) or sessions.get(s) or {"last_ts": 1e18})["last_ts"]
-                    < watermark.get(part, 0.0) - cfg.session_gap_s
+                    < watermarks.get(part) - cfg.session_gap_s
                 ]
                 cands = []
                 for sid in closing:

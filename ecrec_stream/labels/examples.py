@@ -118,7 +118,13 @@ def vote_matrix(functions: Sequence[LabelFunction[Any]], candidates: Sequence[An
 
 
 class _Labeler:
-    """Shared plumbing: votes -> label model -> examples -> augmented, filtered copies."""
+    """Shared plumbing: votes -> label model -> examples -> augmented, filtered copies.
+
+    Every candidate with at least one vote becomes an example: which examples exist depends
+    only on the votes, so redelivery adds no ids. Label and confidence come from the label
+    model as fitted at the time; a redelivered duplicate may carry a slightly different
+    confidence, and consumers keep the first copy of each id.
+    """
 
     task: Literal["relevance", "sentiment"]
 
@@ -141,7 +147,6 @@ class _Labeler:
             "examples": 0,
             "augmented": 0,
             "all_abstained": 0,
-            "low_confidence": 0,
         }
 
     def _combine(self, candidates: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -151,6 +156,10 @@ class _Labeler:
         return votes, self.model.label_many(votes)
 
     def _augment(self, examples: list[TrainingExample]) -> list[TrainingExample]:
+        # Only examples whose voting functions all agree are augmented. The choice depends on
+        # the votes alone, never on the (online, changing) label model, so a redelivered batch
+        # yields exactly the same example ids.
+        examples = [e for e in examples if len({v for v in e.votes.values() if v != ABSTAIN}) == 1]
         if not self.augmenters or not examples or self.settings.augment_variants == 0:
             return []
         by_id = {e.example_id: e for e in examples}
@@ -225,9 +234,6 @@ class RelevanceLabeler(_Labeler):
                 self.counts["all_abstained"] += 1
                 continue
             label, confidence = int(p.argmax()), float(p.max())
-            if confidence < self.settings.min_confidence:
-                self.counts["low_confidence"] += 1
-                continue
             weight = confidence
             if label == POSITIVE and cand.action != "none":
                 weight *= ips_weight(cand.position, self.settings.ips_eta, self.settings.ips_clip)
@@ -311,9 +317,6 @@ class SentimentLabeler(_Labeler):
                 self.counts["all_abstained"] += 1
                 continue
             label, confidence = int(p.argmax()), float(p.max())
-            if confidence < self.settings.min_confidence:
-                self.counts["low_confidence"] += 1
-                continue
             examples.append(
                 TrainingExample(
                     example_id=example_id(self.task, [cand.event_id], cand.item_id, self.names),

@@ -1,0 +1,232 @@
+"""Integration: events through the real broker become training examples on ecrec.examples."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from ecrec_stream.config import Settings
+from ecrec_stream.events import utc_now
+from streams.kafka import new_producer
+from tests.helpers import read_topic, unique
+
+pytestmark = pytest.mark.integration
+TOPICS = Settings().topics
+
+
+def _send(bootstrap: str, records: list[tuple[str, str, dict[str, Any]]]) -> None:
+    producer = new_producer(bootstrap)
+    for topic, key, doc in records:
+        producer.produce(topic, key=key.encode(), value=json.dumps(doc).encode())
+    assert producer.flush(30) == 0
+
+
+def _examples(bootstrap: str, pred: Any, n: int, timeout_s: float = 90) -> list[dict[str, Any]]:
+    def matching(msgs: list[Any]) -> list[dict[str, Any]]:
+        return [e for m in msgs for e in json.loads(m.value())["examples"] if pred(e)]
+
+    return matching(
+        read_topic(
+            bootstrap, TOPICS.examples, timeout_s=timeout_s, done=lambda ms: len(matching(ms)) >= n
+        )
+    )
+
+
+_EPOCHS = itertools.count(1)
+
+
+def _session(tag: str, *, bot: bool = False) -> list[tuple[str, str, dict[str, Any]]]:
+    """A search for trail shoes, then either one purchase at position 2 or bot clicks.
+
+    Each session starts 3 h of event time after the previous one: every session pushes its
+    partition's event time 1 h ahead to close itself, and a later one must not arrive late.
+    """
+    t0 = utc_now() + timedelta(hours=3 * next(_EPOCHS))
+    sid, search_id = f"{tag}-sess", f"{tag}-q"
+    items = [f"{tag}-i{n}" for n in range(5)]
+    records = [
+        (
+            TOPICS.searches,
+            sid,
+            {
+                "event_id": f"{tag}-search",
+                "ts": t0.isoformat(),
+                "search_id": search_id,
+                "session_id": sid,
+                "query": "trail running shoes",
+                "impressions": items,
+                "user_id": f"{tag}-alice",
+            },
+        )
+    ]
+    if bot:
+        for n in range(10):
+            records.append(
+                (
+                    TOPICS.clicks,
+                    sid,
+                    {
+                        "event_id": f"{tag}-c{n}",
+                        "ts": (t0 + timedelta(milliseconds=200 * n)).isoformat(),
+                        "session_id": sid,
+                        "search_id": search_id,
+                        "item_id": items[n % 5],
+                        "position": n % 5,
+                        "action": "click",
+                        "dwell_ms": 80,
+                    },
+                )
+            )
+    else:
+        records.append(
+            (
+                TOPICS.clicks,
+                sid,
+                {
+                    "event_id": f"{tag}-c2",
+                    "ts": (t0 + timedelta(seconds=12)).isoformat(),
+                    "session_id": sid,
+                    "search_id": search_id,
+                    "item_id": items[2],
+                    "position": 2,
+                    "action": "purchase",
+                    "dwell_ms": 45_000,
+                },
+            )
+        )
+    # Event time moves on in this partition on both topics (same key, another session), after
+    # this session's events: the session closes.
+    later = (t0 + timedelta(hours=1)).isoformat()
+    records.append(
+        (
+            TOPICS.searches,
+            sid,
+            {
+                "event_id": f"{tag}-later",
+                "ts": later,
+                "search_id": f"{tag}-q2",
+                "session_id": f"{tag}-other",
+                "query": "socks",
+            },
+        )
+    )
+    records.append(
+        (
+            TOPICS.clicks,
+            sid,
+            {
+                "event_id": f"{tag}-later-c",
+                "ts": later,
+                "session_id": f"{tag}-other",
+                "search_id": f"{tag}-q2",
+                "item_id": items[0],
+                "position": 0,
+                "action": "click",
+            },
+        )
+    )
+    return records
+
+
+def _catalog(tag: str) -> list[tuple[str, str, dict[str, Any]]]:
+    titles = [
+        "Stainless steel saucepan 2 qt",
+        "Baby shampoo tear free",
+        "Trail running shoes, waterproof",
+        "Garden hose 50 ft",
+        "Wool hiking socks",
+    ]
+    return [
+        (
+            TOPICS.items,
+            f"{tag}-i{n}",
+            {
+                "event_id": f"{tag}-item{n}",
+                "ts": utc_now().isoformat(),
+                "op": "upsert",
+                "item_id": f"{tag}-i{n}",
+                "title": title,
+            },
+        )
+        for n, title in enumerate(titles)
+    ]
+
+
+def test_a_session_becomes_graded_examples_and_redelivery_adds_no_ids(
+    broker: Any, worker: Any
+) -> None:
+    tag = unique("lab")
+    _send(broker.bootstrap, _catalog(tag))
+    records = _session(tag)
+    _send(broker.bootstrap, records)
+
+    def of_session(e: dict[str, Any]) -> bool:
+        return e["task"] == "relevance" and f"{tag}-search" in e["source_event_ids"]
+
+    examples = _examples(broker.bootstrap, of_session, 3)
+    originals = {e["item_id"]: e for e in examples if e["augmented_from"] is None}
+    bought = originals[f"{tag}-i2"]
+    assert bought["label"] == 1 and bought["grade"] == 3 and bought["votes"]["clicks"] == 1
+    assert bought["text_pair"] == "Trail running shoes, waterproof"  # title joined in
+    assert set(bought["source_event_ids"]) == {f"{tag}-search", f"{tag}-c2"}
+    for skipped in (f"{tag}-i0", f"{tag}-i1"):
+        assert originals[skipped]["label"] == 0 and originals[skipped]["grade"] == 0
+    assert bought["user_key"] and tag not in bought["user_key"]  # pseudonymised
+    ids_before = {e["example_id"] for e in examples}
+
+    # The same events again while the worker runs: the session closed already, so they are
+    # late and counted, not labelled again. (Redelivery after a crash replays into a fresh
+    # worker, and deterministic example ids make that idempotent: see test_labels.py.)
+    _send(broker.bootstrap, records)
+    marker = unique("lab")
+    _send(broker.bootstrap, _session(marker))  # sent after the redelivery, same kind
+    _examples(broker.bootstrap, lambda e: f"{marker}-search" in e["source_event_ids"], 1)
+    after = _examples(broker.bootstrap, of_session, 1, timeout_s=5)
+    assert {e["example_id"] for e in after} == ids_before
+
+
+def test_a_review_becomes_a_sentiment_example(broker: Any, worker: Any) -> None:
+    tag = unique("rev")
+    _send(
+        broker.bootstrap,
+        [
+            (
+                TOPICS.reviews,
+                f"{tag}-item",
+                {
+                    "event_id": f"{tag}-r",
+                    "ts": utc_now().isoformat(),
+                    "item_id": f"{tag}-item",
+                    "rating": 5,
+                    "title": "Perfect",
+                    "text": "Love it, so soft and flattering, great fit",
+                    "user_id": "bob",
+                },
+            )
+        ],
+    )
+    examples = _examples(broker.bootstrap, lambda e: e["source_event_ids"] == [f"{tag}-r"], 1)
+    original = next(e for e in examples if e["augmented_from"] is None)
+    assert original["task"] == "sentiment" and original["label"] == 1
+    assert original["votes"]["rating"] == 1 and original["votes"]["lexicon"] == 1
+    assert original["user_key"] != "bob"
+
+
+def test_a_bot_session_produces_no_examples(broker: Any, worker: Any) -> None:
+    tag = unique("bot")
+    _send(broker.bootstrap, _catalog(tag) + _session(tag, bot=True))
+    marker = unique("lab")
+    _send(broker.bootstrap, _catalog(marker) + _session(marker))
+    # the person's session, sent after the bot's, is labelled: the bot's had its chance
+    _examples(broker.bootstrap, lambda e: f"{marker}-search" in e["source_event_ids"], 1)
+    bot = _examples(
+        broker.bootstrap, lambda e: f"{tag}-search" in e["source_event_ids"], 1, timeout_s=3
+    )
+    assert bot == []
+    stats = httpx.get(f"http://127.0.0.1:{worker.env['ECREC_WORKER_WEB_PORT']}/ecrec/stats")
+    assert stats.json()["labels"]["bot_sessions"] >= 1
