@@ -123,6 +123,31 @@ def _run(
     }
 
 
+def run_passthrough(bootstrap: str, events: int, bad_rate: float, workdir: Path) -> dict[str, Any]:
+    """The baseline: a raw Faust passthrough process on its own topics, measured like ours."""
+    tag = f"bp{uuid.uuid4().hex[:6]}"
+    src, dst = f"{tag}.in", f"{tag}.out"
+    ensure_topics(bootstrap, [src, dst], PARTITIONS)
+    with open(workdir / "passthrough.log", "wb") as log:
+        base = subprocess.Popen(
+            [sys.executable, "-m", "bench.passthrough", src, dst, bootstrap, tag],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        return _run(
+            "raw Faust passthrough (baseline)",
+            bootstrap,
+            src,
+            OutputCounter(bootstrap, [dst], batches=False),
+            base.pid,
+            _payloads(events, tag, bad_rate),
+        )
+    finally:
+        base.terminate()
+        base.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=40_000)
@@ -131,37 +156,16 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="ecrec-bench-ingest-"))
     results = []
     with EmbeddedBroker() as broker:
-        # baseline: raw Faust passthrough
-        tag = f"bp{uuid.uuid4().hex[:6]}"
-        src, dst = f"{tag}.in", f"{tag}.out"
-        ensure_topics(broker.bootstrap, [src, dst], PARTITIONS)
-        base = subprocess.Popen(
-            [sys.executable, "-m", "bench.passthrough", src, dst, broker.bootstrap, tag],
-            stdout=subprocess.DEVNULL,
-            stderr=open(workdir / "passthrough.log", "wb"),  # noqa: SIM115 - child owns it
-        )
-        try:
-            results.append(
-                _run(
-                    "raw Faust passthrough (baseline)",
-                    broker.bootstrap,
-                    src,
-                    OutputCounter(broker.bootstrap, [dst], batches=False),
-                    base.pid,
-                    _payloads(args.events, tag, args.bad_rate),
-                )
-            )
-        finally:
-            base.terminate()
-            base.wait(30)
+        results.append(run_passthrough(broker.bootstrap, args.events, args.bad_rate, workdir))
         # ecrec-stream ingest worker on its own topics and consumer group
         tag = f"bi{uuid.uuid4().hex[:6]}"
         names = TopicNames(**{f: f"{tag}.{v}" for f, v in TopicNames().model_dump().items()})
         ensure_topics(broker.bootstrap, all_topics(names), PARTITIONS)
         env = {f"ECREC_TOPICS__{f.upper()}": v for f, v in names.model_dump().items()}
         # ingest alone, like the baseline: the label agents are measured by bench.labels
-        env.update(ECREC_APP_ID=tag, ECREC_PARTITIONS=str(PARTITIONS),
-                   ECREC_LABELS__ENABLED="false")
+        env.update(
+            ECREC_APP_ID=tag, ECREC_PARTITIONS=str(PARTITIONS), ECREC_LABELS__ENABLED="false"
+        )
         port = free_port()
         worker = worker_process(broker.url, workdir, port, extra_env=env).start()
         try:
