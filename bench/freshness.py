@@ -25,13 +25,13 @@ from typing import Any
 import httpx
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from bench.common import percentile, proc_peak_rss_mb, report, wait_for
+from bench.common import percentile, proc_peak_rss_mb, report
 from ecrec_stream.config import Settings
 from ecrec_stream.events import utc_now
 from ecrec_stream.simulate import synthetic_catalog
 from streams.broker import EmbeddedBroker, free_port
 from streams.kafka import all_topics, consumer_config, ensure_topics, new_producer
-from workers.processes import indexer_process, worker_process
+from workers.processes import indexer_process, wait_until, worker_process
 
 TOPICS = Settings().topics
 
@@ -108,7 +108,7 @@ def _phase(
         )
 
     last = f"{prefix}-{n - 1}"
-    wait_for(lambda: indexed_at(last), timeout_s=300, interval_s=0.2)
+    wait_until(lambda: indexed_at(last), timeout_s=300, interval_s=0.2)
     with httpx.Client() as client:
         searchable = {}
         for item_id in sent:
@@ -166,7 +166,7 @@ def main() -> None:
         try:
             indexer.wait_http(f"{base}/healthz", timeout_s=180)
             worker.wait_http(f"http://127.0.0.1:{wport}/ecrec/stats")
-            wait_for(
+            wait_until(
                 lambda: httpx.get(f"http://127.0.0.1:{wport}/ecrec/stats").json()["assigned"],
                 timeout_s=60,
             )

@@ -254,6 +254,22 @@ class ShopSimulator:
             return 2 if shared else 1
         return 0
 
+    def _search_event(
+        self, sess: Session, search_id: str, shown: list[CatalogItem], ts: datetime
+    ) -> tuple[str, str, dict[str, Any]]:
+        return (
+            "search",
+            sess.session_id,
+            {
+                "event_id": self._next_id("ev"),
+                "ts": ts.isoformat(),
+                "search_id": search_id,
+                "session_id": sess.session_id,
+                "query": sess.query,
+                "impressions": [i.item_id for i in shown],
+            },
+        )
+
     def session(self, ts: datetime | None = None) -> Session:
         """One search with ranked impressions, clicks by the click model, maybe a review."""
         rng = self.rng
@@ -270,20 +286,7 @@ class ShopSimulator:
         sess = Session(self._next_id("sess"), query, target.item_id)
         search_id = self._next_id("search")
         sess.relevance = {i.item_id: self.grade(query, target, i) for i in shown}
-        sess.events.append(
-            (
-                "search",
-                sess.session_id,
-                {
-                    "event_id": self._next_id("ev"),
-                    "ts": ts.isoformat(),
-                    "search_id": search_id,
-                    "session_id": sess.session_id,
-                    "query": query,
-                    "impressions": [i.item_id for i in shown],
-                },
-            )
-        )
+        sess.events.append(self._search_event(sess, search_id, shown, ts))
         t = ts
         for pos, item in enumerate(shown):
             examine = 1.0 / (pos + 1) ** self.position_bias
@@ -376,20 +379,7 @@ class ShopSimulator:
         sess = Session(self._next_id("bot"), self.query_for(target), target.item_id)
         search_id = self._next_id("search")
         shown = self.rng.sample(self.catalog, self.n_impressions)
-        sess.events.append(
-            (
-                "search",
-                sess.session_id,
-                {
-                    "event_id": self._next_id("ev"),
-                    "ts": ts.isoformat(),
-                    "search_id": search_id,
-                    "session_id": sess.session_id,
-                    "query": sess.query,
-                    "impressions": [i.item_id for i in shown],
-                },
-            )
-        )
+        sess.events.append(self._search_event(sess, search_id, shown, ts))
         for pos, item in enumerate(shown):
             sess.events.append(
                 (

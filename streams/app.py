@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,28 +119,20 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     }
     for kind, (source_name, valid_name) in routes.items():
         _add_ingest_agent(app, settings, counters, kind, source_name, valid_name, dlq)
-    label_counts: Counter[str] = Counter()
+    runtime = None
     if labels:
-        from streams.labels import TitleCache, add_label_agents
+        from streams.labels import add_label_agents
 
-        titles = TitleCache(bootstrap, names.valid_items)
-        app.ecrec_titles = titles  # type: ignore[attr-defined]
-        add_label_agents(app, settings, label_counts)
-
-        @app.task
-        async def start_title_cache() -> None:
-            titles.start()
+        runtime = add_label_agents(app, settings, bootstrap)
 
     @app.page("/ecrec/stats")
     async def stats(web: Any, request: Any) -> Any:
-        from streams.labels import label_stats
-
         # ``assigned`` > 0 once the consumer group has handed this worker its partitions.
         return web.json(
             {
                 **counters.as_dict(),
                 "assigned": len(app.consumer.assignment()),
-                "labels": label_stats(label_counts, app),
+                "labels": runtime.as_dict() if runtime else {},
             }
         )
 

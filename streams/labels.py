@@ -18,7 +18,7 @@ import logging
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import faust
@@ -27,7 +27,13 @@ from pydantic import ValidationError
 from ecrec_stream.config import Settings
 from ecrec_stream.events import ClickEvent, EventBatch, ReviewEvent, SearchEvent
 from ecrec_stream.labels.base import SentimentCandidate
-from ecrec_stream.labels.examples import ExampleBatch, TrainingExample, build_labelers
+from ecrec_stream.labels.examples import (
+    ExampleBatch,
+    RelevanceLabeler,
+    SentimentLabeler,
+    TrainingExample,
+    build_labelers,
+)
 from ecrec_stream.quality import BoundedSeen, near_duplicate_key
 from ecrec_stream.sessions import (
     BotRules,
@@ -42,14 +48,41 @@ LOG = logging.getLogger(__name__)
 EXIT_UNEXPECTED = 70
 
 
-def add_label_agents(app: faust.App, settings: Settings, stats: Counter[str]) -> None:
-    """Register the label agents and the session table on ``app``."""
+@dataclass
+class LabelRuntime:
+    """What the label agents share with the worker's stats page."""
+
+    relevance: RelevanceLabeler
+    sentiment: SentimentLabeler
+    titles: TitleCache
+    stats: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {**self.stats, "titles_known": len(self.titles)}
+        for labeler in (self.relevance, self.sentiment):
+            task = labeler.task
+            out[f"{task}_counts"] = labeler.counts
+            if labeler.meaning_filter is not None:
+                out[f"{task}_filter"] = labeler.meaning_filter.counts.as_dict()
+            acc = labeler.model.accuracies
+            if acc is not None:
+                out[f"{task}_lf_accuracy"] = dict(
+                    zip(labeler.names, acc.round(3).tolist(), strict=True)
+                )
+        return out
+
+
+def add_label_agents(app: faust.App, settings: Settings, bootstrap: str) -> LabelRuntime:
+    """Register the label agents, the session table and the title cache on ``app``."""
     cfg = settings.labels
     names = settings.topics
     from ecrec_stream.embedding import CachedEncoder, SentenceTransformerEncoder
 
     encoder = CachedEncoder(SentenceTransformerEncoder(settings.embedding))
     relevance, sentiment = build_labelers(cfg, encoder)
+    titles = TitleCache(bootstrap, names.valid_items)
+    runtime = LabelRuntime(relevance, sentiment, titles)
+    stats = runtime.stats
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecrec-label")
     examples_topic = app.topic(names.examples, value_serializer="raw", key_serializer="raw")
     sessions = app.Table(
@@ -65,7 +98,10 @@ def add_label_agents(app: faust.App, settings: Settings, stats: Counter[str]) ->
     )
     watermarks = Watermarks((names.valid_searches, names.valid_clicks))
     open_sessions: dict[int, set[str]] = {}
-    app.ecrec_label_state = {"relevance": relevance, "sentiment": sentiment}  # type: ignore[attr-defined]
+
+    @app.task
+    async def start_title_cache() -> None:
+        titles.start()
 
     async def emit(task: str, examples: list[TrainingExample], partition: int, key: str) -> None:
         if examples:
@@ -184,7 +220,6 @@ def add_label_agents(app: faust.App, settings: Settings, stats: Counter[str]) ->
                     sessions[sid] = state
                     open_sessions[part].add(sid)
                 if cands:
-                    titles = app.ecrec_titles  # type: ignore[attr-defined]
                     cands = [replace(c, item_title=titles.get(c.item_id)) for c in cands]
                     examples = await off_loop(relevance.label_many, cands)
                     await emit(
@@ -195,6 +230,7 @@ def add_label_agents(app: faust.App, settings: Settings, stats: Counter[str]) ->
 
     app.agent(reviews_topic, name="ecrec.label.reviews")(label_reviews)
     app.agent(session_topics, name="ecrec.label.sessions")(label_sessions)
+    return runtime
 
 
 class TitleCache:
@@ -256,19 +292,3 @@ class TitleCache:
                             self._titles[item.item_id] = item.title or ""
         finally:
             consumer.close()
-
-
-def label_stats(stats: Counter[str], app: faust.App) -> dict[str, Any]:
-    state = getattr(app, "ecrec_label_state", None)
-    out: dict[str, Any] = dict(stats)
-    if state:
-        for task, labeler in state.items():
-            out[f"{task}_counts"] = labeler.counts
-            if labeler.meaning_filter is not None:
-                out[f"{task}_filter"] = labeler.meaning_filter.counts.as_dict()
-            acc = labeler.model.accuracies
-            if acc is not None:
-                out[f"{task}_lf_accuracy"] = dict(
-                    zip(labeler.names, acc.round(3).tolist(), strict=True)
-                )
-    return out

@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 
 from ecrec_stream.events import ItemEvent
+from workers.processes import wait_until
+
+__all__ = ["wait_until"]  # re-exported for the tests
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -95,13 +98,3 @@ def read_topic(
 def batch_events(messages: list[Any]) -> list[dict[str, Any]]:
     """Events inside ``EventBatch`` messages, in topic order per partition."""
     return [e for m in messages for e in json.loads(m.value())["events"]]
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s}s")
