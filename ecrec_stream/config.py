@@ -80,13 +80,15 @@ class IndexSettings(BaseModel):
 
 
 class LabelSettings(BaseModel):
-    """Label synthesis, augmentation and data quality (the ``label`` agents)."""
+    """Label synthesis, augmentation and data quality (the ``label`` agents).
+
+    The label agents work on one validated ``EventBatch`` message at a time, so their
+    micro-batch size and wait are the ingest agents' (``ECREC_INGEST__BATCH_MAX`` / ``_WAIT_S``).
+    """
 
     model_config = ConfigDict(frozen=True)
 
     enabled: bool = True
-    batch_max: int = Field(200, ge=1, le=100_000)
-    batch_wait_s: float = Field(1.0, gt=0, le=60)
     session_gap_s: float = Field(1800.0, gt=0, description="event-time inactivity that closes")
     max_session_clicks: int = Field(500, ge=1)
     bounce_ms: int = Field(5_000, ge=0)

@@ -14,6 +14,7 @@ the silent data loss otherwise. Model work runs in a one-thread executor, off th
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections import Counter
@@ -279,16 +280,18 @@ class TitleCache:
                 for msg in consumer.consume(500, timeout=0.2):
                     if msg.error() is not None:
                         continue
+                    # Plain JSON, not the pydantic model: the ingest agent validated these
+                    # already, and this thread shares the worker's CPU with the agents.
                     try:
-                        batch = EventBatch.model_validate_json(msg.value() or b"")
-                    except ValidationError:
+                        events = json.loads(msg.value() or b"")["events"]
+                    except (ValueError, KeyError, TypeError):
                         continue
-                    for item in batch.events:
-                        if item.type != "item":
+                    for item in events:
+                        if item.get("type") != "item":
                             continue
-                        if item.op == "delete":
-                            self._titles.pop(item.item_id, None)
-                        elif len(self._titles) < self.capacity or item.item_id in self._titles:
-                            self._titles[item.item_id] = item.title or ""
+                        if item.get("op") == "delete":
+                            self._titles.pop(item["item_id"], None)
+                        elif len(self._titles) < self.capacity or item["item_id"] in self._titles:
+                            self._titles[item["item_id"]] = item.get("title") or ""
         finally:
             consumer.close()
