@@ -199,8 +199,41 @@ class _Labeler:
         self.counts["augmented"] += len(out)
         return out
 
-    def _flip_check(self) -> Any:
+    def _flip_check(self) -> Callable[[list[str]], list[int]] | None:
+        """Labels of texts whose change would flip meaning (none by default)."""
         return None
+
+    def _prepare(self, candidates: Sequence[Any]) -> None:
+        """Hook run before voting on a batch."""
+
+    def _usable(self, candidate: Any) -> bool:
+        return True
+
+    def _example(
+        self, candidate: Any, votes: dict[str, int], label: int, confidence: float
+    ) -> TrainingExample:
+        raise NotImplementedError
+
+    def label_many(self, candidates: Sequence[Any]) -> list[TrainingExample]:
+        """Vote, combine and augment one micro-batch of candidates."""
+        self._prepare(candidates)
+        votes, proba = self._combine(candidates)
+        self.counts["candidates"] += len(candidates)
+        examples = []
+        for cand, row, p in zip(candidates, votes, proba, strict=True):
+            if (row == ABSTAIN).all() or not self._usable(cand):
+                self.counts["all_abstained"] += 1
+                continue
+            examples.append(
+                self._example(
+                    cand,
+                    dict(zip(self.names, row.tolist(), strict=True)),
+                    int(p.argmax()),
+                    float(p.max()),
+                )
+            )
+        self.counts["examples"] += len(examples)
+        return examples + self._augment(examples)
 
 
 class RelevanceLabeler(_Labeler):
@@ -225,38 +258,26 @@ class RelevanceLabeler(_Labeler):
             )
         super().__init__(functions, settings, augmenters, meaning_filter)
 
-    def label_many(self, candidates: Sequence[RelevanceCandidate]) -> list[TrainingExample]:
-        votes, proba = self._combine(candidates)
-        self.counts["candidates"] += len(candidates)
-        examples = []
-        for cand, row, p in zip(candidates, votes, proba, strict=True):
-            if (row == ABSTAIN).all():
-                self.counts["all_abstained"] += 1
-                continue
-            label, confidence = int(p.argmax()), float(p.max())
-            weight = confidence
-            if label == POSITIVE and cand.action != "none":
-                weight *= ips_weight(cand.position, self.settings.ips_eta, self.settings.ips_clip)
-            examples.append(
-                TrainingExample(
-                    example_id=example_id(
-                        self.task, cand.source_event_ids, cand.item_id, self.names
-                    ),
-                    task=self.task,
-                    text=cand.query,
-                    text_pair=cand.item_title,
-                    item_id=cand.item_id,
-                    label=label,
-                    grade=behaviour_grade(cand),
-                    confidence=confidence,
-                    weight=weight,
-                    votes=dict(zip(self.names, row.tolist(), strict=True)),
-                    source_event_ids=list(cand.source_event_ids),
-                    user_key=self.pseudonymise(cand.user_id),
-                )
-            )
-        self.counts["examples"] += len(examples)
-        return examples + self._augment(examples)
+    def _example(
+        self, cand: RelevanceCandidate, votes: dict[str, int], label: int, confidence: float
+    ) -> TrainingExample:
+        weight = confidence
+        if label == POSITIVE and cand.action != "none":
+            weight *= ips_weight(cand.position, self.settings.ips_eta, self.settings.ips_clip)
+        return TrainingExample(
+            example_id=example_id(self.task, cand.source_event_ids, cand.item_id, self.names),
+            task=self.task,
+            text=cand.query,
+            text_pair=cand.item_title,
+            item_id=cand.item_id,
+            label=label,
+            grade=behaviour_grade(cand),
+            confidence=confidence,
+            weight=weight,
+            votes=votes,
+            source_event_ids=list(cand.source_event_ids),
+            user_key=self.pseudonymise(cand.user_id),
+        )
 
 
 class SentimentLabeler(_Labeler):
@@ -283,7 +304,7 @@ class SentimentLabeler(_Labeler):
         self._seeds: deque[tuple[str, int]] = deque(maxlen=settings.seed_capacity)
         self._since_fit = 0
 
-    def _flip_check(self) -> Any:
+    def _flip_check(self) -> Callable[[list[str]], list[int]] | None:
         lexicon = self.lexicon
 
         def label_of(texts: list[str]) -> list[int]:
@@ -292,7 +313,8 @@ class SentimentLabeler(_Labeler):
 
         return label_of
 
-    def _learn_seeds(self, candidates: Sequence[SentimentCandidate]) -> None:
+    def _prepare(self, candidates: Sequence[SentimentCandidate]) -> None:
+        """Learn seed labels from the batch's ratings before voting on it."""
         if self.seed_classifier is None:
             return
         for c, v in zip(candidates, self.rating.vote_many(candidates), strict=True):
@@ -307,32 +329,24 @@ class SentimentLabeler(_Labeler):
             self.seed_classifier.fit(list(texts), list(labels))
             self._since_fit = 0
 
-    def label_many(self, candidates: Sequence[SentimentCandidate]) -> list[TrainingExample]:
-        self._learn_seeds(candidates)
-        votes, proba = self._combine(candidates)
-        self.counts["candidates"] += len(candidates)
-        examples = []
-        for cand, row, p in zip(candidates, votes, proba, strict=True):
-            if (row == ABSTAIN).all() or not cand.text.strip():
-                self.counts["all_abstained"] += 1
-                continue
-            label, confidence = int(p.argmax()), float(p.max())
-            examples.append(
-                TrainingExample(
-                    example_id=example_id(self.task, [cand.event_id], cand.item_id, self.names),
-                    task=self.task,
-                    text=cand.text,
-                    item_id=cand.item_id,
-                    label=label,
-                    confidence=confidence,
-                    weight=confidence,
-                    votes=dict(zip(self.names, row.tolist(), strict=True)),
-                    source_event_ids=[cand.event_id],
-                    user_key=self.pseudonymise(cand.user_id),
-                )
-            )
-        self.counts["examples"] += len(examples)
-        return examples + self._augment(examples)
+    def _usable(self, cand: SentimentCandidate) -> bool:
+        return bool(cand.text.strip())
+
+    def _example(
+        self, cand: SentimentCandidate, votes: dict[str, int], label: int, confidence: float
+    ) -> TrainingExample:
+        return TrainingExample(
+            example_id=example_id(self.task, [cand.event_id], cand.item_id, self.names),
+            task=self.task,
+            text=cand.text,
+            item_id=cand.item_id,
+            label=label,
+            confidence=confidence,
+            weight=confidence,
+            votes=votes,
+            source_event_ids=[cand.event_id],
+            user_key=self.pseudonymise(cand.user_id),
+        )
 
 
 def build_labelers(
