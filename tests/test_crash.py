@@ -145,3 +145,82 @@ def test_replica_killed_resumes_without_losing_items(broker: Any, tmp_path: Path
             assert httpx.get(f"{base}/items/{tag}-{i}").status_code == 200
     finally:
         proc.stop()
+
+
+def test_worker_killed_while_labelling_gives_the_same_example_ids(
+    broker: Any, tmp_path: Path
+) -> None:
+    """Reviews -> sentiment examples with a SIGKILL in the middle: after the restart every
+    review has its example, and no example id exists that a clean run would not make."""
+    from ecrec_stream.labels.examples import example_id
+
+    tag = unique("lkill")
+    names, env = _isolated_env(tag)
+    ensure_topics(broker.bootstrap, all_topics(names), 4)
+    env["ECREC_INGEST__BATCH_MAX"] = "20"
+    n = 400
+    now = utc_now().isoformat()
+    producer = new_producer(broker.bootstrap)
+    words = ["lovely soft", "great fitting", "awful scratchy", "cheap flimsy", "perfect warm"]
+    for i in range(n):
+        rating = (5, 4, 1, 2, 5)[i % 5]
+        producer.produce(
+            names.reviews,
+            key=f"item-{i % 13}".encode(),
+            value=json.dumps(
+                {
+                    "event_id": f"{tag}-{i}",
+                    "ts": now,
+                    "item_id": f"item-{i % 13}",
+                    "rating": rating,
+                    "text": f"A {words[i % 5]} sweater, review number {i}",
+                }
+            ).encode(),
+        )
+    assert producer.flush(30) == 0
+    functions = ["rating", "lexicon", "prototype", "seed_classifier"]
+    expected = {
+        example_id("sentiment", [f"{tag}-{i}"], f"item-{i % 13}", functions) for i in range(n)
+    }
+
+    def originals(msgs: list[Any]) -> set[str]:
+        return {
+            e["example_id"]
+            for m in msgs
+            for e in json.loads(m.value())["examples"]
+            if e["augmented_from"] is None
+        }
+
+    proc = worker_process(broker.url, tmp_path, free_port(), extra_env=env).start()
+    try:
+        read_topic(
+            broker.bootstrap,
+            names.examples,
+            timeout_s=180,
+            done=lambda ms: len(originals(ms)) >= 60,
+        )
+    finally:
+        proc.kill()
+    before = originals(
+        read_topic(broker.bootstrap, names.examples, timeout_s=2, done=lambda ms: False)
+    )
+    assert len(before) < n, "labelling finished before the kill; the test proves nothing"
+    proc = worker_process(broker.url, tmp_path, free_port(), extra_env=env).start()
+    try:
+        msgs = read_topic(
+            broker.bootstrap,
+            names.examples,
+            timeout_s=300,
+            done=lambda ms: originals(ms) >= expected,
+        )
+    finally:
+        proc.stop()
+    assert originals(msgs) == expected
+    augmented = [
+        e
+        for m in msgs
+        for e in json.loads(m.value())["examples"]
+        if e["augmented_from"] is not None
+    ]
+    assert {e["augmented_from"] for e in augmented} <= expected
+    print(f"killed after {len(before)} of {n} reviews were labelled")

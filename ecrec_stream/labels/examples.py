@@ -120,10 +120,12 @@ def vote_matrix(functions: Sequence[LabelFunction[Any]], candidates: Sequence[An
 class _Labeler:
     """Shared plumbing: votes -> label model -> examples -> augmented, filtered copies.
 
-    Every candidate with at least one vote becomes an example: which examples exist depends
-    only on the votes, so redelivery adds no ids. Label and confidence come from the label
-    model as fitted at the time; a redelivered duplicate may carry a slightly different
-    confidence, and consumers keep the first copy of each id.
+    Which examples exist depends only on the votes of *stateless* functions (all but those
+    marked ``stateful``, like the seed classifier that is refitted as data arrives): a candidate
+    becomes an example when one of them votes, and is augmented when all of them that vote
+    agree. So the same events give the same example ids, also after a restart. Label and
+    confidence come from the label model as fitted at the time; a redelivered duplicate may
+    carry a slightly different confidence, and consumers keep the first copy of each id.
     """
 
     task: Literal["relevance", "sentiment"]
@@ -137,6 +139,12 @@ class _Labeler:
     ) -> None:
         self.functions = list(functions)
         self.names = [f.name for f in self.functions]
+        self.stateless = [
+            n
+            for f, n in zip(self.functions, self.names, strict=True)
+            if not getattr(f, "stateful", False)
+        ]
+        self._stateless_cols = np.array([n in self.stateless for n in self.names])
         self.settings = settings
         self.model = OnlineLabelModel(len(self.functions), 2, seed=settings.augment_seed)
         self.augmenters = list(augmenters)
@@ -156,10 +164,13 @@ class _Labeler:
         return votes, self.model.label_many(votes)
 
     def _augment(self, examples: list[TrainingExample]) -> list[TrainingExample]:
-        # Only examples whose voting functions all agree are augmented. The choice depends on
-        # the votes alone, never on the (online, changing) label model, so a redelivered batch
-        # yields exactly the same example ids.
-        examples = [e for e in examples if len({v for v in e.votes.values() if v != ABSTAIN}) == 1]
+        # Only examples whose voting stateless functions all agree are augmented (see the
+        # class docstring): the choice never depends on state that a restart resets.
+        examples = [
+            e
+            for e in examples
+            if len({e.votes[n] for n in self.stateless if e.votes[n] != ABSTAIN}) == 1
+        ]
         if not self.augmenters or not examples or self.settings.augment_variants == 0:
             return []
         by_id = {e.example_id: e for e in examples}
@@ -221,7 +232,7 @@ class _Labeler:
         self.counts["candidates"] += len(candidates)
         examples = []
         for cand, row, p in zip(candidates, votes, proba, strict=True):
-            if (row == ABSTAIN).all() or not self._usable(cand):
+            if (row[self._stateless_cols] == ABSTAIN).all() or not self._usable(cand):
                 self.counts["all_abstained"] += 1
                 continue
             examples.append(

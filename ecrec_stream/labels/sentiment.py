@@ -229,6 +229,7 @@ class SeedClassifierSentiment:
 
     name = "seed_classifier"
     task: Literal["sentiment"] = "sentiment"
+    stateful = True  # its votes depend on what it was fitted on so far
 
     def __init__(self, encoder: Encoder, *, abstain_band: float = 0.2, seed: int = 0) -> None:
         self.encoder = encoder
