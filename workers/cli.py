@@ -98,8 +98,8 @@ def demo(
     duration: Annotated[
         float, typer.Option(help="seconds of live traffic (Ctrl-C stops early)")
     ] = 60.0,
-    rate: Annotated[float, typer.Option(help="events per second to produce")] = 200.0,
-    items: Annotated[int, typer.Option(help="size of the generated catalog")] = 1000,
+    rate: Annotated[float, typer.Option(help="events per second to produce")] = 100.0,
+    items: Annotated[int, typer.Option(help="size of the generated catalog")] = 500,
     catalog: Annotated[
         Path | None,
         typer.Option(

@@ -33,8 +33,8 @@ from workers.replay import topic_for
 @dataclass(frozen=True)
 class DemoOptions:
     duration_s: float = 60.0
-    rate: float = 200.0
-    n_items: int = 1000
+    rate: float = 100.0
+    n_items: int = 500
     catalog_dir: Path | None = None
     seed: int = 11
     live: bool = True
