@@ -30,6 +30,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.freshness
 	$(PY) -m bench.ingest
+	$(PY) -m bench.labels
 
 clean:
 	rm -rf $(VENV) .ecrec bench/results
