@@ -210,17 +210,26 @@ def relevance_section(
     examples = labeler.label_many(cands)
     by_key = {(e.source_event_ids[0], e.item_id): e for e in examples}
     rows, data = [], {"candidates": len(cands), "examples": len(examples)}
+
+    def add(row_name: str, key: str, mask: np.ndarray, want: np.ndarray) -> None:
+        """Precision of the rows in ``mask`` and recall of ``want``, as a table row."""
+        precision = float(want[mask].mean()) if mask.any() else float("nan")
+        recall = float((mask & want).sum() / max(want.sum(), 1))
+        rows.append([row_name, int(mask.sum()), precision, recall])
+        data[key] = {"n": int(mask.sum()), "precision": precision, "recall": recall}
+
     grades = [behaviour_grade(c) for c in cands]
     for grade in (3, 2, 1, 0):
         mask = np.array([gr == grade for gr in grades])
         if not mask.any():
             continue
-        want = relevant if grade >= 1 else ~relevant
-        precision = float(want[mask].mean())
-        recall = float((mask & want).sum() / max(want.sum(), 1))
         name = {3: "purchase", 2: "add_to_cart", 1: "click", 0: "skipped above a click"}[grade]
-        rows.append([f"behaviour grade {grade} ({name})", int(mask.sum()), precision, recall])
-        data[f"grade_{grade}"] = {"n": int(mask.sum()), "precision": precision, "recall": recall}
+        add(
+            f"behaviour grade {grade} ({name})",
+            f"grade_{grade}",
+            mask,
+            relevant if grade >= 1 else ~relevant,
+        )
     labels = np.array(
         [
             by_key[(c.search_event_id, c.item_id)].label
@@ -230,18 +239,12 @@ def relevance_section(
         ]
     )
     for label, want in ((1, relevant), (0, ~relevant)):
-        mask = labels == label
-        precision = float(want[mask].mean()) if mask.any() else float("nan")
-        recall = float((mask & want).sum() / max(want.sum(), 1))
-        rows.append(
-            [
-                f"label model: label {label} ({'relevant' if label else 'not'})",
-                int(mask.sum()),
-                precision,
-                recall,
-            ]
+        add(
+            f"label model: label {label} ({'relevant' if label else 'not'})",
+            f"label_{label}",
+            labels == label,
+            want,
         )
-        data[f"label_{label}"] = {"n": int(mask.sum()), "precision": precision, "recall": recall}
     data["estimated_accuracy"] = (
         dict(zip(labeler.names, labeler.model.accuracies.round(3).tolist(), strict=True))
         if labeler.model.accuracies is not None

@@ -15,7 +15,6 @@ restarted worker redelivers the batch and downstream consumers drop duplicates b
 from __future__ import annotations
 
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,9 +26,9 @@ from faust.types import EventT
 from ecrec_stream.config import Settings
 from ecrec_stream.events import EventBatch, SourcePosition
 from ecrec_stream.validation import RawRecord, validate_many
+from streams.failstop import fail_stop
 
 LOG = logging.getLogger(__name__)
-EXIT_UNEXPECTED = 70
 
 
 @dataclass
@@ -161,9 +160,7 @@ def _add_ingest_agent(
             try:
                 await _ingest_batch(kind, _records(events), valid, dlq, counters, settings)
             except BaseException:
-                LOG.exception("unexpected error in %s ingest; stopping before commit", kind)
-                logging.shutdown()
-                os._exit(EXIT_UNEXPECTED)
+                fail_stop(f"ingest.{kind}")
 
     app.agent(source, name=f"ecrec.ingest.{kind}")(ingest)
 

@@ -133,9 +133,6 @@ class EmbeddedBroker:
                 self._proc.wait()
         self._proc = None
 
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def wait(self) -> int:
         """Block until the broker exits (foreground mode); returns its exit code."""
         if self._proc is None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -44,9 +43,9 @@ from ecrec_stream.sessions import (
     new_session,
     relevance_candidates,
 )
+from streams.failstop import fail_stop
 
 LOG = logging.getLogger(__name__)
-EXIT_UNEXPECTED = 70
 
 
 @dataclass
@@ -115,11 +114,6 @@ def add_label_agents(app: faust.App, settings: Settings, bootstrap: str) -> Labe
 
     async def off_loop(fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
-
-    def fail_stop(where: str) -> None:
-        LOG.exception("unexpected error in %s; stopping before commit", where)
-        logging.shutdown()
-        os._exit(EXIT_UNEXPECTED)
 
     def parse(event: Any) -> EventBatch | None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,24 @@ def _isolated_env(tag: str) -> tuple[TopicNames, dict[str, str]]:
     env = {f"ECREC_TOPICS__{f.upper()}": v for f, v in names.model_dump().items()}
     env["ECREC_APP_ID"] = tag
     return names, env
+
+
+def _kill_worker_when(
+    broker: Any,
+    tmp_path: Path,
+    env: dict[str, str],
+    topic: str,
+    done: Callable[[list[Any]], bool],
+    timeout_s: float,
+) -> list[Any]:
+    """Run an isolated worker until ``done(messages of topic)``, SIGKILL it, and return
+    everything on ``topic`` at that point."""
+    proc = worker_process(broker.url, tmp_path, free_port(), extra_env=env).start()
+    try:
+        read_topic(broker.bootstrap, topic, timeout_s=timeout_s, done=done)
+    finally:
+        proc.kill()
+    return read_topic(broker.bootstrap, topic, timeout_s=2, done=lambda ms: False)
 
 
 def test_worker_killed_mid_batch_loses_no_event(broker: Any, tmp_path: Path) -> None:
@@ -53,20 +72,16 @@ def test_worker_killed_mid_batch_loses_no_event(broker: Any, tmp_path: Path) -> 
     assert producer.flush(30) == 0
     env["ECREC_INGEST__BATCH_MAX"] = "50"  # small batches: many commits, a kill lands mid-way
     env["ECREC_LABELS__ENABLED"] = "false"  # this test is about ingest
-    port = free_port()
-    proc = worker_process(broker.url, tmp_path, port, extra_env=env).start()
-    try:
-        read_topic(
-            broker.bootstrap,
-            names.valid_reviews,
-            timeout_s=120,
-            done=lambda ms: len(batch_events(ms)) >= 3_000,
-        )
-    finally:
-        proc.kill()
     partial = len(
         batch_events(
-            read_topic(broker.bootstrap, names.valid_reviews, timeout_s=2, done=lambda ms: False)
+            _kill_worker_when(
+                broker,
+                tmp_path,
+                env,
+                names.valid_reviews,
+                lambda ms: len(batch_events(ms)) >= 3_000,
+                120,
+            )
         )
     )
     assert partial < n, "the worker finished before the kill; the test proves nothing"
@@ -191,18 +206,10 @@ def test_worker_killed_while_labelling_gives_the_same_example_ids(
             if e["augmented_from"] is None
         }
 
-    proc = worker_process(broker.url, tmp_path, free_port(), extra_env=env).start()
-    try:
-        read_topic(
-            broker.bootstrap,
-            names.examples,
-            timeout_s=180,
-            done=lambda ms: len(originals(ms)) >= 60,
-        )
-    finally:
-        proc.kill()
     before = originals(
-        read_topic(broker.bootstrap, names.examples, timeout_s=2, done=lambda ms: False)
+        _kill_worker_when(
+            broker, tmp_path, env, names.examples, lambda ms: len(originals(ms)) >= 60, 180
+        )
     )
     assert len(before) < n, "labelling finished before the kill; the test proves nothing"
     proc = worker_process(broker.url, tmp_path, free_port(), extra_env=env).start()
