@@ -1,17 +1,26 @@
 """Settings for every ecrec-stream process, read from ``ECREC_*`` environment variables.
 
-One frozen :class:`Settings` object is built per process with :func:`load_settings`; overrides
-go through ``settings.model_copy(update=...)``. Nested groups use ``__`` in variable names, e.g.
+One frozen :class:`Settings` object is built per process with :func:`load_settings`; keyword
+overrides are merged over the environment and validated like it (nested groups as dicts).
+Nested groups use ``__`` in variable names, e.g.
 ``ECREC_INDEX__BATCH_MAX=128``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ecrec_stream.exceptions import ConfigError
@@ -67,8 +76,11 @@ class IndexSettings(BaseModel):
     backend: Literal["flat", "ivf"] = "flat"
     ivf_nlist: int = Field(256, ge=1)
     ivf_nprobe: int = Field(16, ge=1)
+    # Items (not messages) embedded per micro-batch: a bulk load becomes searchable in steps
+    # of this size instead of all at once after the whole fetch was embedded.
     batch_max: int = Field(256, ge=1, le=100_000)
     batch_wait_s: float = Field(0.05, gt=0, le=60)
+    fetch_max_messages: int = Field(16, ge=1, le=10_000, description="messages per fetch")
     snapshot_interval_s: float = Field(30.0, gt=0)
     snapshot_keep: int = Field(2, ge=1)
     data_dir: Path = Path(".ecrec/index")
@@ -112,6 +124,11 @@ class LabelSettings(BaseModel):
     bot_max_clicks: int = Field(100, ge=1)
     bot_min_median_dwell_ms: int = Field(500, ge=0)
     dedupe_capacity: int = Field(100_000, ge=100)
+    # Your own label functions: "package.module:factory" paths; factory(label_settings) returns
+    # a LabelFunction whose ``task`` says which labeler it joins.
+    extra_functions: tuple[
+        Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")], ...
+    ] = ()
     pseudonym_key: SecretStr = SecretStr("ecrec-dev-key-change-me")
 
 
@@ -138,6 +155,22 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = EmbeddingSettings()
     index: IndexSettings = IndexSettings()
     labels: LabelSettings = LabelSettings()
+    # Every message an agent sends stays under this many bytes (batches are split); Kafka's
+    # default broker and producer limit is 1 MiB, so keep a margin below it.
+    max_message_bytes: int = Field(524_288, ge=16_384, le=1_000_000)
+    # What an agent does when processing a record raises: set it aside as a dead letter with
+    # reason processing_error and go on (default), or stop the worker (fail-stop).
+    on_processing_error: Literal["dead_letter", "stop"] = "dead_letter"
+
+    @model_validator(mode="after")
+    def _messages_fit_events(self) -> Settings:
+        # A validated event re-serialises to about its raw size; it must fit one message.
+        if self.max_message_bytes < 2 * self.ingest.max_payload_bytes:
+            raise ValueError(
+                f"max_message_bytes ({self.max_message_bytes}) must be at least twice "
+                f"ingest.max_payload_bytes ({self.ingest.max_payload_bytes})"
+            )
+        return self
 
     @field_validator("broker")
     @classmethod
@@ -176,7 +209,11 @@ def bootstrap_servers(broker_url: str) -> str:
     return ",".join(hosts)
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment, then apply keyword overrides."""
-    settings = Settings()
-    return settings.model_copy(update=overrides) if overrides else settings
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment, then apply keyword overrides, validated like
+    environment values (``load_settings(partitions=0)`` raises).
+
+    >>> load_settings(partitions=2).partitions
+    2
+    """
+    return Settings(**overrides)

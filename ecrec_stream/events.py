@@ -150,6 +150,7 @@ class DeadLetterReason(str, Enum):
     NOT_AN_OBJECT = "not_an_object"
     SCHEMA_VIOLATION = "schema_violation"
     UNSUPPORTED_VERSION = "unsupported_version"
+    PROCESSING_ERROR = "processing_error"  # valid input that a processing stage raised on
 
 
 class SourcePosition(BaseModel):

@@ -18,6 +18,7 @@ from ecrec_stream.events import (
     SourcePosition,
     utc_now,
 )
+from ecrec_stream.isolation import describe
 
 MAX_ERROR_CHARS = 2_000
 PREVIEW_CHARS = 512
@@ -34,19 +35,57 @@ class RawRecord:
 
 @dataclass(slots=True)
 class ValidationOutcome:
-    """The result of validating a micro-batch: accepted events and dead letters, in input order."""
+    """The result of validating a micro-batch: accepted events (with where each was read) and
+    dead letters, in input order."""
 
     valid: list[AnyEvent] = field(default_factory=list)
+    positions: list[SourcePosition] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
 
 
-def dead_letter_id(position: SourcePosition) -> str:
-    """A deterministic id, so a redelivered bad record yields the same dead letter.
+class _NotStrictJson(ValueError):
+    """JSON that Python's parser accepts but the contract does not (NaN, duplicate keys)."""
+
+
+def _reject_constant(name: str) -> float:
+    raise _NotStrictJson(f"{name} is not valid JSON")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    # Parsers disagree on which duplicate wins, so a duplicated key is ambiguous input.
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _NotStrictJson(f"duplicate key {dup!r}")
+    return doc
+
+
+def parse_json(raw: bytes) -> object:
+    """Parse strict JSON: no NaN/Infinity, no duplicate keys. Raises ``ValueError`` (which
+    includes ``UnicodeDecodeError`` and ``JSONDecodeError``) or ``RecursionError``.
+
+    >>> parse_json(b'{"a": 1}')
+    {'a': 1}
+    >>> parse_json(b'{"a": 1, "a": 2}')
+    Traceback (most recent call last):
+    ...
+    ecrec_stream.validation._NotStrictJson: duplicate key 'a'
+    """
+    return json.loads(raw, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
+
+
+def dead_letter_id(position: SourcePosition, event_id: str | None = None) -> str:
+    """A deterministic id, so a redelivered bad record yields the same dead letter. Records
+    inside a batch message (the label agents' input) add the event's id.
 
     >>> dead_letter_id(SourcePosition(topic="ecrec.items", partition=2, offset=7))
     'dlq:ecrec.items:2:7'
+    >>> dead_letter_id(SourcePosition(topic="ecrec.valid.reviews", partition=0, offset=3), "r9")
+    'dlq:ecrec.valid.reviews:0:3:r9'
     """
-    return f"dlq:{position.topic}:{position.partition}:{position.offset}"
+    base = f"dlq:{position.topic}:{position.partition}:{position.offset}"
+    return f"{base}:{event_id}" if event_id else base
 
 
 def make_dead_letter(
@@ -56,12 +95,13 @@ def make_dead_letter(
     error: str,
     *,
     max_raw_bytes: int,
+    event_id: str | None = None,
 ) -> DeadLetter:
     """Build the dead letter for ``record``, truncating the stored payload to ``max_raw_bytes``."""
     raw = record.value or b""
     kept = raw[:max_raw_bytes]
     return DeadLetter(
-        dead_letter_id=dead_letter_id(record.position),
+        dead_letter_id=dead_letter_id(record.position, event_id),
         ts=utc_now(),
         kind=kind,
         reason=reason,
@@ -88,6 +128,9 @@ def validate_one(
 ) -> AnyEvent | DeadLetter:
     """Validate one raw record as an event of ``kind``; never raises on bad input.
 
+    Anything that goes wrong while parsing one record's bytes (invalid UTF-8, a number past
+    Python's 4,300-digit limit, nesting past the recursion limit, ...) makes it a dead letter.
+
     >>> pos = SourcePosition(topic="ecrec.reviews", partition=0, offset=3)
     >>> out = validate_one("review", RawRecord(b'{"oops', pos), max_payload_bytes=1024,
     ...                    max_raw_bytes=64)
@@ -110,10 +153,14 @@ def validate_one(
         )
     try:
         # json.loads first: it separates "not JSON" from "JSON of the wrong shape" cleanly.
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        doc = parse_json(raw)
+    except (ValueError, RecursionError) as exc:
         return make_dead_letter(
-            record, kind, DeadLetterReason.MALFORMED_JSON, str(exc), max_raw_bytes=max_raw_bytes
+            record,
+            kind,
+            DeadLetterReason.MALFORMED_JSON,
+            describe(exc),
+            max_raw_bytes=max_raw_bytes,
         )
     if not isinstance(doc, dict):
         return make_dead_letter(
@@ -142,19 +189,38 @@ def validate_one(
             _summarise(exc),
             max_raw_bytes=max_raw_bytes,
         )
+    except (ValueError, RecursionError) as exc:  # the JSON parser disagreeing with json.loads
+        return make_dead_letter(
+            record,
+            kind,
+            DeadLetterReason.MALFORMED_JSON,
+            describe(exc),
+            max_raw_bytes=max_raw_bytes,
+        )
 
 
 def validate_many(
     kind: str, records: Iterable[RawRecord], *, max_payload_bytes: int, max_raw_bytes: int
 ) -> ValidationOutcome:
-    """Validate a micro-batch; one bad record never affects its neighbours."""
+    """Validate a micro-batch; one bad record never affects its neighbours, and nothing raises:
+    an unexpected error on a record makes it a ``processing_error`` dead letter."""
     outcome = ValidationOutcome()
     for record in records:
-        result = validate_one(
-            kind, record, max_payload_bytes=max_payload_bytes, max_raw_bytes=max_raw_bytes
-        )
+        try:
+            result = validate_one(
+                kind, record, max_payload_bytes=max_payload_bytes, max_raw_bytes=max_raw_bytes
+            )
+        except Exception as exc:
+            result = make_dead_letter(
+                record,
+                kind,
+                DeadLetterReason.PROCESSING_ERROR,
+                describe(exc),
+                max_raw_bytes=max_raw_bytes,
+            )
         if isinstance(result, DeadLetter):
             outcome.dead.append(result)
         else:
             outcome.valid.append(result)
+            outcome.positions.append(record.position)
     return outcome

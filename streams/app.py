@@ -23,9 +23,10 @@ from typing import Any
 import faust
 from faust.types import EventT
 
+from ecrec_stream.batching import event_batch_messages
 from ecrec_stream.config import Settings
-from ecrec_stream.events import EventBatch, SourcePosition
-from ecrec_stream.validation import RawRecord, validate_many
+from ecrec_stream.events import DeadLetterReason, SourcePosition
+from ecrec_stream.validation import RawRecord, make_dead_letter, validate_many
 from streams.failstop import fail_stop
 
 LOG = logging.getLogger(__name__)
@@ -38,9 +39,15 @@ class IngestCounters:
     valid: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     dead: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     batches: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    messages: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def as_dict(self) -> dict[str, dict[str, int]]:
-        return {"valid": dict(self.valid), "dead": dict(self.dead), "batches": dict(self.batches)}
+        return {
+            "valid": dict(self.valid),
+            "dead": dict(self.dead),
+            "batches": dict(self.batches),
+            "messages": dict(self.messages),
+        }
 
 
 def _records(events: Sequence[EventT]) -> list[RawRecord]:
@@ -86,6 +93,9 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     """Build the Faust app for ``settings`` against ``bootstrap`` (host:port list)."""
     cap_faust_fetch_wait(settings.ingest.fetch_max_wait_ms)
     labels = settings.labels.enabled
+    # Faust creates only the last folder of its datadir.
+    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
+    web_enabled = settings.worker_web_port != 0
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{h}" for h in bootstrap.split(",")],
@@ -103,9 +113,13 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         broker_session_timeout=10,
         broker_heartbeat_interval=1,
         consumer_auto_offset_reset="earliest",
-        web_port=settings.worker_web_port,
+        # Faust rejects port 0 even with the web server off; 0 means "no web server" here.
+        web_port=settings.worker_web_port if web_enabled else 6066,
         web_host="127.0.0.1",
-        web_enabled=settings.worker_web_port != 0,
+        web_enabled=web_enabled,
+        # Every message is packed under max_message_bytes (ecrec_stream.batching); the
+        # producer's own limit must admit that plus its record overhead.
+        producer_max_request_size=settings.max_message_bytes + 65_536,
     )
     counters = IngestCounters()
     names = settings.topics
@@ -177,29 +191,41 @@ async def _ingest_batch(
     for record in records:
         by_partition[record.position.partition].append(record)
     for partition, part_records in by_partition.items():
+        # Validation never raises (a record that makes it raise is a dead letter); a send that
+        # fails below is an infrastructure failure and stops the worker (fail_stop).
         outcome = validate_many(
             kind,
             part_records,
             max_payload_bytes=settings.ingest.max_payload_bytes,
             max_raw_bytes=settings.ingest.dlq_max_raw_bytes,
         )
-        for dead in outcome.dead:
+        messages, oversized = event_batch_messages(
+            kind, outcome.valid, outcome.positions, settings.max_message_bytes
+        )
+        by_position = {r.position: r for r in part_records}
+        dead = list(outcome.dead) + [
+            make_dead_letter(
+                by_position[outcome.positions[i]],
+                kind,
+                DeadLetterReason.OVERSIZED,
+                "validated event does not fit ECREC_MAX_MESSAGE_BYTES="
+                f"{settings.max_message_bytes}",
+                max_raw_bytes=settings.ingest.dlq_max_raw_bytes,
+            )
+            for i in oversized
+        ]
+        for letter in dead:
             await dlq.send(
-                key=dead.dead_letter_id.encode(),
-                value=dead.model_dump_json().encode(),
+                key=letter.dead_letter_id.encode(),
+                value=letter.model_dump_json().encode(),
             )
-        if outcome.valid:
-            batch = EventBatch(
-                kind=kind,
-                source=part_records[0].position,
-                last_offset=part_records[-1].position.offset,
-                events=outcome.valid,
-            )
+        for first, body in messages:
             await valid.send(
-                key=f"{kind}:{partition}:{batch.source.offset}".encode(),
-                value=batch.model_dump_json().encode(),
+                key=f"{kind}:{partition}:{first.offset}".encode(),
+                value=body,
                 partition=partition,
             )
-        counters.valid[kind] += len(outcome.valid)
-        counters.dead[kind] += len(outcome.dead)
+        counters.valid[kind] += len(outcome.valid) - len(oversized)
+        counters.dead[kind] += len(dead)
+        counters.messages[kind] += len(messages)
     counters.batches[kind] += 1

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -107,6 +108,7 @@ class EmbeddedBroker:
                     stderr=subprocess.STDOUT,
                     env=env,
                     start_new_session=True,
+                    preexec_fn=_die_with_parent,
                 )
             if wait_for_port(self.host, port, self.start_timeout_s) and self._proc.poll() is None:
                 self.port = port
@@ -149,6 +151,16 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: on Linux, ask the kernel to SIGTERM it when the parent
+    dies, even by SIGKILL, so no orphaned broker keeps holding its port."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 # Tansu reads these from the environment; a user's shell must not redirect our child broker.

@@ -9,11 +9,17 @@
 Table writes happen once per session per incoming batch message, inside stream iteration (the
 current event's partition is the session's partition), never from timers: BROKER.md explains
 the silent data loss otherwise. Model work runs in a one-thread executor, off the event loop.
+
+Errors: a batch message that does not parse, and a record that a stage raises on (found by
+bisection, :mod:`ecrec_stream.isolation`), become dead letters and the agent goes on
+(``ECREC_ON_PROCESSING_ERROR=stop`` to stop instead). Any other error, a failed send above all,
+stops the worker before it commits (:func:`streams.failstop.fail_stop`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -22,17 +28,24 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import faust
-from pydantic import ValidationError
 
 from ecrec_stream.config import Settings
-from ecrec_stream.events import ClickEvent, EventBatch, ReviewEvent, SearchEvent
-from ecrec_stream.labels.base import SentimentCandidate
+from ecrec_stream.events import (
+    ClickEvent,
+    DeadLetterReason,
+    EventBatch,
+    ReviewEvent,
+    SearchEvent,
+    SourcePosition,
+)
+from ecrec_stream.isolation import Failure, describe, isolate_failures
+from ecrec_stream.labels.base import RelevanceCandidate, SentimentCandidate, Task
 from ecrec_stream.labels.examples import (
-    ExampleBatch,
     RelevanceLabeler,
     SentimentLabeler,
     TrainingExample,
     build_labelers,
+    example_batch_messages,
 )
 from ecrec_stream.quality import BoundedSeen, near_duplicate_key
 from ecrec_stream.sessions import (
@@ -43,9 +56,16 @@ from ecrec_stream.sessions import (
     new_session,
     relevance_candidates,
 )
+from ecrec_stream.validation import RawRecord, make_dead_letter
 from streams.failstop import fail_stop
 
 LOG = logging.getLogger(__name__)
+PROCESSING = DeadLetterReason.PROCESSING_ERROR
+
+
+def _candidate_json(candidate: RelevanceCandidate | SentimentCandidate) -> bytes:
+    """A candidate as JSON, the payload of its dead letter."""
+    return json.dumps(dataclasses.asdict(candidate), default=str).encode()
 
 
 @dataclass
@@ -103,57 +123,115 @@ def add_label_agents(app: faust.App, settings: Settings, bootstrap: str) -> Labe
     async def start_title_cache() -> None:
         titles.start()
 
-    async def emit(task: str, examples: list[TrainingExample], partition: int, key: str) -> None:
-        if examples:
-            batch = ExampleBatch(task=task, examples=examples)
+    dlq = app.topic(names.dlq, value_serializer="raw", key_serializer="raw")
+    policy = settings.on_processing_error
+    max_raw = settings.ingest.dlq_max_raw_bytes
+
+    async def emit(task: Task, examples: list[TrainingExample], partition: int, key: str) -> None:
+        """Send examples as byte-bounded ``ExampleBatch`` messages (a backlog can make one
+        micro-batch larger than a message may be); ids and order are kept."""
+        messages, oversized = example_batch_messages(task, examples, settings.max_message_bytes)
+        for n, body in enumerate(messages):
             await examples_topic.send(
-                key=key.encode(), value=batch.model_dump_json().encode(), partition=partition
+                key=(key if n == 0 else f"{key}:{n}").encode(), value=body, partition=partition
             )
-            stats[f"examples_{task}"] += len(examples)
-            stats[f"augmented_{task}"] += sum(e.augmented_from is not None for e in examples)
+        for i in oversized:
+            LOG.error("example %s does not fit one message: dropped", examples[i].example_id)
+        stats[f"examples_{task}"] += len(examples) - len(oversized)
+        stats[f"oversized_examples_{task}"] += len(oversized)
+        stats[f"example_messages_{task}"] += len(messages)
+        stats[f"augmented_{task}"] += sum(e.augmented_from is not None for e in examples)
+
+    async def dead_letter(
+        event: Any, kind: str, reason: DeadLetterReason, error: str, payload: bytes, item: str
+    ) -> None:
+        """Dead-letter one record of the batch message ``event`` (``item`` names it)."""
+        position = SourcePosition(
+            topic=event.message.topic,
+            partition=event.message.partition,
+            offset=event.message.offset,
+        )
+        letter = make_dead_letter(
+            RawRecord(payload, position), kind, reason, error, max_raw_bytes=max_raw, event_id=item
+        )
+        await dlq.send(key=letter.dead_letter_id.encode(), value=letter.model_dump_json().encode())
+        stats[f"dead_letters_{reason.value}"] += 1
+        LOG.warning("dead-lettered %s (%s): %s", letter.dead_letter_id, reason.value, error)
 
     async def off_loop(fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
-    def parse(event: Any) -> EventBatch | None:
+    async def label_isolated(
+        labeler: RelevanceLabeler | SentimentLabeler, cands: list[Any]
+    ) -> tuple[list[TrainingExample], list[Failure[Any]]]:
+        result: tuple[list[TrainingExample], list[Failure[Any]]] = await off_loop(
+            isolate_failures, labeler.label_many, cands, policy
+        )
+        return result
+
+    async def parse(event: Any) -> EventBatch | None:
         try:
             return EventBatch.model_validate_json(event.value)
-        except ValidationError as exc:
+        except ValueError as exc:
             # Only the ingest agents write these topics; a bad one is a foreign producer.
-            LOG.error("skipping malformed batch on %s: %s", event.message.topic, exc)
             stats["skipped_batches"] += 1
+            await dead_letter(
+                event, "batch", DeadLetterReason.SCHEMA_VIOLATION, describe(exc), event.value, ""
+            )
             return None
 
     reviews_topic = app.topic(names.valid_reviews, value_serializer="raw", key_serializer="raw")
 
+    def review_candidate(review: ReviewEvent) -> SentimentCandidate | None:
+        if not seen_reviews.add(review.event_id):
+            stats["duplicate_events"] += 1
+            return None
+        text = ". ".join(p for p in (review.title, review.text) if p.strip())
+        if text and not seen_texts.add(near_duplicate_key(text)):
+            stats["near_duplicate_reviews"] += 1
+            return None
+        return SentimentCandidate(
+            review.event_id, review.item_id, text, review.rating, review.user_id
+        )
+
     async def label_reviews(stream: faust.StreamT) -> None:
         async for event in stream.events():
             try:
-                batch = parse(event)
+                batch = await parse(event)
                 if batch is None:
                     continue
-                cands = []
-                for review in batch.events:
-                    if not isinstance(review, ReviewEvent) or not seen_reviews.add(review.event_id):
-                        stats["duplicate_events"] += 1
-                        continue
-                    text = ". ".join(p for p in (review.title, review.text) if p.strip())
-                    if text and not seen_texts.add(near_duplicate_key(text)):
-                        stats["near_duplicate_reviews"] += 1
-                        continue
-                    cands.append(
-                        SentimentCandidate(
-                            review.event_id, review.item_id, text, review.rating, review.user_id
-                        )
+                reviews = [r for r in batch.events if isinstance(r, ReviewEvent)]
+                cands, failed = isolate_failures(
+                    lambda rs: [c for r in rs if (c := review_candidate(r)) is not None],
+                    reviews,
+                    policy,
+                )
+                examples, failed_labels = await label_isolated(sentiment, cands)
+                for bad_review in failed:
+                    await dead_letter(
+                        event,
+                        "review",
+                        PROCESSING,
+                        bad_review.error,
+                        bad_review.item.model_dump_json().encode(),
+                        bad_review.item.event_id,
                     )
-                examples = await off_loop(sentiment.label_many, cands)
+                for bad in failed_labels:
+                    await dead_letter(
+                        event,
+                        "review",
+                        PROCESSING,
+                        bad.error,
+                        _candidate_json(bad.item),
+                        bad.item.event_id,
+                    )
                 await emit(
                     "sentiment",
                     examples,
                     batch.source.partition,
                     f"sentiment:{batch.source.partition}:{batch.source.offset}",
                 )
-            except Exception:
+            except BaseException:
                 fail_stop("label.reviews")
 
     session_topics = app.topic(
@@ -163,7 +241,7 @@ def add_label_agents(app: faust.App, settings: Settings, bootstrap: str) -> Labe
     async def label_sessions(stream: faust.StreamT) -> None:
         async for event in stream.events():
             try:
-                batch = parse(event)
+                batch = await parse(event)
                 if batch is None:
                     continue
                 part = event.message.partition
@@ -185,7 +263,21 @@ def add_label_agents(app: faust.App, settings: Settings, bootstrap: str) -> Labe
                         or sessions.get(ev.session_id)
                         or new_session(ev.session_id, part)
                     )
-                    if add_event(state, ev, max_clicks=cfg.max_session_clicks):
+                    try:
+                        added = add_event(state, ev, max_clicks=cfg.max_session_clicks)
+                    except Exception as exc:
+                        if policy == "stop":
+                            raise
+                        await dead_letter(
+                            event,
+                            ev.type,
+                            PROCESSING,
+                            describe(exc),
+                            ev.model_dump_json().encode(),
+                            ev.event_id,
+                        )
+                        continue
+                    if added:
                         touched[ev.session_id] = state
                     else:
                         stats["duplicate_events"] += 1
@@ -216,11 +308,20 @@ def add_label_agents(app: faust.App, settings: Settings, bootstrap: str) -> Labe
                     open_sessions[part].add(sid)
                 if cands:
                     cands = [replace(c, item_title=titles.get(c.item_id)) for c in cands]
-                    examples = await off_loop(relevance.label_many, cands)
+                    examples, failed_labels = await label_isolated(relevance, cands)
+                    for f in failed_labels:
+                        await dead_letter(
+                            event,
+                            "search",
+                            PROCESSING,
+                            f.error,
+                            _candidate_json(f.item),
+                            f"{f.item.search_event_id}/{f.item.item_id}",
+                        )
                     await emit(
                         "relevance", examples, part, f"relevance:{part}:{event.message.offset}"
                     )
-            except Exception:
+            except BaseException:
                 fail_stop("label.sessions")
 
     app.agent(reviews_topic, name="ecrec.label.reviews")(label_reviews)

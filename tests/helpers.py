@@ -98,3 +98,39 @@ def read_topic(
 def batch_events(messages: list[Any]) -> list[dict[str, Any]]:
     """Events inside ``EventBatch`` messages, in topic order per partition."""
     return [e for m in messages for e in json.loads(m.value())["events"]]
+
+
+# Harmless records for read_to_end: an EventBatch with no events, an ExampleBatch with none.
+EMPTY_EVENT_BATCH = json.dumps(
+    {
+        "kind": "review",
+        "source": {"topic": "sentinel", "partition": 0, "offset": 0},
+        "last_offset": 0,
+        "events": [],
+    }
+).encode()
+EMPTY_EXAMPLE_BATCH = json.dumps({"task": "sentiment", "examples": []}).encode()
+
+
+def read_to_end(bootstrap: str, topic: str, sentinel: bytes, timeout_s: float = 60.0) -> list[Any]:
+    """Everything on ``topic`` written before this call, proven complete rather than waited
+    for: a sentinel record is appended to every partition, and the topic is read until each
+    partition's sentinel has arrived (Tansu's high watermark cannot be trusted). Sentinels are
+    left out of the result. ``sentinel`` must be a value the topic's consumers accept."""
+    from streams.kafka import new_producer, topic_partitions
+
+    marker = unique("sentinel").encode()
+    partitions = topic_partitions(bootstrap, topic)
+    producer = new_producer(bootstrap)
+    for p in partitions:
+        producer.produce(topic, key=marker, value=sentinel, partition=p)
+    assert producer.flush(30) == 0
+
+    def all_sentinels(msgs: list[Any]) -> bool:
+        return {m.partition() for m in msgs if m.key() == marker} == set(partitions)
+
+    messages = read_topic(bootstrap, topic, done=all_sentinels, timeout_s=timeout_s)
+    if not all_sentinels(messages):
+        raise AssertionError(f"sentinels not all read back from {topic} in {timeout_s}s")
+    # every test's sentinels, not only this call's: an earlier call's must not count as data
+    return [m for m in messages if not (m.key() or b"").startswith(b"sentinel-")]

@@ -70,4 +70,24 @@ def test_meaning_filter_drops_changed_meaning_and_sentiment_flips(minilm: Any) -
     counts = filt.counts.as_dict()
     assert counts["typo"]["kept"] == 1
     assert counts["eda"]["dropped_similarity"] + counts["eda"]["dropped_flip"] == 2
-    assert counts["eda"]["dropped_flip"] >= 1 or counts["eda"]["dropped_similarity"] == 2
+
+
+def test_meaning_filter_drops_a_sentiment_flip_that_passes_on_similarity(minilm: Any) -> None:
+    # A threshold of -1 admits every variant on similarity, so only the flip check can drop.
+    sources = {"b": "I love this jacket, great quality"}
+    augmented = [
+        AugmentedText("b", "eda", 0, "I love this jacket, good quality"),
+        AugmentedText("b", "eda", 1, "I hate this jacket, terrible quality"),
+    ]
+
+    def lexicon(texts: list[str]) -> list[int]:
+        return [0 if "hate" in t else 1 for t in texts]
+
+    filt = MeaningFilter(minilm, min_similarity=-1.0)
+    kept = filt.filter_many(augmented, sources, label_of=lexicon)
+    assert [a.variant for a, _ in kept] == [0]
+    assert filt.counts.as_dict()["eda"] == {
+        "kept": 1,
+        "dropped_similarity": 0,
+        "dropped_flip": 1,
+    }

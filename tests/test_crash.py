@@ -14,7 +14,15 @@ from ecrec_stream.config import TopicNames
 from ecrec_stream.events import utc_now
 from streams.broker import free_port
 from streams.kafka import all_topics, ensure_topics, new_producer
-from tests.helpers import batch_events, read_topic, unique, wait_until
+from tests.helpers import (
+    EMPTY_EVENT_BATCH,
+    EMPTY_EXAMPLE_BATCH,
+    batch_events,
+    read_to_end,
+    read_topic,
+    unique,
+    wait_until,
+)
 from workers.processes import indexer_process, worker_process
 
 pytestmark = pytest.mark.integration
@@ -37,13 +45,14 @@ def _kill_worker_when(
     timeout_s: float,
 ) -> list[Any]:
     """Run an isolated worker until ``done(messages of topic)``, SIGKILL it, and return
-    everything on ``topic`` at that point."""
+    everything on ``topic`` at that point (nothing writes it once the worker is dead)."""
     proc = worker_process(broker.url, tmp_path, free_port(), extra_env=env).start()
     try:
         read_topic(broker.bootstrap, topic, timeout_s=timeout_s, done=done)
     finally:
         proc.kill()
-    return read_topic(broker.bootstrap, topic, timeout_s=2, done=lambda ms: False)
+    sentinel = EMPTY_EXAMPLE_BATCH if topic.endswith("examples") else EMPTY_EVENT_BATCH
+    return read_to_end(broker.bootstrap, topic, sentinel)
 
 
 def test_worker_killed_mid_batch_loses_no_event(broker: Any, tmp_path: Path) -> None:

@@ -37,17 +37,37 @@ def _examples(bootstrap: str, pred: Any, n: int, timeout_s: float = 90) -> list[
     )
 
 
+def _examples_until_marker(bootstrap: str, pred: Any, marker: str) -> list[dict[str, Any]]:
+    """Examples matching ``pred``, read until the marker session's examples arrive (they are
+    written after everything sent before the marker in the same partition)."""
+
+    def examples(msgs: list[Any]) -> list[dict[str, Any]]:
+        return [e for m in msgs for e in json.loads(m.value())["examples"]]
+
+    def marker_seen(msgs: list[Any]) -> bool:
+        return any(f"{marker}-search" in e["source_event_ids"] for e in examples(msgs))
+
+    msgs = read_topic(bootstrap, TOPICS.examples, timeout_s=90, done=marker_seen)
+    assert marker_seen(msgs), "the marker session was not labelled"
+    return [e for e in examples(msgs) if pred(e)]
+
+
 _EPOCHS = itertools.count(1)
 
 
-def _session(tag: str, *, bot: bool = False) -> list[tuple[str, str, dict[str, Any]]]:
+def _session(
+    tag: str, *, bot: bool = False, key: str | None = None
+) -> list[tuple[str, str, dict[str, Any]]]:
     """A search for trail shoes, then either one purchase at position 2 or bot clicks.
 
     Each session starts 3 h of event time after the previous one: every session pushes its
     partition's event time 1 h ahead to close itself, and a later one must not arrive late.
+    ``key`` (default: the session id) picks the partition: a marker session sent with another
+    session's key lands behind it, so its examples prove the earlier one was handled.
     """
     t0 = utc_now() + timedelta(hours=3 * next(_EPOCHS))
-    sid, search_id = f"{tag}-sess", f"{tag}-q"
+    search_id = f"{tag}-q"
+    sid = key or f"{tag}-sess"
     items = [f"{tag}-i{n}" for n in range(5)]
     records = [
         (
@@ -57,7 +77,7 @@ def _session(tag: str, *, bot: bool = False) -> list[tuple[str, str, dict[str, A
                 "event_id": f"{tag}-search",
                 "ts": t0.isoformat(),
                 "search_id": search_id,
-                "session_id": sid,
+                "session_id": f"{tag}-sess",
                 "query": "trail running shoes",
                 "impressions": items,
                 "user_id": f"{tag}-alice",
@@ -73,7 +93,7 @@ def _session(tag: str, *, bot: bool = False) -> list[tuple[str, str, dict[str, A
                     {
                         "event_id": f"{tag}-c{n}",
                         "ts": (t0 + timedelta(milliseconds=200 * n)).isoformat(),
-                        "session_id": sid,
+                        "session_id": f"{tag}-sess",
                         "search_id": search_id,
                         "item_id": items[n % 5],
                         "position": n % 5,
@@ -90,7 +110,7 @@ def _session(tag: str, *, bot: bool = False) -> list[tuple[str, str, dict[str, A
                 {
                     "event_id": f"{tag}-c2",
                     "ts": (t0 + timedelta(seconds=12)).isoformat(),
-                    "session_id": sid,
+                    "session_id": f"{tag}-sess",
                     "search_id": search_id,
                     "item_id": items[2],
                     "position": 2,
@@ -184,9 +204,10 @@ def test_a_session_becomes_graded_examples_and_redelivery_adds_no_ids(
     # worker, and deterministic example ids make that idempotent: see test_labels.py.)
     _send(broker.bootstrap, records)
     marker = unique("lab")
-    _send(broker.bootstrap, _session(marker))  # sent after the redelivery, same kind
-    _examples(broker.bootstrap, lambda e: f"{marker}-search" in e["source_event_ids"], 1)
-    after = _examples(broker.bootstrap, of_session, 1, timeout_s=5)
+    # sent after the redelivery into the same partitions: once its examples are out, the
+    # redelivered events were handled
+    _send(broker.bootstrap, _session(marker, key=f"{tag}-sess"))
+    after = _examples_until_marker(broker.bootstrap, of_session, marker)
     assert {e["example_id"] for e in after} == ids_before
 
 
@@ -221,11 +242,11 @@ def test_a_bot_session_produces_no_examples(broker: Any, worker: Any) -> None:
     tag = unique("bot")
     _send(broker.bootstrap, _catalog(tag) + _session(tag, bot=True))
     marker = unique("lab")
-    _send(broker.bootstrap, _catalog(marker) + _session(marker))
-    # the person's session, sent after the bot's, is labelled: the bot's had its chance
-    _examples(broker.bootstrap, lambda e: f"{marker}-search" in e["source_event_ids"], 1)
-    bot = _examples(
-        broker.bootstrap, lambda e: f"{tag}-search" in e["source_event_ids"], 1, timeout_s=3
+    _send(broker.bootstrap, _catalog(marker) + _session(marker, key=f"{tag}-sess"))
+    # the person's session, sent after the bot's into the same partitions, is labelled: the
+    # bot's had its chance
+    bot = _examples_until_marker(
+        broker.bootstrap, lambda e: f"{tag}-search" in e["source_event_ids"], marker
     )
     assert bot == []
     stats = httpx.get(f"http://127.0.0.1:{worker.env['ECREC_WORKER_WEB_PORT']}/ecrec/stats")

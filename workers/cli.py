@@ -50,9 +50,17 @@ def broker(
     port: Annotated[int, typer.Option(help="port to listen on (0 = any free port)")] = 9092,
     host: Annotated[str, typer.Option(help="loopback address to bind")] = "127.0.0.1",
 ) -> None:
-    """Run the embedded Tansu broker in the foreground (in-memory; data is gone on exit)."""
+    """Run the embedded Tansu broker in the foreground (in-memory; data is gone on exit).
+    SIGINT or SIGTERM stops it; it also stops if this process is killed."""
+    import signal
+
     from streams.broker import EmbeddedBroker
 
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM's default would end this process without stopping the child broker.
+    signal.signal(signal.SIGTERM, interrupt)
     with EmbeddedBroker(host, port or None) as running:
         console.print(
             f"embedded broker on [bold]{running.url}[/]; "
@@ -85,11 +93,7 @@ def indexer(
     from workers.indexer import serve_indexer
 
     _setup_logging(log_level)
-    settings = load_settings()
-    if port is not None:
-        settings = settings.model_copy(
-            update={"index": settings.index.model_copy(update={"port": port})}
-        )
+    settings = load_settings(**({"index": {"port": port}} if port is not None else {}))
     serve_indexer(settings, _external_bootstrap(settings), log_level=log_level)
 
 

@@ -82,7 +82,9 @@ class IndexReplica:
             )
             last_snapshot = time.monotonic()
             while not self._stop.is_set():
-                messages = consumer.consume(num_messages=cfg.batch_max, timeout=cfg.batch_wait_s)
+                messages = consumer.consume(
+                    num_messages=cfg.fetch_max_messages, timeout=cfg.batch_wait_s
+                )
                 if messages:
                     self._apply(messages)
                 elif not self.caught_up.is_set():
@@ -99,6 +101,13 @@ class IndexReplica:
             consumer.close()
 
     def _apply(self, messages: list[Message]) -> None:
+        """Apply fetched messages in micro-batches of at most ``batch_max`` items.
+
+        A message is an ``EventBatch`` of up to an ingest batch of items, so a bulk load would
+        otherwise be embedded whole before any of it is searchable; each micro-batch becomes
+        searchable as soon as it is embedded.
+        """
+        limit = self.settings.index.batch_max
         events: list[ItemEvent] = []
         advanced = dict(self.offsets[self.topic])
         for message in messages:
@@ -121,7 +130,12 @@ class IndexReplica:
                 )
                 self.skipped_messages += 1
             else:
-                events.extend(e for e in batch.events if isinstance(e, ItemEvent))
+                for event in batch.events:
+                    if isinstance(event, ItemEvent):
+                        events.append(event)
+                        if len(events) >= limit:
+                            self.live.apply_many(events)
+                            events = []
             partition, offset = message.partition(), message.offset()
             if partition is not None and offset is not None:
                 advanced[partition] = offset + 1

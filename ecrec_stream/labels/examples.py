@@ -18,9 +18,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ecrec_stream.augment import Augmenter, MeaningFilter
+from ecrec_stream.batching import json_array_messages
 from ecrec_stream.config import LabelSettings
 from ecrec_stream.embedding import Encoder
 from ecrec_stream.events import utc_now
+from ecrec_stream.exceptions import ConfigError
 from ecrec_stream.labels.base import (
     ABSTAIN,
     POSITIVE,
@@ -75,12 +77,35 @@ class TrainingExample(BaseModel):
 
 
 class ExampleBatch(BaseModel):
-    """The ``ecrec.examples`` message: the examples of one micro-batch."""
+    """The ``ecrec.examples`` message: the examples of one micro-batch (or of one part of it,
+    when it would not fit in one message)."""
 
     model_config = ConfigDict(frozen=True)
 
     task: Literal["relevance", "sentiment"]
     examples: list[TrainingExample]
+
+
+def example_batch_messages(
+    task: Literal["relevance", "sentiment"],
+    examples: Sequence[TrainingExample],
+    max_bytes: int,
+) -> tuple[list[bytes], list[int]]:
+    """``ExampleBatch`` messages of at most ``max_bytes`` each, in order, and the indices of
+    examples too large to send alone.
+
+    >>> ex = TrainingExample(example_id="ex-1", task="sentiment", text="x" * 400, item_id="i",
+    ...                      label=1, confidence=1.0, weight=1.0, votes={}, source_event_ids=[])
+    >>> msgs, too_big = example_batch_messages("sentiment", [ex] * 10, 2_000)
+    >>> len(msgs), too_big, sum(len(ExampleBatch.model_validate_json(m).examples) for m in msgs)
+    (5, [], 10)
+    """
+    head = ExampleBatch(task=task, examples=[]).model_dump_json()
+    prefix, _, suffix = head.rpartition('"examples":[]')
+    envelope = ((prefix + '"examples":[').encode(), ("]" + suffix).encode())
+    parts = [e.model_dump_json().encode() for e in examples]
+    messages, oversized = json_array_messages(parts, max_bytes, lambda run: envelope)
+    return [body for _, body in messages], oversized
 
 
 def example_id(
@@ -156,6 +181,14 @@ class _Labeler:
             "augmented": 0,
             "all_abstained": 0,
         }
+
+    def add_function(self, function: LabelFunction[Any]) -> None:
+        """Add a label function (before any data is labelled: the label model restarts)."""
+        if function.name in self.names:
+            raise ConfigError(f"a label function named {function.name!r} exists already")
+        _Labeler.__init__(
+            self, [*self.functions, function], self.settings, self.augmenters, self.meaning_filter
+        )
 
     def _combine(self, candidates: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         votes = vote_matrix(self.functions, candidates)
@@ -382,7 +415,25 @@ def build_labelers(
             return None
         return MeaningFilter(encoder, min_similarity=settings.min_similarity)
 
-    return (
-        RelevanceLabeler(encoder, settings, query_augs, meaning_filter()),
-        SentimentLabeler(encoder, settings, text_augs, meaning_filter()),
-    )
+    relevance = RelevanceLabeler(encoder, settings, query_augs, meaning_filter())
+    sentiment = SentimentLabeler(encoder, settings, text_augs, meaning_filter())
+    for path in settings.extra_functions:
+        function = load_label_function(path, settings)
+        labeler: _Labeler = relevance if function.task == "relevance" else sentiment
+        labeler.add_function(function)
+    return relevance, sentiment
+
+
+def load_label_function(path: str, settings: LabelSettings) -> LabelFunction[Any]:
+    """Import ``"package.module:factory"`` and call ``factory(settings)``."""
+    import importlib
+
+    module_name, _, attr = path.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"label function {path!r} cannot be imported: {exc}") from exc
+    function = factory(settings)
+    if not isinstance(function, LabelFunction) or function.task not in ("relevance", "sentiment"):
+        raise ConfigError(f"{path!r} did not return a relevance or sentiment LabelFunction")
+    return function
