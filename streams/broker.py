@@ -135,6 +135,12 @@ class EmbeddedBroker:
                 self._proc.wait()
         self._proc = None
 
+    def poll(self) -> int | None:
+        """The broker's exit code if it has exited, else ``None``."""
+        if self._proc is None:
+            raise BrokerError("broker not started")
+        return self._proc.poll()
+
     def wait(self) -> int:
         """Block until the broker exits (foreground mode); returns its exit code."""
         if self._proc is None:

@@ -134,3 +134,13 @@ def read_to_end(bootstrap: str, topic: str, sentinel: bytes, timeout_s: float = 
         raise AssertionError(f"sentinels not all read back from {topic} in {timeout_s}s")
     # every test's sentinels, not only this call's: an earlier call's must not count as data
     return [m for m in messages if not (m.key() or b"").startswith(b"sentinel-")]
+
+
+def isolated_env(tag: str) -> tuple[Any, dict[str, str]]:
+    """Own topics and consumer group, so a test's worker shares nothing with the session's."""
+    from ecrec_stream.config import TopicNames
+
+    names = TopicNames(**{f: f"{tag}.{v}" for f, v in TopicNames().model_dump().items()})
+    env = {f"ECREC_TOPICS__{f.upper()}": v for f, v in names.model_dump().items()}
+    env["ECREC_APP_ID"] = tag
+    return names, env

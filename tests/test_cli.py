@@ -93,3 +93,36 @@ def test_replay_feeds_the_pipeline(broker: Any, worker: Any, tmp_path: Path) -> 
         done=lambda ms: any(json.loads(m.value())["raw_preview"] == "this is not json" for m in ms),
     )
     assert any(json.loads(m.value())["reason"] == "malformed_json" for m in dead)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_stopping_the_broker_command_stops_tansu(how: str) -> None:
+    """SIGTERM stops the Tansu child and frees the port; after a SIGKILL of the command (no
+    clean-up possible) the child dies with its parent."""
+    import signal
+    import socket
+
+    from streams.broker import free_port, wait_for_port
+    from workers.processes import wait_until
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "broker", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_for_port("127.0.0.1", port, 30)
+        proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+        proc.wait(20)
+
+        def port_closed() -> bool:
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", port)) != 0
+
+        wait_until(port_closed, timeout_s=15)
+        if how == "sigterm":
+            assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from ecrec_stream.config import TopicNames
 from ecrec_stream.events import utc_now
 from streams.broker import free_port
 from streams.kafka import all_topics, ensure_topics, new_producer
@@ -23,17 +22,12 @@ from tests.helpers import (
     unique,
     wait_until,
 )
+from tests.helpers import (
+    isolated_env as _isolated_env,
+)
 from workers.processes import indexer_process, worker_process
 
 pytestmark = pytest.mark.integration
-
-
-def _isolated_env(tag: str) -> tuple[TopicNames, dict[str, str]]:
-    """Own topics and consumer group, so this test shares nothing with the session worker."""
-    names = TopicNames(**{f: f"{tag}.{v}" for f, v in TopicNames().model_dump().items()})
-    env = {f"ECREC_TOPICS__{f.upper()}": v for f, v in names.model_dump().items()}
-    env["ECREC_APP_ID"] = tag
-    return names, env
 
 
 def _kill_worker_when(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -146,3 +147,59 @@ def test_snapshots_are_atomic_pruned_and_checked(tmp_path: Path) -> None:
     with pytest.raises(SnapshotError, match="checksum"):
         read_snapshot(tmp_path)
     assert read_snapshot(tmp_path / "nothing-here") is None
+
+
+class _Message:
+    """Stands in for a confluent-kafka Message in a unit with no broker."""
+
+    def __init__(self, value: bytes, partition: int, offset: int) -> None:
+        self._value, self._partition, self._offset = value, partition, offset
+
+    def error(self) -> None:
+        return None
+
+    def value(self) -> bytes:
+        return self._value
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def topic(self) -> str:
+        return "ecrec.valid.items"
+
+
+def test_replica_embeds_a_bulk_load_in_bounded_steps() -> None:
+    """One fetched message can hold a whole ingest batch (500 items): the replica applies at
+    most ``batch_max`` items at a time, each step searchable before the next is embedded."""
+    from ecrec_stream.config import Settings
+    from ecrec_stream.events import EventBatch, SourcePosition
+    from workers.indexer import IndexReplica
+
+    settings = Settings(index={"batch_max": 100})
+    live = LiveItemIndex(HashEncoder(), settings.index)
+    replica = IndexReplica(settings, "unused:9092", live)
+    steps: list[tuple[int, int]] = []  # (items in the call, items searchable before it)
+    real = live.apply_many
+
+    def recording(events: Any) -> Any:
+        steps.append((len(events), len(live)))
+        return real(events)
+
+    live.apply_many = recording  # type: ignore[method-assign]
+    messages = []
+    for m in range(2):
+        events = [item(f"b{m}-{i}", f"bulk item {i}") for i in range(500)]
+        batch = EventBatch(
+            kind="item",
+            source=SourcePosition(topic="ecrec.items", partition=0, offset=m * 500),
+            last_offset=m * 500 + 499,
+            events=events,
+        )
+        messages.append(_Message(batch.model_dump_json().encode(), 0, m))
+    replica._apply(messages)  # type: ignore[arg-type]
+    assert [n for n, _ in steps] == [100] * 10
+    assert [before for _, before in steps] == list(range(0, 1000, 100))
+    assert len(live) == 1000 and replica.offsets[replica.topic] == {0: 2}

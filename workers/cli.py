@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sys
@@ -53,21 +52,25 @@ def broker(
     """Run the embedded Tansu broker in the foreground (in-memory; data is gone on exit).
     SIGINT or SIGTERM stops it; it also stops if this process is killed."""
     import signal
+    import threading
 
     from streams.broker import EmbeddedBroker
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    # SIGTERM's default would end this process without stopping the child broker.
-    signal.signal(signal.SIGTERM, interrupt)
+    # A flag rather than an exception: a signal at any moment (even while the broker starts)
+    # ends the loop below and the context manager stops the child.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
     with EmbeddedBroker(host, port or None) as running:
         console.print(
             f"embedded broker on [bold]{running.url}[/]; "
             f"export ECREC_BROKER={running.url}. Ctrl-C stops it."
         )
-        with contextlib.suppress(KeyboardInterrupt):
-            running.wait()
+        while not stop.wait(0.2):
+            code = running.poll()
+            if code is not None:
+                console.print(f"[red]the broker exited with code {code}[/]")
+                raise typer.Exit(1)
 
 
 @app.command()
