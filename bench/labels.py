@@ -114,9 +114,7 @@ def sentiment_section(
         ]
     )
     data["label_model_balanced_macro_f1"] = macro_f1(y, balanced)
-    majority = np.array(
-        [np.bincount(r[r >= 0], minlength=2).argmax() if (r >= 0).any() else 1 for r in votes]
-    )
+    majority = _majority(votes)
     rows.append(
         [
             "majority vote of the same functions (reference)",
@@ -179,6 +177,47 @@ def eda_section(
         rows.append([f"N={n} {name}", len(texts), f1])
         data[name] = {"train_texts": len(texts), "macro_f1": f1}
     data["filter"] = filt.counts.as_dict()
+    return rows, data
+
+
+def _majority(votes: np.ndarray) -> np.ndarray:
+    return np.array(
+        [np.bincount(r[r >= 0], minlength=2).argmax() if (r >= 0).any() else 1 for r in votes]
+    )
+
+
+def sentiment_robustness(
+    encoder: CachedEncoder, pool: list[SentimentCandidate], splits: int = 3
+) -> tuple[list[list[Any]], dict[str, Any]]:
+    """Label model vs majority vote of the same text functions (rating masked) on several
+    seeded splits of ``pool``, at the natural class balance and with negatives subsampled to
+    7% (the balance of the other review set the issue reports on)."""
+    rows, data = [], {}
+    for split in range(splits):
+        shuffled = pool[:]
+        random.Random(100 + split).shuffle(shuffled)
+        train, test = shuffled[:2000], shuffled[2000:5000]
+        seed = SeedClassifierSentiment(encoder).fit([c.text for c in train], truth(train).tolist())
+        lfs = [LexiconSentiment(), PrototypeSentiment(encoder), seed]
+        for balance in ("natural", "7% negative"):
+            cases = test
+            if balance != "natural":
+                pos = [c for c in test if (c.rating or 0) >= 4]
+                neg = [c for c in test if (c.rating or 0) < 4]
+                cases = pos + neg[: int(len(pos) * 0.07 / 0.93)]
+            y = truth(cases)
+            votes = vote_matrix(lfs, cases)
+            lm = LabelModel().fit(votes).predict_proba(votes).argmax(axis=1)
+            lm_f1, mv_f1 = macro_f1(y, lm), macro_f1(y, _majority(votes))
+            rows.append(
+                [f"split {split}, {balance}", len(cases), f"{1 - y.mean():.1%}", lm_f1, mv_f1]
+            )
+            data[f"split{split}_{balance}"] = {
+                "n": len(cases),
+                "negative_share": float(1 - y.mean()),
+                "label_model_macro_f1": lm_f1,
+                "majority_vote_macro_f1": mv_f1,
+            }
     return rows, data
 
 
@@ -253,6 +292,131 @@ def relevance_section(
     return rows, data
 
 
+def crowdflower_section(
+    encoder: CachedEncoder, n_sessions: int, seed: int = 5
+) -> tuple[list[list[Any]], dict[str, Any]]:
+    """Relevance labels from sessions simulated from real human judgments, against them."""
+    from bench import crowdflower as cf
+    from ecrec_stream.labels.relevance import ContentRelevance
+
+    judg = cf.load()
+    ranks = cf.top_k(encoder.encode(judg.titles), encoder.encode(judg.queries), 10)
+    rankings = {q: list(map(int, r)) for q, r in zip(judg.queries, ranks, strict=True)}
+    sim = cf.simulate(judg, rankings, n_sessions, seed=seed)
+    cands, judged, rel = sim.candidates, sim.judged, sim.relevant
+    notrel = ~rel
+    rows: list[list[Any]] = []
+    data: dict[str, Any] = {
+        "sessions": n_sessions,
+        "impressions": len(cands),
+        "judged_impressions": int(judged.sum()),
+        "relevant_base_rate": float(rel[judged].mean()),
+        "not_relevant_base_rate": float(notrel[judged].mean()),
+    }
+
+    def add(name: str, key: str, label1: np.ndarray | None, label0: np.ndarray | None) -> None:
+        row: list[Any] = [name]
+        data[key] = {}
+        for label, mask, want in ((1, label1, rel), (0, label0, notrel)):
+            if mask is None:
+                row += ["-", "-", "-"]
+                continue
+            pr = cf.precision_recall(mask, want, judged)
+            data[key][f"label_{label}"] = pr
+            row += [pr["n"], pr["precision"], pr["recall"]]
+        covered = np.zeros(len(cands), dtype=bool)
+        for m in (label1, label0):
+            if m is not None:
+                covered |= m
+        data[key]["examples_per_session"] = float(covered.sum() / n_sessions)
+        rows.append([*row, covered.sum() / n_sessions])
+
+    def run_labeler(labeler: RelevanceLabeler) -> np.ndarray:
+        """Label in stream-sized micro-batches (50 sessions); -1 where no example."""
+        by_key: dict[tuple[str, str], int] = {}
+        batch: list[Any] = []
+        last_session = None
+        sessions_in_batch = 0
+        for c in [*cands, None]:
+            if c is None or (c.session_id != last_session and sessions_in_batch == 50):
+                for e in labeler.label_many(batch):
+                    by_key[(e.source_event_ids[0], e.item_id)] = e.label
+                batch, sessions_in_batch = [], 0
+            if c is None:
+                break
+            if c.session_id != last_session:
+                sessions_in_batch += 1
+                last_session = c.session_id
+            batch.append(c)
+        return np.array([by_key.get((c.search_event_id, c.item_id), -1) for c in cands])
+
+    settings = LabelSettings(augment_variants=0)
+    labeler = RelevanceLabeler(None, settings)
+    labels = run_labeler(labeler)
+    votes = vote_matrix(labeler.functions, cands)
+    names = labeler.names
+    clicked = np.array([c.action != "none" for c in cands])
+    skipped = np.array([c.skipped_above_click for c in cands])
+    add("raw clicks (clicked = 1, skipped above a click = 0)", "raw_clicks", clicked, skipped)
+    mv = _majority(votes)
+    any_vote = (votes != ABSTAIN).any(axis=1)
+    add(
+        "majority vote of the same functions",
+        "majority_vote",
+        any_vote & (mv == 1),
+        any_vote & (mv == 0),
+    )
+    for j, name in enumerate(names):
+        add(f"single function: {name}", f"lf_{name}", votes[:, j] == 1, votes[:, j] == 0)
+    grades = [behaviour_grade(c) for c in cands]
+    for grade, gname in ((3, "purchase"), (2, "add to cart"), (1, "click")):
+        add(
+            f"behaviour grade {grade} ({gname})",
+            f"grade_{grade}",
+            np.array([g == grade for g in grades]),
+            None,
+        )
+    add(
+        "**label model** (examples only with behavioural evidence)",
+        "label_model",
+        labels == 1,
+        labels == 0,
+    )
+    data["label_model_fallbacks"] = labeler.model.fallbacks
+    data["estimated_accuracy"] = (
+        dict(zip(names, labeler.model.accuracies.round(3).tolist(), strict=True))
+        if labeler.model.accuracies is not None
+        else None
+    )
+    theta = labeler.position_bias.fit()
+    data["position_bias"] = {
+        "estimated": None if theta is None else theta.round(3).tolist(),
+        "simulated": [round(1 / (k + 1) ** cf.EXAMINATION_EXPONENT, 3) for k in range(10)],
+        "fixed_default": [round(1 / (k + 1) ** settings.ips_eta, 3) for k in range(10)],
+        "pairs_at_several_positions": labeler.position_bias.pairs_at_several_positions,
+    }
+    # The circular setup the issue measured: content scored by the serving encoder itself.
+    circular = RelevanceLabeler(
+        encoder, LabelSettings(augment_variants=0, content="reference_encoder")
+    )
+    content = ContentRelevance(encoder).vote_many(cands)
+    content_votes = np.array([v.label for v in content])
+    add(
+        "single function: content from the serving encoder (circular)",
+        "lf_serving_content",
+        content_votes == 1,
+        content_votes == 0,
+    )
+    labels_c = run_labeler(circular)
+    add(
+        "label model with serving-encoder content instead of lexical",
+        "label_model_circular",
+        labels_c == 1,
+        labels_c == 0,
+    )
+    return rows, data
+
+
 def throughput_section(
     cands: list[SentimentCandidate], rel_cands: list[Any], raw_encoder: Any, passthrough_eps: float
 ) -> tuple[list[list[Any]], dict[str, Any]]:
@@ -302,6 +466,40 @@ def throughput_section(
     return rows, data
 
 
+def crowdflower_report(encoder: CachedEncoder, n_sessions: int) -> None:
+    from bench.crowdflower import DATA
+
+    if not DATA.is_dir():
+        print(f"skipping the Crowdflower relevance section: {DATA} not found")
+        return
+    rows, data = crowdflower_section(encoder, n_sessions)
+    report(
+        "labels_relevance_crowdflower",
+        f"Relevance labels from {n_sessions} sessions simulated from real human judgments "
+        "(Crowdflower), against those judgments (relevant = median >= 3, not = median <= 2)",
+        [
+            "labels",
+            "n label 1",
+            "precision",
+            "recall",
+            "n label 0",
+            "precision",
+            "recall",
+            "examples/session",
+        ],
+        rows,
+        data,
+    )
+    print(
+        "relevant base rate",
+        round(data["relevant_base_rate"], 3),
+        "not-relevant base rate",
+        round(data["not_relevant_base_rate"], 3),
+    )
+    print("position bias:", data["position_bias"])
+    print("label model fallbacks:", data["label_model_fallbacks"], data["estimated_accuracy"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REVIEWS)
@@ -310,11 +508,19 @@ def main() -> None:
     parser.add_argument("--eda-n", type=int, default=500)
     parser.add_argument("--sessions", type=int, default=3000)
     parser.add_argument("--throughput-n", type=int, default=1000)
+    parser.add_argument("--pool", type=int, default=8000, help="reviews for the split table")
+    parser.add_argument("--cf-sessions", type=int, default=5000)
+    parser.add_argument(
+        "--only", choices=["all", "relevance"], default="all", help="relevance: Crowdflower only"
+    )
     args = parser.parse_args()
-    reviews = load_reviews(args.data)
-    train, test = reviews[: args.seeds], reviews[args.seeds : args.seeds + args.test]
     raw = SentenceTransformerEncoder()
     encoder = CachedEncoder(raw, capacity=100_000)
+    if args.only == "relevance":
+        crowdflower_report(encoder, args.cf_sessions)
+        return
+    reviews = load_reviews(args.data)
+    train, test = reviews[: args.seeds], reviews[args.seeds : args.seeds + args.test]
     t0 = time.perf_counter()
     encoder.encode([c.text for c in train + test])
     print(f"embedded {len(train) + len(test)} reviews in {time.perf_counter() - t0:.0f} s")
@@ -337,6 +543,17 @@ def main() -> None:
         rows,
         data,
     )
+    pool = reviews[: args.pool]
+    encoder.encode([c.text for c in pool])
+    rows, data = sentiment_robustness(encoder, pool)
+    report(
+        "labels_sentiment_splits",
+        "Sentiment, label model vs majority vote (rating masked) on other splits and balances",
+        ["split", "reviews", "negative", "label model macro-F1", "majority vote macro-F1"],
+        rows,
+        data,
+    )
+    crowdflower_report(encoder, args.cf_sessions)
     rows, data = relevance_section(encoder, args.sessions)
     report(
         "labels_relevance",

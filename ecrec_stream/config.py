@@ -104,11 +104,33 @@ class LabelSettings(BaseModel):
     session_gap_s: float = Field(1800.0, gt=0, description="event-time inactivity that closes")
     max_session_clicks: int = Field(500, ge=1)
     bounce_ms: int = Field(5_000, ge=0)
+    long_dwell_ms: int = Field(30_000, ge=0)
     exposure_depth: int = Field(3, ge=0)
     ips_eta: float = Field(1.0, ge=0, le=3)
     ips_clip: float = Field(10.0, ge=1)
+    # The content relevance function: query-word coverage of the title ("lexical", default),
+    # cosine similarity from the worker's frozen reference encoder ("reference_encoder"; it is
+    # never replaced by a fine-tune), or none. It breaks ties; it is never an example's sole
+    # evidence.
+    content: Literal["lexical", "reference_encoder", "off"] = "lexical"
+    lexical_high: float = Field(0.75, ge=0, le=1)
+    lexical_low: float = Field(0.0, ge=0, le=1)
     content_high: float = Field(0.55, ge=-1, le=1)
     content_low: float = Field(0.25, ge=-1, le=1)
+    # Position bias: "estimated" fits a position-based click model on the impressions (fixed
+    # curve 1/(k+1)**ips_eta until enough items were seen at several positions), or "fixed".
+    position_bias: Literal["estimated", "fixed"] = "estimated"
+    position_bias_min_pairs: int = Field(200, ge=1)
+    position_bias_refit_every: int = Field(2_000, ge=1)
+    # The click_model function (with position_bias="estimated"): the fitted attractiveness of
+    # a (query, item) pair over all sessions: >= high relevant, <= low not.
+    click_model_high: float = Field(0.6, ge=0, le=1)
+    click_model_low: float = Field(0.4, ge=0, le=1)
+    click_model_min_impressions: int = Field(5, ge=1)
+    # Label model: accuracy prior (MAP-EM) and a fixed class balance (JSON list) if known.
+    prior_accuracy: float = Field(0.7, gt=0.5, lt=1)
+    prior_strength: float = Field(10.0, ge=0)
+    class_balance: tuple[float, float] | None = None
     seed_min: int = Field(100, ge=2)
     seed_refit_every: int = Field(500, ge=1)
     seed_capacity: int = Field(5_000, ge=10)

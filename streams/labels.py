@@ -89,6 +89,17 @@ class LabelRuntime:
                 out[f"{task}_lf_accuracy"] = dict(
                     zip(labeler.names, acc.round(3).tolist(), strict=True)
                 )
+            out[f"{task}_label_model"] = {
+                "fits": labeler.model.fits,
+                "fallbacks": labeler.model.fallbacks,
+                "last_fallback": labeler.model.last_fallback,
+            }
+        theta = self.relevance.position_bias.theta
+        out["position_bias"] = {
+            "estimated": theta is not None,
+            "examination_by_position": None if theta is None else theta.round(3).tolist(),
+            "pairs_at_several_positions": self.relevance.position_bias.pairs_at_several_positions,
+        }
         return out
 
 

@@ -9,11 +9,17 @@ import pytest
 
 from ecrec_stream.config import LabelSettings
 from ecrec_stream.labels.base import ABSTAIN, RelevanceCandidate, SentimentCandidate
-from ecrec_stream.labels.examples import RelevanceLabeler, SentimentLabeler, example_id
+from ecrec_stream.labels.examples import (
+    RelevanceLabeler,
+    SentimentLabeler,
+    example_id,
+    vote_matrix,
+)
 from ecrec_stream.labels.model import LabelModel, OnlineLabelModel
 from ecrec_stream.labels.relevance import (
     ClickRelevance,
     ContentRelevance,
+    DwellRelevance,
     ExposureRelevance,
     behaviour_grade,
 )
@@ -55,11 +61,20 @@ def test_behaviour_votes_and_grades() -> None:
         _cand(4),
         _cand(9),
     ]
-    assert [v.label for v in ClickRelevance(bounce_ms=5_000).vote_many(cands)] == [
+    assert [v.label for v in ClickRelevance().vote_many(cands)] == [
         0,
+        1,
+        1,
+        1,
         ABSTAIN,
+        ABSTAIN,
+    ]
+    # a bounce (1 s) is a negative, a long stay (40 s) a positive
+    assert [v.label for v in DwellRelevance(5_000, 30_000).vote_many(cands)] == [
+        ABSTAIN,
+        0,
         1,
-        1,
+        ABSTAIN,
         ABSTAIN,
         ABSTAIN,
     ]
@@ -206,3 +221,87 @@ def test_sentiment_labeler_pseudonymises_and_augments() -> None:
         a.augmented_from in {o.example_id for o in originals} for a in augmented
     )
     assert {e.example_id for e in labeler.label_many(cands)} == {e.example_id for e in out}
+
+
+def _planted(n: int, rng: np.random.Generator, pos_rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """Votes shaped like relevance traffic: a good two-sided function, a one-sided one that only
+    votes 0 (exposure), one that votes 1 on almost everything (content on the serving model's
+    own results), and heavy abstention."""
+    y = (rng.random(n) < pos_rate).astype(int)
+    good = np.where(rng.random(n) < 0.85, y, 1 - y)
+    good = np.where(rng.random(n) < 0.4, ABSTAIN, good)
+    only_zero = np.where((y == 0) & (rng.random(n) < 0.5) | (rng.random(n) < 0.1), 0, ABSTAIN)
+    yes_man = np.where(rng.random(n) < 0.9, 1, ABSTAIN)
+    return np.stack([good, only_zero, yes_man], axis=1), y
+
+
+@pytest.mark.parametrize("pos_rate", [0.15, 0.6, 0.9])
+def test_label_model_does_not_collapse_on_one_sided_functions(pos_rate: float) -> None:
+    rng = np.random.default_rng(7)
+    votes, y = _planted(6_000, rng, pos_rate)
+    model = LabelModel().fit(votes)
+    labels = model.predict_proba(votes).argmax(axis=1)
+    voted = votes[:, 0] != ABSTAIN
+    # neither class swallows the other, and where the good function votes the labels follow it
+    assert 0.02 < labels.mean() < 0.98
+    assert (labels[voted] == y[voted]).mean() >= 0.8
+    # Either the fit stands and the always-"relevant" function carries (almost) no evidence,
+    # or (one informative function only: unidentifiable) it was caught and fell back.
+    fit = model.fitted
+    assert fit is not None
+    if fit.fallback is None:
+        assert abs(fit.confusion[2, 1, 1] - fit.confusion[2, 0, 1]) < 0.2
+    else:
+        assert "class 0" in fit.fallback or "no function" in fit.fallback
+
+
+def test_label_model_falls_back_when_no_function_depends_on_the_class() -> None:
+    votes = np.array([[1, 0]] * 300 + [[1, ABSTAIN]] * 300)  # yes-man and no-man only
+    model = LabelModel().fit(votes)
+    assert model.fitted is not None and model.fitted.fallback is not None
+
+
+def test_anchors_fix_the_class_semantics() -> None:
+    rng = np.random.default_rng(3)
+    votes, y = _planted(3_000, rng, 0.5)
+    anchors = np.where((y == 1) & (rng.random(3_000) < 0.2), 1, ABSTAIN)
+    proba = LabelModel().fit(votes, anchors).predict_proba(votes, anchors)
+    assert (proba[anchors == 1, 1] == 1.0).all()
+
+
+def test_a_purchase_is_never_labelled_not_relevant() -> None:
+    labeler = RelevanceLabeler(None, LabelSettings(augment_variants=0, content="off"))
+    # Many sessions where purchases sit among skipped items and exposure-only impressions,
+    # the shape that made plain Dawid-Skene label everything 0 at confidence 0.99999.
+    cands = []
+    for s in range(300):
+        for pos in range(6):
+            action = "purchase" if pos == 3 else "none"
+            cands.append(
+                RelevanceCandidate(
+                    f"s{s}",
+                    f"u{s}",
+                    "q",
+                    f"i{s}-{pos}",
+                    pos,
+                    action=action,  # type: ignore[arg-type]
+                    dwell_ms=60_000 if action != "none" else None,
+                    skipped_above_click=pos < 3,
+                )
+            )
+    examples = [e for i in range(0, len(cands), 60) for e in labeler.label_many(cands[i : i + 60])]
+    bought = [e for e in examples if e.grade == 3]
+    assert len(bought) == 300 and all(e.label == 1 for e in bought)
+
+
+def test_an_impression_with_only_a_content_vote_yields_no_example() -> None:
+    labeler = RelevanceLabeler(None, LabelSettings(augment_variants=0))  # lexical content
+    cands = [
+        _cand(5, title="trail running shoes"),  # lexical says relevant; nobody clicked
+        _cand(0, "click", dwell=40_000, title="trail running shoes, blue"),
+    ]
+    votes = dict(zip(labeler.names, vote_matrix(labeler.functions, cands)[0], strict=True))
+    assert votes["lexical"] == 1 and votes["clicks"] == ABSTAIN
+    examples = labeler.label_many(cands)
+    assert [e.item_id for e in examples] == ["i0"]
+    assert labeler.counts["no_evidence"] == 1 and labeler.counts["all_abstained"] == 0

@@ -103,12 +103,43 @@ def _abbreviate(text: str, rng: random.Random) -> str:
     return re.sub(rf"\b{long}\b", short, text, count=1)
 
 
+# Words that start a post-modifier ("shoes for men"): the head noun comes before them.
+_PREPOSITIONS = frozenset("for with without in of on from by to at under over".split())
+# Mass nouns whose plural is wrong or means something else in a product query.
+_UNCOUNTABLE = frozenset(
+    "milk water rice flour sugar salt furniture jewelry jewellery clothing equipment luggage "
+    "hardware software bedding shelving flooring seating lighting fencing tubing wiring "
+    "storage decor cereal bread meat fish pasta cotton wool silk denim leather".split()
+)
+
+
+def head_noun_index(words: Sequence[str]) -> int | None:
+    """Index of the head noun of an English product query: the last word before the first
+    preposition that is a countable noun candidate (alphabetic, 4+ letters, not a unit, not an
+    ``-ing`` or mass noun). ``None`` when there is none: then nothing is pluralised, since
+    brands and modifiers ("husky shelving", "kitchen cart") must keep their form.
+
+    >>> [head_noun_index(q.split()) for q in ("kitchen cart", "husky shelving",
+    ...     "running shoes for men", "organic whole milk 32 oz")]
+    [1, None, 1, None]
+    """
+    end = next((i for i, w in enumerate(words) if w in _PREPOSITIONS and i > 0), len(words))
+    for i in range(end - 1, -1, -1):
+        word = words[i]
+        if not word.isalpha() or word in UNIT_WORDS or word in ABBREVIATIONS.values():
+            continue
+        if len(word) <= 3 or word.endswith("ing") or word in _UNCOUNTABLE:
+            return None  # the last content word is not a countable noun: leave the query
+        return i
+    return None
+
+
 def _plural(text: str, rng: random.Random) -> str:
+    """Toggle singular/plural of the head noun only ("kitchen cart" -> "kitchen carts")."""
     words = text.split()
-    spots = [i for i, w in enumerate(words) if w.isalpha() and len(w) > 3]
-    if not spots:
+    i = head_noun_index(words)
+    if i is None:
         return text
-    i = rng.choice(spots)
     words[i] = toggle_plural(words[i])
     return " ".join(words)
 

@@ -31,10 +31,14 @@ from ecrec_stream.labels.base import (
     SentimentCandidate,
 )
 from ecrec_stream.labels.model import OnlineLabelModel
+from ecrec_stream.labels.position import Observation, PositionBiasModel
 from ecrec_stream.labels.relevance import (
+    ClickModelRelevance,
     ClickRelevance,
     ContentRelevance,
+    DwellRelevance,
     ExposureRelevance,
+    LexicalRelevance,
     behaviour_grade,
     ips_weight,
 )
@@ -171,7 +175,14 @@ class _Labeler:
         ]
         self._stateless_cols = np.array([n in self.stateless for n in self.names])
         self.settings = settings
-        self.model = OnlineLabelModel(len(self.functions), 2, seed=settings.augment_seed)
+        self.model = OnlineLabelModel(
+            len(self.functions),
+            2,
+            seed=settings.augment_seed,
+            prior_accuracy=settings.prior_accuracy,
+            prior_strength=settings.prior_strength,
+            class_balance=list(settings.class_balance) if settings.class_balance else None,
+        )
         self.augmenters = list(augmenters)
         self.meaning_filter = meaning_filter
         self.pseudonymise = Pseudonymiser(settings.pseudonym_key.get_secret_value())
@@ -180,6 +191,7 @@ class _Labeler:
             "examples": 0,
             "augmented": 0,
             "all_abstained": 0,
+            "no_evidence": 0,
         }
 
     def add_function(self, function: LabelFunction[Any]) -> None:
@@ -194,7 +206,12 @@ class _Labeler:
         votes = vote_matrix(self.functions, candidates)
         if len(candidates) == 0:
             return votes, np.zeros((0, 2))
-        return votes, self.model.label_many(votes)
+        return votes, self.model.label_many(votes, self._anchors(candidates))
+
+    def _anchors(self, candidates: Sequence[Any]) -> np.ndarray | None:
+        """Known classes of candidates (``ABSTAIN`` where unknown), clamped in the label model;
+        ``None`` when the task has no anchor."""
+        return None
 
     def _augment(self, examples: list[TrainingExample]) -> list[TrainingExample]:
         # Only examples whose voting stateless functions all agree are augmented (see the
@@ -265,8 +282,11 @@ class _Labeler:
         self.counts["candidates"] += len(candidates)
         examples = []
         for cand, row, p in zip(candidates, votes, proba, strict=True):
-            if (row[self._stateless_cols] == ABSTAIN).all() or not self._usable(cand):
+            if (row[self._stateless_cols] == ABSTAIN).all():
                 self.counts["all_abstained"] += 1
+                continue
+            if not self._usable(cand):
+                self.counts["no_evidence"] += 1  # relevance: no behaviour; sentiment: no text
                 continue
             examples.append(
                 self._example(
@@ -281,7 +301,15 @@ class _Labeler:
 
 
 class RelevanceLabeler(_Labeler):
-    """Closed sessions' (query, item) candidates -> relevance examples."""
+    """Closed sessions' (query, item) candidates -> relevance examples.
+
+    An example exists only where there is behavioural evidence: the ``clicks`` function votes
+    (a click that stuck, an add-to-cart or purchase, an item skipped above a click). The
+    ``exposure`` and content functions break ties in the label model but are never an
+    example's sole evidence. Purchases and add-to-carts anchor the label model's "relevant"
+    class, so its class semantics cannot flip. Position bias for the weights is estimated from
+    the impressions (:class:`~ecrec_stream.labels.position.PositionBiasModel`).
+    """
 
     task: Literal["relevance"] = "relevance"
 
@@ -292,22 +320,64 @@ class RelevanceLabeler(_Labeler):
         augmenters: Sequence[Augmenter] = (),
         meaning_filter: MeaningFilter | None = None,
     ) -> None:
+        self.clicks = ClickRelevance(settings.bounce_ms)
         functions: list[LabelFunction[Any]] = [
-            ClickRelevance(settings.bounce_ms),
+            self.clicks,
+            DwellRelevance(settings.bounce_ms, settings.long_dwell_ms),
             ExposureRelevance(settings.exposure_depth),
         ]
-        if encoder is not None:
+        if settings.content == "lexical":
+            functions.append(LexicalRelevance(high=settings.lexical_high, low=settings.lexical_low))
+        elif settings.content == "reference_encoder" and encoder is not None:
             functions.append(
                 ContentRelevance(encoder, high=settings.content_high, low=settings.content_low)
             )
+        position_bias = PositionBiasModel(
+            eta=settings.ips_eta, min_pairs=settings.position_bias_min_pairs
+        )
+        if settings.position_bias == "estimated":
+            functions.append(
+                ClickModelRelevance(
+                    position_bias,
+                    high=settings.click_model_high,
+                    low=settings.click_model_low,
+                    min_impressions=settings.click_model_min_impressions,
+                )
+            )
         super().__init__(functions, settings, augmenters, meaning_filter)
+        self.position_bias = position_bias
+        self._since_refit = 0
+
+    def _prepare(self, candidates: Sequence[RelevanceCandidate]) -> None:
+        """Feed the impressions to the position-bias model; refit it now and then."""
+        if self.settings.position_bias != "estimated":
+            return
+        self.position_bias.observe_many(
+            Observation(c.query, c.item_id, c.position, c.action != "none") for c in candidates
+        )
+        self._since_refit += len(candidates)
+        if self._since_refit >= self.settings.position_bias_refit_every:
+            self.position_bias.fit()
+            self._since_refit = 0
+
+    def _usable(self, cand: RelevanceCandidate) -> bool:
+        return not self.clicks.vote_one(cand).abstained
+
+    def _anchors(self, candidates: Sequence[RelevanceCandidate]) -> np.ndarray:
+        return np.array(
+            [POSITIVE if c.action in ("add_to_cart", "purchase") else ABSTAIN for c in candidates],
+            dtype=np.int64,
+        )
 
     def _example(
         self, cand: RelevanceCandidate, votes: dict[str, int], label: int, confidence: float
     ) -> TrainingExample:
         weight = confidence
         if label == POSITIVE and cand.action != "none":
-            weight *= ips_weight(cand.position, self.settings.ips_eta, self.settings.ips_clip)
+            if self.settings.position_bias == "estimated":
+                weight *= self.position_bias.weight(cand.position, self.settings.ips_clip)
+            else:
+                weight *= ips_weight(cand.position, self.settings.ips_eta, self.settings.ips_clip)
         return TrainingExample(
             example_id=example_id(self.task, cand.source_event_ids, cand.item_id, self.names),
             task=self.task,

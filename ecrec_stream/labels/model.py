@@ -13,22 +13,25 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ecrec_stream.labels.base import ABSTAIN
 
-SMOOTHING = 1.0  # Dirichlet pseudo-count per confusion-matrix cell (keeps rare cells finite)
-
 
 @dataclass(frozen=True, slots=True)
 class LabelModelFit:
-    """Fitted parameters: per-function confusion matrices (m x k x k, rows = true class) and
-    class priors (k)."""
+    """Fitted parameters: per-function confusion matrices (m x k x k, rows = true class,
+    columns = vote, given that the function votes), class priors (k), which functions' votes
+    depend on the class (``informative``), and ``fallback``: why the data fit was replaced by
+    a weighted majority vote, or ``None``."""
 
     confusion: np.ndarray
     priors: np.ndarray
     iterations: int
+    informative: np.ndarray | None = None
+    fallback: str | None = None
 
     @property
     def accuracies(self) -> np.ndarray:
@@ -40,6 +43,20 @@ class LabelModelFit:
 class LabelModel:
     """Combine votes ``L`` (n x m ints, ``ABSTAIN`` = -1) into class probabilities.
 
+    Plain Dawid-Skene is unidentifiable when functions are one-sided (only ever vote one class)
+    or mostly abstain, and EM then collapses: every row one class, or a function "right"
+    whatever the class. This model takes what Snorkel does against that, and a fallback:
+
+    * **accuracy prior**: ``prior_strength`` pseudo-votes per class and function, a share
+      ``prior_accuracy`` of them on the diagonal (MAP-EM instead of maximum likelihood);
+    * **class balance**: fixed ``class_balance`` if given, else learnt with a Dirichlet prior;
+    * **better than chance**: a vote value that the fit makes evidence *against* its own class
+      is made uninformative instead (its likelihood ratio is set to 1);
+    * **anchors**: rows whose class is known (a purchase is relevant) are clamped in EM;
+    * **degenerate fit detection**: when no function's votes depend on the class, or the fit
+      puts (almost) every voted row in one class while a majority vote does not, the fit is
+      replaced by a weighted majority vote and ``fitted.fallback`` says why.
+
     >>> rng = np.random.default_rng(42)
     >>> y = rng.integers(0, 2, 4000)
     >>> def lf(acc):  # votes right with probability acc, abstains 30% of the time
@@ -47,14 +64,39 @@ class LabelModel:
     ...     return np.where(rng.random(4000) < 0.3, ABSTAIN, v)
     >>> L = np.stack([lf(0.9), lf(0.75), lf(0.6)], axis=1)
     >>> model = LabelModel(cardinality=2).fit(L)
-    >>> [round(float(a), 1) for a in model.accuracies]
-    [0.9, 0.8, 0.6]
+    >>> [round(float(a), 1) for a in model.accuracies], model.fitted.fallback
+    ([0.9, 0.8, 0.6], None)
     """
 
-    def __init__(self, cardinality: int = 2, *, max_iter: int = 200, tol: float = 1e-6) -> None:
+    def __init__(
+        self,
+        cardinality: int = 2,
+        *,
+        prior_accuracy: float = 0.7,
+        prior_strength: float = 10.0,
+        class_balance: np.ndarray | list[float] | None = None,
+        min_dependence: float = 0.05,
+        min_class_share: float = 0.01,
+        max_iter: int = 200,
+        tol: float = 1e-6,
+    ) -> None:
         if cardinality < 2:
             raise ValueError("cardinality must be at least 2")
+        if not 1.0 / cardinality < prior_accuracy < 1.0:
+            raise ValueError("prior_accuracy must be above chance and below 1")
         self.k = cardinality
+        self.prior_accuracy = prior_accuracy
+        self.prior_strength = prior_strength
+        self.class_balance = (
+            None if class_balance is None else np.asarray(class_balance, dtype=np.float64)
+        )
+        if self.class_balance is not None and (
+            self.class_balance.shape != (cardinality,)
+            or not np.isclose(self.class_balance.sum(), 1)
+        ):
+            raise ValueError("class_balance must be k shares summing to 1")
+        self.min_dependence = min_dependence
+        self.min_class_share = min_class_share
         self.max_iter = max_iter
         self.tol = tol
         self.fitted: LabelModelFit | None = None
@@ -73,6 +115,14 @@ class LabelModel:
             raise ValueError(f"votes must be in [-1, {self.k - 1}]")
         return array
 
+    def _check_anchors(self, anchors: np.ndarray | None, n: int) -> np.ndarray:
+        if anchors is None:
+            return np.full(n, ABSTAIN, dtype=np.int64)
+        array = np.asarray(anchors, dtype=np.int64)
+        if array.shape != (n,) or ((array < ABSTAIN) | (array >= self.k)).any():
+            raise ValueError(f"anchors must be {n} values in [-1, {self.k - 1}]")
+        return array
+
     def _posterior(
         self, votes: np.ndarray, confusion: np.ndarray, priors: np.ndarray
     ) -> np.ndarray:
@@ -85,41 +135,101 @@ class LabelModel:
         p = np.exp(log_p)
         return np.asarray(p / p.sum(axis=1, keepdims=True))
 
+    def _clamp(self, post: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+        anchored = anchors != ABSTAIN
+        if anchored.any():
+            post = post.copy()
+            post[anchored] = np.eye(self.k)[anchors[anchored]]
+        return post
+
+    def _prior_counts(self, m: int) -> np.ndarray:
+        off = (1 - self.prior_accuracy) / (self.k - 1)
+        row = np.full((self.k, self.k), off) + np.eye(self.k) * (self.prior_accuracy - off)
+        return np.tile(row * self.prior_strength, (m, 1, 1))
+
     def _m_step(self, votes: np.ndarray, post: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m = votes.shape[1]
-        counts = np.full((m, self.k, self.k), SMOOTHING)
+        counts = self._prior_counts(m)
         for j in range(m):
             for v in range(self.k):
                 counts[j, :, v] += post[votes[:, j] == v].sum(axis=0)
         confusion = counts / counts.sum(axis=2, keepdims=True)
-        priors = post.mean(axis=0) + 1e-6
+        # Better than chance: a vote for v must not be likelier under another class than
+        # under v itself; where the fit says so, that vote value carries no evidence.
+        for j in range(m):
+            for v in range(self.k):
+                if confusion[j, v, v] < confusion[j, :, v].max():
+                    confusion[j, :, v] = confusion[j, :, v].mean()
+        if self.class_balance is not None:
+            return confusion, self.class_balance
+        priors = post.sum(axis=0) + self.prior_strength / self.k
         return confusion, priors / priors.sum()
 
-    def fit(self, votes: np.ndarray) -> LabelModel:
-        """Estimate confusion matrices and priors by EM, starting from majority vote."""
+    def fit(self, votes: np.ndarray, anchors: np.ndarray | None = None) -> LabelModel:
+        """Estimate confusion matrices and priors by MAP-EM, starting from majority vote.
+
+        ``anchors`` (n ints, ``ABSTAIN`` where unknown) clamps rows whose class is known.
+        """
         array = self._check(votes)
-        # majority-vote start (ties and all-abstain rows spread evenly)
-        start = np.full((array.shape[0], self.k), 1e-3)
-        for c in range(self.k):
-            start[:, c] += (array == c).sum(axis=1)
-        post = start / start.sum(axis=1, keepdims=True)
+        anchor = self._check_anchors(anchors, array.shape[0])
+        majority = self._majority(array)
+        post = self._clamp(majority, anchor)
         confusion, priors = self._m_step(array, post)
         it = 0
         for it in range(1, self.max_iter + 1):  # noqa: B007 - reported in the fit
-            post = self._posterior(array, confusion, priors)
+            post = self._clamp(self._posterior(array, confusion, priors), anchor)
             new_conf, new_priors = self._m_step(array, post)
             delta = np.abs(new_conf - confusion).max() + np.abs(new_priors - priors).max()
             confusion, priors = new_conf, new_priors
             if delta < self.tol:
                 break
-        self.fitted = LabelModelFit(confusion, priors, it)
+        informative = np.ptp(confusion, axis=1).max(axis=1) >= self.min_dependence
+        fallback = self._degenerate(array, majority, confusion, priors, informative)
+        if fallback is not None:
+            sym = symmetric_fit(array.shape[1], self.k)
+            self.fitted = LabelModelFit(sym.confusion, sym.priors, it, informative, fallback)
+        else:
+            self.fitted = LabelModelFit(confusion, priors, it, informative, None)
         return self
 
-    def predict_proba(self, votes: np.ndarray) -> np.ndarray:
-        """Class probabilities (n x k); rows where every function abstained get the priors."""
+    def _majority(self, array: np.ndarray) -> np.ndarray:
+        start = np.full((array.shape[0], self.k), 1e-3)  # ties and all-abstain rows: even
+        for c in range(self.k):
+            start[:, c] += (array == c).sum(axis=1)
+        return start / start.sum(axis=1, keepdims=True)
+
+    def _degenerate(
+        self,
+        array: np.ndarray,
+        majority: np.ndarray,
+        confusion: np.ndarray,
+        priors: np.ndarray,
+        informative: np.ndarray,
+    ) -> str | None:
+        if not informative.any():
+            return "no function's votes depend on the class"
+        voted = (array != ABSTAIN).any(axis=1)
+        if voted.sum() == 0:
+            return None
+        labels = self._posterior(array[voted], confusion, priors).argmax(axis=1)
+        mv = majority[voted].argmax(axis=1)
+        for c in range(self.k):
+            share, mv_share = (labels == c).mean(), (mv == c).mean()
+            if share < self.min_class_share <= mv_share / 5:
+                return (
+                    f"the fit labels {share:.1%} of voted rows as class {c}, "
+                    f"a majority vote {mv_share:.1%}"
+                )
+        return None
+
+    def predict_proba(self, votes: np.ndarray, anchors: np.ndarray | None = None) -> np.ndarray:
+        """Class probabilities (n x k); rows where every function abstained get the priors,
+        anchored rows their anchor."""
         if self.fitted is None:
             raise RuntimeError("fit the label model first")
-        return self._posterior(self._check(votes), self.fitted.confusion, self.fitted.priors)
+        array = self._check(votes)
+        post = self._posterior(array, self.fitted.confusion, self.fitted.priors)
+        return self._clamp(post, self._check_anchors(anchors, array.shape[0]))
 
 
 def symmetric_fit(n_functions: int, k: int, accuracy: float = 0.7) -> LabelModelFit:
@@ -136,7 +246,8 @@ class OnlineLabelModel:
     Each micro-batch is added to the reservoir (uniform reservoir sampling, seeded), the model is
     refitted on it (EM over at most ``capacity`` rows takes milliseconds), and the batch is
     labelled with the refreshed fit. Until ``min_rows`` rows were seen, it uses fixed accuracies
-    of 0.7 (a weighted majority vote).
+    of 0.7 (a weighted majority vote). Fits that fell back (see :class:`LabelModel`) are
+    counted in ``fallbacks`` with the last reason in ``last_fallback``.
     """
 
     def __init__(
@@ -147,34 +258,52 @@ class OnlineLabelModel:
         capacity: int = 20_000,
         min_rows: int = 200,
         seed: int = 0,
+        **model_options: Any,
     ) -> None:
-        self.model = LabelModel(cardinality)
+        self.model = LabelModel(cardinality, **model_options)
         self.n_functions = n_functions
         self.capacity = capacity
         self.min_rows = min_rows
         self._rows: list[np.ndarray] = []
+        self._anchors: list[int] = []
         self._seen = 0
         self._rng = random.Random(seed)
+        self.fits = 0
+        self.fallbacks = 0
+        self.last_fallback: str | None = None
 
-    def _remember(self, votes: np.ndarray) -> None:
-        for row in votes:
+    def _remember(self, votes: np.ndarray, anchors: np.ndarray) -> None:
+        for row, anchor in zip(votes, anchors, strict=True):
             self._seen += 1
             if len(self._rows) < self.capacity:
                 self._rows.append(row)
+                self._anchors.append(int(anchor))
             else:
                 j = self._rng.randrange(self._seen)
                 if j < self.capacity:
                     self._rows[j] = row
+                    self._anchors[j] = int(anchor)
 
-    def label_many(self, votes: np.ndarray) -> np.ndarray:
-        """Remember ``votes``, refit, and return their class probabilities."""
+    def label_many(self, votes: np.ndarray, anchors: np.ndarray | None = None) -> np.ndarray:
+        """Remember ``votes`` (and ``anchors``: known classes, ``ABSTAIN`` elsewhere), refit,
+        and return their class probabilities."""
         array = np.asarray(votes, dtype=np.int64).reshape(-1, self.n_functions)
-        self._remember(array)
+        anchor = (
+            np.full(len(array), ABSTAIN, dtype=np.int64)
+            if anchors is None
+            else np.asarray(anchors, dtype=np.int64)
+        )
+        self._remember(array, anchor)
         if self._seen >= self.min_rows:
-            self.model.fit(np.stack(self._rows))
+            self.model.fit(np.stack(self._rows), np.asarray(self._anchors, dtype=np.int64))
+            self.fits += 1
+            fit = self.model.fitted
+            if fit is not None and fit.fallback is not None:
+                self.fallbacks += 1
+                self.last_fallback = fit.fallback
         else:
             self.model.fitted = symmetric_fit(self.n_functions, self.model.k)
-        return self.model.predict_proba(array)
+        return self.model.predict_proba(array, anchor)
 
     @property
     def warm(self) -> bool:

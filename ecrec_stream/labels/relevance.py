@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -47,23 +48,20 @@ def ips_weight(position: int, eta: float, clip: float) -> float:
 
 
 class ClickRelevance:
-    """Clicks that stick are relevant; items skipped above a click are not (cascade model).
-
-    A click shorter than ``bounce_ms`` (the shopper came straight back) abstains.
-    """
+    """The raw click signal, read with the cascade model: a clicked (or carted, or bought) item
+    is relevant; an item skipped above a clicked one is not. This is the behavioural evidence an
+    example needs (see :class:`~ecrec_stream.labels.examples.RelevanceLabeler`)."""
 
     name = "clicks"
     task: Literal["relevance"] = "relevance"
 
     def __init__(self, bounce_ms: int = 5_000) -> None:
-        self.bounce_ms = bounce_ms
+        self.bounce_ms = bounce_ms  # kept for configuration compatibility; see DwellRelevance
 
     def vote_one(self, c: RelevanceCandidate) -> Vote:
         if c.action in ("add_to_cart", "purchase"):
             return Vote(POSITIVE, 1.0)
         if c.action == "click":
-            if c.dwell_ms is not None and c.dwell_ms < self.bounce_ms:
-                return ABSTAIN_VOTE
             return Vote(POSITIVE, 0.8)
         if c.skipped_above_click:
             return Vote(NEGATIVE, 0.8)
@@ -71,6 +69,66 @@ class ClickRelevance:
 
     def vote_many(self, candidates: Sequence[RelevanceCandidate]) -> list[Vote]:
         return [self.vote_one(c) for c in candidates]
+
+
+class DwellRelevance:
+    """How long a click stuck: shorter than ``bounce_ms`` (straight back to the results) not
+    relevant, at least ``long_ms`` relevant, in between (and unclicked items) abstain."""
+
+    name = "dwell"
+    task: Literal["relevance"] = "relevance"
+
+    def __init__(self, bounce_ms: int = 5_000, long_ms: int = 30_000) -> None:
+        self.bounce_ms = bounce_ms
+        self.long_ms = long_ms
+
+    def vote_many(self, candidates: Sequence[RelevanceCandidate]) -> list[Vote]:
+        votes = []
+        for c in candidates:
+            if c.action == "none" or c.dwell_ms is None:
+                votes.append(ABSTAIN_VOTE)
+            elif c.dwell_ms < self.bounce_ms:
+                votes.append(Vote(NEGATIVE, 0.7))
+            elif c.dwell_ms >= self.long_ms:
+                votes.append(Vote(POSITIVE, 0.8))
+            else:
+                votes.append(ABSTAIN_VOTE)
+        return votes
+
+
+class ClickModelRelevance:
+    """The click model's attractiveness of a (query, item) pair, pooled over every session that
+    showed it and corrected for position (``gamma`` of
+    :class:`~ecrec_stream.labels.position.PositionBiasModel`): at least ``high`` relevant, at
+    most ``low`` not, abstain in between or with fewer than ``min_impressions`` impressions.
+
+    Stateful (it improves as traffic arrives), so it never decides which examples exist.
+    """
+
+    name = "click_model"
+    task: Literal["relevance"] = "relevance"
+    stateful = True
+
+    def __init__(
+        self, model: Any, *, high: float = 0.6, low: float = 0.4, min_impressions: int = 5
+    ) -> None:
+        self.model = model
+        self.high = high
+        self.low = low
+        self.min_impressions = min_impressions
+
+    def vote_many(self, candidates: Sequence[RelevanceCandidate]) -> list[Vote]:
+        votes = []
+        table = self.model.attractiveness
+        for c in candidates:
+            gamma, shown = table.get((c.query, c.item_id), (float("nan"), 0))
+            if shown < self.min_impressions or self.low < gamma < self.high:
+                votes.append(ABSTAIN_VOTE)
+            elif gamma >= self.high:
+                votes.append(Vote(POSITIVE, gamma))
+            else:
+                votes.append(Vote(NEGATIVE, 1.0 - gamma))
+        return votes
 
 
 class ExposureRelevance:
@@ -100,9 +158,74 @@ class ExposureRelevance:
         return votes
 
 
+_TOKEN = re.compile(r"[a-z0-9]+(?:[./-][a-z0-9]+)*")
+_STOPWORDS = frozenset(
+    "a an and the for of in on with to by from or at as is are this that it its x".split()
+)
+
+
+def content_tokens(text: str) -> set[str]:
+    """Lower-cased word tokens without stop words, plural ``s`` stripped; sizes and model numbers
+    (``3/4``, ``1.5``, ``xr-200``) stay whole.
+
+    >>> sorted(content_tokens("Kids' Running Shoes, size 3/4 - XR-200"))
+    ['3/4', 'kid', 'running', 'shoe', 'size', 'xr-200']
+    """
+    out = set()
+    for token in _TOKEN.findall(text.lower()):
+        if token in _STOPWORDS:
+            continue
+        if len(token) > 3 and token.endswith("s") and not token.endswith("ss"):
+            token = token[:-1]
+        out.add(token)
+    return out
+
+
+class LexicalRelevance:
+    """Share of the query's words found in the item's title: at least ``high`` relevant, at
+    most ``low`` not, in between abstain. Candidates without a known title abstain.
+
+    This is the default content function because it does not come from the model being trained:
+    the impressions are the serving encoder's own top results, so scoring them with that encoder
+    votes "relevant" on nearly all of them and teaches the model its own mistakes.
+
+    >>> lex = LexicalRelevance()
+    >>> [v.label for v in lex.vote_many([
+    ...     RelevanceCandidate("s", "u", "red shoes", "i", 0, item_title="Red running shoe"),
+    ...     RelevanceCandidate("s", "u", "red shoes", "j", 1, item_title="Garden hose"),
+    ...     RelevanceCandidate("s", "u", "red shoes", "k", 2, item_title="Red dress")])]
+    [1, 0, -1]
+    """
+
+    name = "lexical"
+    task: Literal["relevance"] = "relevance"
+
+    def __init__(self, *, high: float = 0.75, low: float = 0.0) -> None:
+        self.high = high
+        self.low = low
+
+    def coverage(self, query: str, title: str) -> float:
+        words = content_tokens(query)
+        return len(words & content_tokens(title)) / len(words) if words else float("nan")
+
+    def vote_many(self, candidates: Sequence[RelevanceCandidate]) -> list[Vote]:
+        votes = []
+        for c in candidates:
+            cov = self.coverage(c.query, c.item_title) if c.item_title else float("nan")
+            if np.isnan(cov) or self.low < cov < self.high:
+                votes.append(ABSTAIN_VOTE)
+            elif cov >= self.high:
+                votes.append(Vote(POSITIVE, cov))
+            else:
+                votes.append(Vote(NEGATIVE, 1.0 - cov))
+        return votes
+
+
 class ContentRelevance:
-    """Query-title cosine similarity from the encoder: above ``high`` relevant, below ``low``
-    not, in between abstain. Candidates without a known title abstain."""
+    """Query-title cosine similarity from an encoder: above ``high`` relevant, below ``low``
+    not, in between abstain. Candidates without a known title abstain. Give it a frozen
+    reference encoder, never the serving model being fine-tuned (see :class:`LexicalRelevance`).
+    """
 
     name = "content"
     task: Literal["relevance"] = "relevance"

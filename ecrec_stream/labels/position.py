@@ -1,0 +1,135 @@
+"""Position bias estimated from the traffic: a position-based click model (PBM) fitted by EM.
+
+PBM: ``P(click | query q, item d, position k) = theta_k * gamma_qd``, with ``theta_k`` the
+probability that position ``k`` is examined and ``gamma_qd`` the attractiveness of ``d`` for
+``q`` (Chuklin, Markov and de Rijke, *Click Models for Web Search*, 2015, ch. 3 and 4).
+``theta`` is identifiable only from pairs shown at more than one position: ranking changes over
+time, or a small share of randomised swaps (Joachims et al., 2017) provide them. Until enough
+such observations arrive, :meth:`PositionBiasModel.propensity` falls back to
+``1 / (k + 1) ** eta``.
+
+Written here rather than taken from a library: the maintained click-model packages (PyClick,
+ULTRA) are research code for offline logs; this is ~60 lines of numpy over aggregated counts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One impression: ``item`` shown for ``query`` at 0-based ``position``, clicked or not."""
+
+    query: str
+    item: str
+    position: int
+    clicked: bool
+
+
+class PositionBiasModel:
+    """Fit examination probabilities ``theta`` (``theta[0] = 1``) from impressions and clicks.
+
+    >>> rng = random.Random(3)
+    >>> true_theta = [1.0, 0.6, 0.4, 0.3, 0.2]
+    >>> model = PositionBiasModel(max_position=5, min_pairs=50)
+    >>> obs = []
+    >>> for q in range(400):
+    ...     gammas = [rng.random() for _ in range(5)]
+    ...     for _ in range(6):  # each query seen 6 times, its items in shuffled order
+    ...         order = rng.sample(range(5), 5)
+    ...         for pos, d in enumerate(order):
+    ...             clicked = rng.random() < true_theta[pos] * gammas[d]
+    ...             obs.append(Observation(f"q{q}", f"d{d}", pos, clicked))
+    >>> model.observe_many(obs)
+    >>> [round(float(t), 1) for t in model.fit()]
+    [1.0, 0.6, 0.4, 0.3, 0.2]
+    """
+
+    def __init__(
+        self,
+        max_position: int = 20,
+        *,
+        eta: float = 1.0,
+        capacity: int = 500_000,
+        min_pairs: int = 200,
+        iterations: int = 100,
+        seed: int = 0,
+    ) -> None:
+        self.max_position = max_position
+        self.eta = eta
+        self.capacity = capacity
+        self.min_pairs = min_pairs
+        self.iterations = iterations
+        self._obs: list[Observation] = []
+        self._seen = 0
+        self._rng = random.Random(seed)
+        self.theta: np.ndarray | None = None
+        self.pairs_at_several_positions = 0  # as of the last fit() call
+        # attractiveness (gamma) and impression count per (query, item), as of the last fit
+        self.attractiveness: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def observe_many(self, observations: Iterable[Observation]) -> None:
+        """Remember impressions (a uniform reservoir of at most ``capacity``)."""
+        for ob in observations:
+            if not 0 <= ob.position < self.max_position:
+                continue
+            self._seen += 1
+            if len(self._obs) < self.capacity:
+                self._obs.append(ob)
+            else:
+                j = self._rng.randrange(self._seen)
+                if j < self.capacity:
+                    self._obs[j] = ob
+
+    def multi_position_pairs(self) -> int:
+        """How many (query, item) pairs were seen at more than one position."""
+        positions: dict[tuple[str, str], set[int]] = {}
+        for ob in self._obs:
+            positions.setdefault((ob.query, ob.item), set()).add(ob.position)
+        return sum(len(p) > 1 for p in positions.values())
+
+    def fit(self) -> np.ndarray | None:
+        """Fit by EM; ``None`` (and no change) while fewer than ``min_pairs`` pairs were seen
+        at more than one position (``theta`` would not be identifiable)."""
+        self.pairs_at_several_positions = self.multi_position_pairs()
+        if self.pairs_at_several_positions < self.min_pairs:
+            return None
+        pair_ids: dict[tuple[str, str], int] = {}
+        pair = np.array([pair_ids.setdefault((o.query, o.item), len(pair_ids)) for o in self._obs])
+        pos = np.array([o.position for o in self._obs])
+        click = np.array([o.clicked for o in self._obs], dtype=np.float64)
+        n_pos = self.max_position
+        theta = 1.0 / (np.arange(n_pos) + 1.0) ** self.eta
+        gamma = np.full(len(pair_ids), 0.5)
+        shown = np.bincount(pos, minlength=n_pos).astype(np.float64)
+        shown_pair = np.bincount(pair, minlength=len(pair_ids)).astype(np.float64)
+        for _ in range(self.iterations):
+            t, g = theta[pos], gamma[pair]
+            denom = np.maximum(1.0 - t * g, 1e-12)
+            examined = click + (1 - click) * t * (1 - g) / denom  # E[examined | data]
+            attractive = click + (1 - click) * (1 - t) * g / denom  # E[attractive | data]
+            new_theta = np.bincount(pos, weights=examined, minlength=n_pos) / np.maximum(shown, 1)
+            new_theta[shown == 0] = theta[shown == 0]
+            gamma = np.bincount(pair, weights=attractive, minlength=len(pair_ids)) / shown_pair
+            theta = np.clip(new_theta, 1e-6, 1.0)
+        self.theta = theta / theta[0]
+        # gamma is P(click | examined): the click model's relevance estimate of each pair
+        self.attractiveness = {
+            key: (float(gamma[i]), int(shown_pair[i])) for key, i in pair_ids.items()
+        }
+        return self.theta
+
+    def propensity(self, position: int) -> float:
+        """P(examined) at ``position`` relative to the top: the fit, or the fixed curve."""
+        if self.theta is not None and 0 <= position < len(self.theta):
+            return float(self.theta[position])
+        return float(1.0 / (position + 1.0) ** self.eta)
+
+    def weight(self, position: int, clip: float) -> float:
+        """Inverse propensity weight of a click at ``position``, clipped to ``clip``."""
+        return float(min(clip, 1.0 / max(self.propensity(position), 1e-6)))
