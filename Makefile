@@ -31,6 +31,8 @@ bench: $(STAMP)
 	$(PY) -m bench.freshness
 	$(PY) -m bench.ingest
 	$(PY) -m bench.labels
+	$(PY) -m bench.fuzz
+	$(PY) -m bench.rewrites
 
 clean:
 	rm -rf $(VENV) .ecrec bench/results

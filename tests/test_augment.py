@@ -91,3 +91,19 @@ def test_meaning_filter_drops_a_sentiment_flip_that_passes_on_similarity(minilm:
         "dropped_similarity": 0,
         "dropped_flip": 1,
     }
+
+
+def test_query_rewrite_pluralises_only_the_head_noun() -> None:
+    rewrite = QueryRewriteAugmenter(variants=10)
+    queries = [("a", "kitchen cart"), ("b", "husky shelving"), ("c", "adidas pants")]
+    texts = {a.text for a in rewrite.augment_many(queries, seed=3)}
+    texts |= {a.text for s in range(20) for a in rewrite.augment_many(queries, seed=s)}
+    assert "kitchen carts" in texts
+    for wrong in (
+        "kitchens cart",
+        "huskies shelving",
+        "husky shelvings",
+        "adida pants",
+        "adidas pant",
+    ):
+        assert wrong not in texts

@@ -109,7 +109,10 @@ _PREPOSITIONS = frozenset("for with without in of on from by to at under over".s
 _UNCOUNTABLE = frozenset(
     "milk water rice flour sugar salt furniture jewelry jewellery clothing equipment luggage "
     "hardware software bedding shelving flooring seating lighting fencing tubing wiring "
-    "storage decor cereal bread meat fish pasta cotton wool silk denim leather".split()
+    "storage decor cereal bread meat fish pasta cotton wool silk denim leather "
+    # plural-only nouns: "pants" has no useful singular in a product query
+    "pants jeans shorts leggings tights trousers pajamas scissors glasses sunglasses goggles "
+    "binoculars pliers tongs clothes news".split()
 )
 
 

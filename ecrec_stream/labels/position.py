@@ -94,11 +94,14 @@ class PositionBiasModel:
         return sum(len(p) > 1 for p in positions.values())
 
     def fit(self) -> np.ndarray | None:
-        """Fit by EM; ``None`` (and no change) while fewer than ``min_pairs`` pairs were seen
-        at more than one position (``theta`` would not be identifiable)."""
-        self.pairs_at_several_positions = self.multi_position_pairs()
-        if self.pairs_at_several_positions < self.min_pairs:
+        """Fit by EM and return ``theta``. While fewer than ``min_pairs`` pairs were seen at
+        more than one position (``theta`` would not be identifiable), only the
+        attractiveness is fitted, with ``theta`` held at the fixed curve, and ``None`` is
+        returned (``self.theta`` unchanged)."""
+        if not self._obs:
             return None
+        self.pairs_at_several_positions = self.multi_position_pairs()
+        learn_theta = self.pairs_at_several_positions >= self.min_pairs
         pair_ids: dict[tuple[str, str], int] = {}
         pair = np.array([pair_ids.setdefault((o.query, o.item), len(pair_ids)) for o in self._obs])
         pos = np.array([o.position for o in self._obs])
@@ -113,15 +116,20 @@ class PositionBiasModel:
             denom = np.maximum(1.0 - t * g, 1e-12)
             examined = click + (1 - click) * t * (1 - g) / denom  # E[examined | data]
             attractive = click + (1 - click) * (1 - t) * g / denom  # E[attractive | data]
-            new_theta = np.bincount(pos, weights=examined, minlength=n_pos) / np.maximum(shown, 1)
-            new_theta[shown == 0] = theta[shown == 0]
             gamma = np.bincount(pair, weights=attractive, minlength=len(pair_ids)) / shown_pair
-            theta = np.clip(new_theta, 1e-6, 1.0)
-        self.theta = theta / theta[0]
+            if learn_theta:
+                new_theta = np.bincount(pos, weights=examined, minlength=n_pos) / np.maximum(
+                    shown, 1
+                )
+                new_theta[shown == 0] = theta[shown == 0]
+                theta = np.clip(new_theta, 1e-6, 1.0)
         # gamma is P(click | examined): the click model's relevance estimate of each pair
         self.attractiveness = {
             key: (float(gamma[i]), int(shown_pair[i])) for key, i in pair_ids.items()
         }
+        if not learn_theta:
+            return None
+        self.theta = theta / theta[0]
         return self.theta
 
     def propensity(self, position: int) -> float:
