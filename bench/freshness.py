@@ -62,6 +62,20 @@ class ValidatedClock(threading.Thread):
         self.consumer.close()
 
 
+def _upsert(item_id: str, title: str, ts: str, category: str) -> bytes:
+    """An item upsert as a shop service would send it."""
+    doc = {
+        "event_id": f"ev-{item_id}",
+        "ts": ts,
+        "op": "upsert",
+        "item_id": item_id,
+        "title": title,
+        "category_path": [category],
+        "price": 1.0,
+    }
+    return json.dumps(doc).encode()
+
+
 def _phase(
     base: str,
     bootstrap: str,
@@ -83,17 +97,7 @@ def _phase(
         producer.produce(
             TOPICS.items,
             key=item_id.encode(),
-            value=json.dumps(
-                {
-                    "event_id": f"ev-{item_id}",
-                    "ts": ts.isoformat(),
-                    "op": "upsert",
-                    "item_id": item_id,
-                    "title": titles[i % len(titles)],
-                    "category_path": ["bench"],
-                    "price": 1.0,
-                }
-            ).encode(),
+            value=_upsert(item_id, titles[i % len(titles)], ts.isoformat(), "bench"),
         )
         producer.poll(0)
         sent[item_id] = ts.timestamp()
@@ -145,16 +149,7 @@ def _bulk(base: str, bootstrap: str, titles: list[str], prefix: str) -> dict[str
         producer.produce(
             TOPICS.items,
             key=item_id.encode(),
-            value=json.dumps(
-                {
-                    "event_id": f"ev-{item_id}",
-                    "ts": ts.isoformat(),
-                    "op": "upsert",
-                    "item_id": item_id,
-                    "title": title,
-                    "category_path": ["bulk"],
-                }
-            ).encode(),
+            value=_upsert(item_id, title, ts.isoformat(), "bulk"),
         )
         producer.poll(0)
         sent[item_id] = ts.timestamp()

@@ -155,11 +155,13 @@ def validate_one(
         # json.loads first: it separates "not JSON" from "JSON of the wrong shape" cleanly.
         doc = parse_json(raw)
     except (ValueError, RecursionError) as exc:
+        doc = exc
+    if isinstance(doc, Exception):
         return make_dead_letter(
             record,
             kind,
             DeadLetterReason.MALFORMED_JSON,
-            describe(exc),
+            describe(doc),
             max_raw_bytes=max_raw_bytes,
         )
     if not isinstance(doc, dict):
@@ -182,21 +184,10 @@ def validate_one(
     try:
         return model.model_validate_json(raw)  # type: ignore[return-value]
     except ValidationError as exc:
-        return make_dead_letter(
-            record,
-            kind,
-            DeadLetterReason.SCHEMA_VIOLATION,
-            _summarise(exc),
-            max_raw_bytes=max_raw_bytes,
-        )
+        reason, error = DeadLetterReason.SCHEMA_VIOLATION, _summarise(exc)
     except (ValueError, RecursionError) as exc:  # the JSON parser disagreeing with json.loads
-        return make_dead_letter(
-            record,
-            kind,
-            DeadLetterReason.MALFORMED_JSON,
-            describe(exc),
-            max_raw_bytes=max_raw_bytes,
-        )
+        reason, error = DeadLetterReason.MALFORMED_JSON, describe(exc)
+    return make_dead_letter(record, kind, reason, error, max_raw_bytes=max_raw_bytes)
 
 
 def validate_many(
