@@ -422,14 +422,13 @@ def throughput_section(
 ) -> tuple[list[list[Any]], dict[str, Any]]:
     rows, data = [], {}
     # rule-based: rating + lexicon votes, behaviour votes, label model, EDA/typo augmentation
-    rule = LabelSettings()
     t0 = time.perf_counter()
     votes = vote_matrix([RatingSentiment(), LexiconSentiment()], cands)
     LabelModel().fit(votes)
     items = [(c.event_id, c.text) for c in cands]
     EdaAugmenter().augment_many(items, seed=1)
     TypoAugmenter().augment_many(items, seed=1)
-    rel_votes = vote_matrix([ClickRelevance(rule.bounce_ms), ExposureRelevance()], rel_cands)
+    rel_votes = vote_matrix([ClickRelevance(), ExposureRelevance()], rel_cands)
     LabelModel().fit(rel_votes)
     n_events = len(cands) + len(rel_cands)
     rule_eps = n_events / (time.perf_counter() - t0)

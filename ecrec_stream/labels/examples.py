@@ -40,7 +40,6 @@ from ecrec_stream.labels.relevance import (
     ExposureRelevance,
     LexicalRelevance,
     behaviour_grade,
-    ips_weight,
 )
 from ecrec_stream.labels.sentiment import (
     LexiconSentiment,
@@ -320,7 +319,7 @@ class RelevanceLabeler(_Labeler):
         augmenters: Sequence[Augmenter] = (),
         meaning_filter: MeaningFilter | None = None,
     ) -> None:
-        self.clicks = ClickRelevance(settings.bounce_ms)
+        self.clicks = ClickRelevance()
         functions: list[LabelFunction[Any]] = [
             self.clicks,
             DwellRelevance(settings.bounce_ms, settings.long_dwell_ms),
@@ -374,10 +373,9 @@ class RelevanceLabeler(_Labeler):
     ) -> TrainingExample:
         weight = confidence
         if label == POSITIVE and cand.action != "none":
-            if self.settings.position_bias == "estimated":
-                weight *= self.position_bias.weight(cand.position, self.settings.ips_clip)
-            else:
-                weight *= ips_weight(cand.position, self.settings.ips_eta, self.settings.ips_clip)
+            # the fitted curve once estimated, else (and with position_bias="fixed", which is
+            # never fitted) the fixed curve 1/(position+1)**ips_eta
+            weight *= self.position_bias.weight(cand.position, self.settings.ips_clip)
         return TrainingExample(
             example_id=example_id(self.task, cand.source_event_ids, cand.item_id, self.names),
             task=self.task,

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ecrec_stream.labels.relevance import ips_weight
+
 
 @dataclass(frozen=True, slots=True)
 class Observation:
@@ -139,5 +141,8 @@ class PositionBiasModel:
         return float(1.0 / (position + 1.0) ** self.eta)
 
     def weight(self, position: int, clip: float) -> float:
-        """Inverse propensity weight of a click at ``position``, clipped to ``clip``."""
-        return float(min(clip, 1.0 / max(self.propensity(position), 1e-6)))
+        """Inverse propensity weight of a click at ``position``, clipped to ``clip``: from the
+        fit (``theta`` >= 1e-6), or :func:`ips_weight` of the fixed curve."""
+        if self.theta is not None and 0 <= position < len(self.theta):
+            return float(min(clip, 1.0 / self.theta[position]))
+        return ips_weight(position, self.eta, clip)

@@ -47,6 +47,21 @@ def ips_weight(position: int, eta: float, clip: float) -> float:
     return float(min(clip, (position + 1) ** eta))
 
 
+def threshold_vote(score: float, high: float, low: float) -> Vote:
+    """A score at least ``high`` votes relevant (confidence = score), at most ``low`` not
+    (confidence = 1 - score), in between or NaN abstains: the rule of every score-based
+    relevance function.
+
+    >>> [threshold_vote(s, 0.6, 0.4).label for s in (0.9, 0.5, 0.1, float("nan"))]
+    [1, -1, 0, -1]
+    """
+    if np.isnan(score) or low < score < high:
+        return ABSTAIN_VOTE
+    if score >= high:
+        return Vote(POSITIVE, float(score))
+    return Vote(NEGATIVE, float(1.0 - score))
+
+
 class ClickRelevance:
     """The raw click signal, read with the cascade model: a clicked (or carted, or bought) item
     is relevant; an item skipped above a clicked one is not. This is the behavioural evidence an
@@ -54,9 +69,6 @@ class ClickRelevance:
 
     name = "clicks"
     task: Literal["relevance"] = "relevance"
-
-    def __init__(self, bounce_ms: int = 5_000) -> None:
-        self.bounce_ms = bounce_ms  # kept for configuration compatibility; see DwellRelevance
 
     def vote_one(self, c: RelevanceCandidate) -> Vote:
         if c.action in ("add_to_cart", "purchase"):
@@ -122,12 +134,11 @@ class ClickModelRelevance:
         table = self.model.attractiveness
         for c in candidates:
             gamma, shown = table.get((c.query, c.item_id), (float("nan"), 0))
-            if shown < self.min_impressions or self.low < gamma < self.high:
-                votes.append(ABSTAIN_VOTE)
-            elif gamma >= self.high:
-                votes.append(Vote(POSITIVE, gamma))
-            else:
-                votes.append(Vote(NEGATIVE, 1.0 - gamma))
+            votes.append(
+                ABSTAIN_VOTE
+                if shown < self.min_impressions
+                else threshold_vote(gamma, self.high, self.low)
+            )
         return votes
 
 
@@ -209,16 +220,14 @@ class LexicalRelevance:
         return len(words & content_tokens(title)) / len(words) if words else float("nan")
 
     def vote_many(self, candidates: Sequence[RelevanceCandidate]) -> list[Vote]:
-        votes = []
-        for c in candidates:
-            cov = self.coverage(c.query, c.item_title) if c.item_title else float("nan")
-            if np.isnan(cov) or self.low < cov < self.high:
-                votes.append(ABSTAIN_VOTE)
-            elif cov >= self.high:
-                votes.append(Vote(POSITIVE, cov))
-            else:
-                votes.append(Vote(NEGATIVE, 1.0 - cov))
-        return votes
+        return [
+            threshold_vote(
+                self.coverage(c.query, c.item_title) if c.item_title else float("nan"),
+                self.high,
+                self.low,
+            )
+            for c in candidates
+        ]
 
 
 class ContentRelevance:
@@ -249,12 +258,4 @@ class ContentRelevance:
         )
 
     def vote_many(self, candidates: Sequence[RelevanceCandidate]) -> list[Vote]:
-        votes = []
-        for sim in self.similarities(candidates):
-            if np.isnan(sim) or self.low < sim < self.high:
-                votes.append(ABSTAIN_VOTE)
-            elif sim >= self.high:
-                votes.append(Vote(POSITIVE, float(sim)))
-            else:
-                votes.append(Vote(NEGATIVE, float(1 - sim)))
-        return votes
+        return [threshold_vote(sim, self.high, self.low) for sim in self.similarities(candidates)]
