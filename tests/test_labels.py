@@ -168,7 +168,7 @@ def test_online_label_model_is_bounded_and_warms_up() -> None:
     assert p.shape == (2, 2) and not online.warm and online.accuracies is None
     for _ in range(30):
         online.label_many(np.array([[1, 1], [0, 0], [1, -1]]))
-    assert online.warm and len(online._rows) == 50 and online.accuracies is not None
+    assert online.warm and len(online.sample) == 50 and online.accuracies is not None
 
 
 def test_example_ids_are_deterministic() -> None:

@@ -11,13 +11,13 @@ and the model is ~80 lines of numpy that the tests check against known accuracie
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ecrec_stream.labels.base import ABSTAIN
+from ecrec_stream.labels.reservoir import Reservoir
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,27 +262,11 @@ class OnlineLabelModel:
     ) -> None:
         self.model = LabelModel(cardinality, **model_options)
         self.n_functions = n_functions
-        self.capacity = capacity
         self.min_rows = min_rows
-        self._rows: list[np.ndarray] = []
-        self._anchors: list[int] = []
-        self._seen = 0
-        self._rng = random.Random(seed)
+        self.sample: Reservoir[tuple[np.ndarray, int]] = Reservoir(capacity, seed)  # (row, anchor)
         self.fits = 0
         self.fallbacks = 0
         self.last_fallback: str | None = None
-
-    def _remember(self, votes: np.ndarray, anchors: np.ndarray) -> None:
-        for row, anchor in zip(votes, anchors, strict=True):
-            self._seen += 1
-            if len(self._rows) < self.capacity:
-                self._rows.append(row)
-                self._anchors.append(int(anchor))
-            else:
-                j = self._rng.randrange(self._seen)
-                if j < self.capacity:
-                    self._rows[j] = row
-                    self._anchors[j] = int(anchor)
 
     def label_many(self, votes: np.ndarray, anchors: np.ndarray | None = None) -> np.ndarray:
         """Remember ``votes`` (and ``anchors``: known classes, ``ABSTAIN`` elsewhere), refit,
@@ -293,9 +277,11 @@ class OnlineLabelModel:
             if anchors is None
             else np.asarray(anchors, dtype=np.int64)
         )
-        self._remember(array, anchor)
-        if self._seen >= self.min_rows:
-            self.model.fit(np.stack(self._rows), np.asarray(self._anchors, dtype=np.int64))
+        for row, a in zip(array, anchor, strict=True):
+            self.sample.add((row, int(a)))
+        if self.sample.seen >= self.min_rows:
+            rows, anchors_kept = zip(*self.sample.items, strict=True)
+            self.model.fit(np.stack(rows), np.asarray(anchors_kept, dtype=np.int64))
             self.fits += 1
             fit = self.model.fitted
             if fit is not None and fit.fallback is not None:
@@ -308,7 +294,7 @@ class OnlineLabelModel:
     @property
     def warm(self) -> bool:
         """Whether the fit comes from data (at least ``min_rows`` rows seen)."""
-        return self._seen >= self.min_rows
+        return self.sample.seen >= self.min_rows
 
     @property
     def accuracies(self) -> np.ndarray | None:

@@ -14,13 +14,13 @@ ULTRA) are research code for offline logs; this is ~60 lines of numpy over aggre
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ecrec_stream.labels.relevance import ips_weight
+from ecrec_stream.labels.reservoir import Reservoir
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,7 @@ class Observation:
 class PositionBiasModel:
     """Fit examination probabilities ``theta`` (``theta[0] = 1``) from impressions and clicks.
 
+    >>> import random
     >>> rng = random.Random(3)
     >>> true_theta = [1.0, 0.6, 0.4, 0.3, 0.2]
     >>> model = PositionBiasModel(max_position=5, min_pairs=50)
@@ -64,12 +65,9 @@ class PositionBiasModel:
     ) -> None:
         self.max_position = max_position
         self.eta = eta
-        self.capacity = capacity
         self.min_pairs = min_pairs
         self.iterations = iterations
-        self._obs: list[Observation] = []
-        self._seen = 0
-        self._rng = random.Random(seed)
+        self.sample: Reservoir[Observation] = Reservoir(capacity, seed)
         self.theta: np.ndarray | None = None
         self.pairs_at_several_positions = 0  # as of the last fit() call
         # attractiveness (gamma) and impression count per (query, item), as of the last fit
@@ -78,36 +76,39 @@ class PositionBiasModel:
     def observe_many(self, observations: Iterable[Observation]) -> None:
         """Remember impressions (a uniform reservoir of at most ``capacity``)."""
         for ob in observations:
-            if not 0 <= ob.position < self.max_position:
-                continue
-            self._seen += 1
-            if len(self._obs) < self.capacity:
-                self._obs.append(ob)
-            else:
-                j = self._rng.randrange(self._seen)
-                if j < self.capacity:
-                    self._obs[j] = ob
+            if 0 <= ob.position < self.max_position:
+                self.sample.add(ob)
+
+    def _arrays(self) -> tuple[dict[tuple[str, str], int], np.ndarray, np.ndarray, np.ndarray]:
+        """Pair ids and, per observation, its pair id, position and click (0/1)."""
+        pair_ids: dict[tuple[str, str], int] = {}
+        obs = self.sample.items
+        pair = np.array([pair_ids.setdefault((o.query, o.item), len(pair_ids)) for o in obs])
+        pos = np.array([o.position for o in obs])
+        click = np.array([o.clicked for o in obs], dtype=np.float64)
+        return pair_ids, pair, pos, click
+
+    def _count_multi_position(self, pair: np.ndarray, pos: np.ndarray) -> int:
+        distinct = np.unique(pair * self.max_position + pos) // self.max_position
+        return int(np.count_nonzero(np.bincount(distinct) > 1))
 
     def multi_position_pairs(self) -> int:
         """How many (query, item) pairs were seen at more than one position."""
-        positions: dict[tuple[str, str], set[int]] = {}
-        for ob in self._obs:
-            positions.setdefault((ob.query, ob.item), set()).add(ob.position)
-        return sum(len(p) > 1 for p in positions.values())
+        if not self.sample.items:
+            return 0
+        _, pair, pos, _ = self._arrays()
+        return self._count_multi_position(pair, pos)
 
     def fit(self) -> np.ndarray | None:
         """Fit by EM and return ``theta``. While fewer than ``min_pairs`` pairs were seen at
         more than one position (``theta`` would not be identifiable), only the
         attractiveness is fitted, with ``theta`` held at the fixed curve, and ``None`` is
         returned (``self.theta`` unchanged)."""
-        if not self._obs:
+        if not self.sample.items:
             return None
-        self.pairs_at_several_positions = self.multi_position_pairs()
+        pair_ids, pair, pos, click = self._arrays()
+        self.pairs_at_several_positions = self._count_multi_position(pair, pos)
         learn_theta = self.pairs_at_several_positions >= self.min_pairs
-        pair_ids: dict[tuple[str, str], int] = {}
-        pair = np.array([pair_ids.setdefault((o.query, o.item), len(pair_ids)) for o in self._obs])
-        pos = np.array([o.position for o in self._obs])
-        click = np.array([o.clicked for o in self._obs], dtype=np.float64)
         n_pos = self.max_position
         theta = 1.0 / (np.arange(n_pos) + 1.0) ** self.eta
         gamma = np.full(len(pair_ids), 0.5)
