@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
 from ecrec_stream.events import AnyEvent, EventBatch, SourcePosition
 
 # Room kept for the envelope around the items ({"kind":...,"source":{...},"events":[...]}).
@@ -83,6 +85,18 @@ def json_array_messages(
     return messages, packed.oversized
 
 
+def list_envelope(empty: BaseModel, field: str) -> tuple[bytes, bytes]:
+    """Prefix and suffix around the items of ``empty``'s list ``field`` (written empty), as the
+    model itself serialises them, so packed messages parse with the model.
+
+    >>> list_envelope(EventBatch(kind="item", source=SourcePosition(topic="t", partition=0,
+    ...     offset=1), last_offset=1, events=[]), "events")[1]
+    b']}'
+    """
+    prefix, _, suffix = empty.model_dump_json().rpartition(f'"{field}":[]')
+    return (prefix + f'"{field}":[').encode(), ("]" + suffix).encode()
+
+
 def event_batch_messages(
     kind: str,
     events: Sequence[AnyEvent],
@@ -98,14 +112,13 @@ def event_batch_messages(
     parts = [e.model_dump_json().encode() for e in events]
 
     def envelope(run: range) -> tuple[bytes, bytes]:
-        head = EventBatch(
+        empty = EventBatch(
             kind=kind,
             source=positions[run.start],
             last_offset=positions[run.stop - 1].offset,
             events=[],
-        ).model_dump_json()
-        prefix, _, suffix = head.rpartition('"events":[]')
-        return (prefix + '"events":[').encode(), ("]" + suffix).encode()
+        )
+        return list_envelope(empty, "events")
 
     messages, oversized = json_array_messages(parts, max_bytes, envelope)
     return [(positions[run.start], body) for run, body in messages], oversized

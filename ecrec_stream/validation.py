@@ -139,55 +139,38 @@ def validate_one(
     """
     model = EVENT_MODELS[kind]
     raw = record.value
+
+    def dead(reason: DeadLetterReason, error: str) -> DeadLetter:
+        return make_dead_letter(record, kind, reason, error, max_raw_bytes=max_raw_bytes)
+
     if not raw:
-        return make_dead_letter(
-            record, kind, DeadLetterReason.EMPTY, "empty payload", max_raw_bytes=max_raw_bytes
-        )
+        return dead(DeadLetterReason.EMPTY, "empty payload")
     if len(raw) > max_payload_bytes:
-        return make_dead_letter(
-            record,
-            kind,
+        return dead(
             DeadLetterReason.OVERSIZED,
             f"payload of {len(raw)} bytes exceeds the limit of {max_payload_bytes}",
-            max_raw_bytes=max_raw_bytes,
         )
     try:
         # json.loads first: it separates "not JSON" from "JSON of the wrong shape" cleanly.
         doc = parse_json(raw)
     except (ValueError, RecursionError) as exc:
-        doc = exc
-    if isinstance(doc, Exception):
-        return make_dead_letter(
-            record,
-            kind,
-            DeadLetterReason.MALFORMED_JSON,
-            describe(doc),
-            max_raw_bytes=max_raw_bytes,
-        )
+        return dead(DeadLetterReason.MALFORMED_JSON, describe(exc))
     if not isinstance(doc, dict):
-        return make_dead_letter(
-            record,
-            kind,
-            DeadLetterReason.NOT_AN_OBJECT,
-            f"expected a JSON object, got {type(doc).__name__}",
-            max_raw_bytes=max_raw_bytes,
+        return dead(
+            DeadLetterReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(doc).__name__}"
         )
     version = doc.get("schema_version", 1)
     if version != 1:
-        return make_dead_letter(
-            record,
-            kind,
+        return dead(
             DeadLetterReason.UNSUPPORTED_VERSION,
             f"schema_version {version!r} is not supported (this build reads 1)",
-            max_raw_bytes=max_raw_bytes,
         )
     try:
         return model.model_validate_json(raw)  # type: ignore[return-value]
     except ValidationError as exc:
-        reason, error = DeadLetterReason.SCHEMA_VIOLATION, _summarise(exc)
+        return dead(DeadLetterReason.SCHEMA_VIOLATION, _summarise(exc))
     except (ValueError, RecursionError) as exc:  # the JSON parser disagreeing with json.loads
-        reason, error = DeadLetterReason.MALFORMED_JSON, describe(exc)
-    return make_dead_letter(record, kind, reason, error, max_raw_bytes=max_raw_bytes)
+        return dead(DeadLetterReason.MALFORMED_JSON, describe(exc))
 
 
 def validate_many(

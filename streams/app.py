@@ -202,7 +202,7 @@ async def _ingest_batch(
         messages, oversized = event_batch_messages(
             kind, outcome.valid, outcome.positions, settings.max_message_bytes
         )
-        by_position = {r.position: r for r in part_records}
+        by_position = {r.position: r for r in part_records} if oversized else {}
         dead = list(outcome.dead) + [
             make_dead_letter(
                 by_position[outcome.positions[i]],

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -66,6 +67,10 @@ PROCESSING = DeadLetterReason.PROCESSING_ERROR
 def _candidate_json(candidate: RelevanceCandidate | SentimentCandidate) -> bytes:
     """A candidate as JSON, the payload of its dead letter."""
     return json.dumps(dataclasses.asdict(candidate), default=str).encode()
+
+
+def _event_id(record: ReviewEvent | SentimentCandidate) -> str:
+    return record.event_id
 
 
 @dataclass
@@ -169,6 +174,19 @@ def add_label_agents(app: faust.App, settings: Settings, bootstrap: str) -> Labe
         stats[f"dead_letters_{reason.value}"] += 1
         LOG.warning("dead-lettered %s (%s): %s", letter.dead_letter_id, reason.value, error)
 
+    async def dead_letter_failures(
+        event: Any,
+        kind: str,
+        failures: list[Failure[Any]],
+        payload: Callable[[Any], bytes],
+        name: Callable[[Any], str],
+    ) -> None:
+        """Dead-letter the records a stage raised on (``processing_error``)."""
+        for failure in failures:
+            await dead_letter(
+                event, kind, PROCESSING, failure.error, payload(failure.item), name(failure.item)
+            )
+
     async def off_loop(fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
@@ -218,24 +236,12 @@ def add_label_agents(app: faust.App, settings: Settings, bootstrap: str) -> Labe
                     policy,
                 )
                 examples, failed_labels = await label_isolated(sentiment, cands)
-                for bad_review in failed:
-                    await dead_letter(
-                        event,
-                        "review",
-                        PROCESSING,
-                        bad_review.error,
-                        bad_review.item.model_dump_json().encode(),
-                        bad_review.item.event_id,
-                    )
-                for bad in failed_labels:
-                    await dead_letter(
-                        event,
-                        "review",
-                        PROCESSING,
-                        bad.error,
-                        _candidate_json(bad.item),
-                        bad.item.event_id,
-                    )
+                await dead_letter_failures(
+                    event, "review", failed, lambda r: r.model_dump_json().encode(), _event_id
+                )
+                await dead_letter_failures(
+                    event, "review", failed_labels, _candidate_json, _event_id
+                )
                 await emit(
                     "sentiment",
                     examples,
@@ -320,15 +326,13 @@ def add_label_agents(app: faust.App, settings: Settings, bootstrap: str) -> Labe
                 if cands:
                     cands = [replace(c, item_title=titles.get(c.item_id)) for c in cands]
                     examples, failed_labels = await label_isolated(relevance, cands)
-                    for f in failed_labels:
-                        await dead_letter(
-                            event,
-                            "search",
-                            PROCESSING,
-                            f.error,
-                            _candidate_json(f.item),
-                            f"{f.item.search_event_id}/{f.item.item_id}",
-                        )
+                    await dead_letter_failures(
+                        event,
+                        "search",
+                        failed_labels,
+                        _candidate_json,
+                        lambda c: f"{c.search_event_id}/{c.item_id}",
+                    )
                     await emit(
                         "relevance", examples, part, f"relevance:{part}:{event.message.offset}"
                     )

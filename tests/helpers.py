@@ -144,3 +144,23 @@ def isolated_env(tag: str) -> tuple[Any, dict[str, str]]:
     env = {f"ECREC_TOPICS__{f.upper()}": v for f, v in names.model_dump().items()}
     env["ECREC_APP_ID"] = tag
     return names, env
+
+
+def produce(bootstrap: str, records: list[tuple[str, str, bytes]]) -> list[tuple[int, int]]:
+    """Send (topic, key, value) records; return (partition, offset) of each, in order."""
+    from streams.kafka import new_producer
+
+    producer = new_producer(bootstrap)
+    positions: list[tuple[int, int] | None] = [None] * len(records)
+
+    def report(i: int) -> Any:
+        def _cb(err: Any, msg: Any) -> None:
+            assert err is None, err
+            positions[i] = (msg.partition(), msg.offset())
+
+        return _cb
+
+    for i, (topic, key, value) in enumerate(records):
+        producer.produce(topic, key=key.encode(), value=value, on_delivery=report(i))
+    assert producer.flush(30) == 0
+    return [p for p in positions if p is not None]

@@ -11,11 +11,12 @@ import pytest
 
 from ecrec_stream.events import utc_now
 from streams.broker import free_port
-from streams.kafka import all_topics, ensure_topics, new_producer
+from streams.kafka import all_topics, ensure_topics
 from tests.helpers import (
     EMPTY_EVENT_BATCH,
     batch_events,
     isolated_env,
+    produce,
     read_to_end,
     read_topic,
     unique,
@@ -24,13 +25,6 @@ from tests.plugins import PLANTED
 from workers.processes import worker_process
 
 pytestmark = pytest.mark.integration
-
-
-def _produce(bootstrap: str, records: list[tuple[str, str, bytes]]) -> None:
-    producer = new_producer(bootstrap)
-    for topic, key, value in records:
-        producer.produce(topic, key=key.encode(), value=value)
-    assert producer.flush(30) == 0
 
 
 def _dead(msgs: list[Any], tag: str) -> dict[str, dict[str, Any]]:
@@ -95,7 +89,7 @@ def test_poison_records_and_a_raising_label_function_stop_nothing(
         )
     nested = f'{{"event_id":"{tag}-deep","x":'.encode() + b"[" * 3_000 + b"]" * 3_000 + b"}"
     reviews.insert(20, (names.reviews, tag, nested))
-    _produce(broker.bootstrap, items + reviews)
+    produce(broker.bootstrap, items + reviews)
 
     proc = worker_process(broker.url, tmp_path, free_port(), extra_env=env).start()
     try:
@@ -167,7 +161,7 @@ def test_a_backlog_larger_than_a_message_is_split_not_fatal(broker: Any, tmp_pat
     env |= {"ECREC_LABELS__ENABLED": "false", "ECREC_WORKER_WEB_PORT": "0"}
     now = utc_now().isoformat()
     n = 600
-    _produce(
+    produce(
         broker.bootstrap,
         [
             (

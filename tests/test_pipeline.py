@@ -13,29 +13,10 @@ import pytest
 
 from ecrec_stream.config import Settings
 from ecrec_stream.events import utc_now
-from streams.kafka import new_producer
-from tests.helpers import batch_events, read_topic, unique, wait_until
+from tests.helpers import batch_events, produce, read_topic, unique, wait_until
 
 pytestmark = pytest.mark.integration
 TOPICS = Settings().topics
-
-
-def _produce(bootstrap: str, records: list[tuple[str, str, bytes]]) -> list[tuple[int, int]]:
-    """Send (topic, key, value) records; return (partition, offset) of each, in order."""
-    producer = new_producer(bootstrap)
-    positions: list[tuple[int, int] | None] = [None] * len(records)
-
-    def report(i: int) -> Any:
-        def _cb(err: Any, msg: Any) -> None:
-            assert err is None, err
-            positions[i] = (msg.partition(), msg.offset())
-
-        return _cb
-
-    for i, (topic, key, value) in enumerate(records):
-        producer.produce(topic, key=key.encode(), value=value, on_delivery=report(i))
-    assert producer.flush(30) == 0
-    return [p for p in positions if p is not None]
 
 
 def _item_doc(
@@ -110,7 +91,7 @@ def test_bad_input_goes_to_the_dlq_and_valid_neighbours_survive(broker: Any, wor
         ),
     ]
     # one key per test so every record of a topic lands in one partition, in order
-    positions = _produce(broker.bootstrap, [(t, tag, v) for t, v, _ in cases])
+    positions = produce(broker.bootstrap, [(t, tag, v) for t, v, _ in cases])
     expected_dead = {
         (t, positions[i][0], positions[i][1]): (reason, len(v))
         for i, (t, v, reason) in enumerate(cases)
@@ -192,7 +173,7 @@ def test_upserted_items_become_searchable_and_deleted_ones_vanish(
     latencies = []
     for item_id, title in titles.items():
         sent = time.monotonic()
-        _produce(
+        produce(
             broker.bootstrap,
             [(TOPICS.items, item_id, json.dumps(_item_doc(item_id, title)).encode())],
         )
@@ -201,7 +182,7 @@ def test_upserted_items_become_searchable_and_deleted_ones_vanish(
     # generous bound: the benchmark measures p99; this only catches a broken pipeline
     assert max(latencies) < 15, latencies
     gone = f"{tag}-1"
-    _produce(
+    produce(
         broker.bootstrap,
         [(TOPICS.items, gone, json.dumps(_item_doc(gone, "", op="delete")).encode())],
     )
@@ -210,7 +191,7 @@ def test_upserted_items_become_searchable_and_deleted_ones_vanish(
     # an old upsert replayed after the delete does not resurrect the item
     old = utc_now() - timedelta(hours=1)
     marker = f"{tag}-marker"
-    _produce(
+    produce(
         broker.bootstrap,
         [
             (TOPICS.items, gone, json.dumps(_item_doc(gone, titles[gone], ts=old)).encode()),
@@ -254,7 +235,7 @@ def test_replica_restart_resumes_from_snapshot_without_reembedding(
 
     tag = unique("restart")
     docs = [_item_doc(f"{tag}-{i}", f"{tag} vintage ceramic mug number {i}") for i in range(30)]
-    _produce(broker.bootstrap, [(TOPICS.items, d["item_id"], json.dumps(d).encode()) for d in docs])
+    produce(broker.bootstrap, [(TOPICS.items, d["item_id"], json.dumps(d).encode()) for d in docs])
     port = free_port()
     base = f"http://127.0.0.1:{port}"
 
@@ -287,7 +268,7 @@ def test_replica_restart_resumes_from_snapshot_without_reembedding(
         assert proc.stop() == 0
     # while it is down: one delete and one new item
     new_doc = _item_doc(f"{tag}-new", f"{tag} brand new enamel mug")
-    _produce(
+    produce(
         broker.bootstrap,
         [
             (

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ecrec_stream.augment import Augmenter, MeaningFilter
-from ecrec_stream.batching import json_array_messages
+from ecrec_stream.batching import json_array_messages, list_envelope
 from ecrec_stream.config import LabelSettings
 from ecrec_stream.embedding import Encoder
 from ecrec_stream.events import utc_now
@@ -103,9 +103,7 @@ def example_batch_messages(
     >>> len(msgs), too_big, sum(len(ExampleBatch.model_validate_json(m).examples) for m in msgs)
     (5, [], 10)
     """
-    head = ExampleBatch(task=task, examples=[]).model_dump_json()
-    prefix, _, suffix = head.rpartition('"examples":[]')
-    envelope = ((prefix + '"examples":[').encode(), ("]" + suffix).encode())
+    envelope = list_envelope(ExampleBatch(task=task, examples=[]), "examples")
     parts = [e.model_dump_json().encode() for e in examples]
     messages, oversized = json_array_messages(parts, max_bytes, lambda run: envelope)
     return [body for _, body in messages], oversized
