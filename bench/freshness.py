@@ -18,20 +18,18 @@ import json
 import tempfile
 import threading
 import time
-import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from bench.common import percentile, proc_peak_rss_mb, report
 from ecrec_stream.config import Settings
 from ecrec_stream.events import utc_now
 from ecrec_stream.simulate import synthetic_catalog
 from streams.broker import EmbeddedBroker, free_port
-from streams.kafka import all_topics, consumer_config, ensure_topics, new_producer
+from streams.kafka import all_topics, ensure_topics, new_producer, partition_reader
 from workers.processes import indexer_process, wait_until, worker_process
 
 TOPICS = Settings().topics
@@ -42,13 +40,7 @@ class ValidatedClock(threading.Thread):
 
     def __init__(self, bootstrap: str) -> None:
         super().__init__(daemon=True)
-        self.consumer = Consumer(consumer_config(bootstrap, f"bench-{uuid.uuid4().hex[:8]}"))
-        self.consumer.assign(
-            [
-                TopicPartition(TOPICS.valid_items, p, OFFSET_BEGINNING)
-                for p in range(Settings().partitions)
-            ]
-        )
+        self.consumer = partition_reader(bootstrap, [TOPICS.valid_items], name="bench")
         self.seen: dict[str, float] = {}
         self.stop = threading.Event()
 

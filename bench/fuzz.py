@@ -22,13 +22,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
 from bench.common import proc_cpu_seconds, proc_peak_rss_mb, report
 from ecrec_stream.config import TopicNames
 from ecrec_stream.events import utc_now
 from streams.broker import EmbeddedBroker, free_port
-from streams.kafka import all_topics, consumer_config, ensure_topics, new_producer
+from streams.kafka import all_topics, ensure_topics, new_producer, partition_reader
 from workers.processes import wait_until, worker_process
 
 PARTITIONS = 4
@@ -133,9 +131,7 @@ def generate(n: int, seed: int, tag: str) -> list[tuple[str, str, bytes]]:
 
 
 def _topic(names: TopicNames, kind: str) -> str:
-    return {"item": names.items, "search": names.searches, "click": names.clicks}.get(
-        kind, names.reviews
-    )
+    return names.routes()[kind][0]  # type: ignore[index]  # kinds come from KINDS
 
 
 def send(bootstrap: str, names: TopicNames, inputs: list[tuple[str, str, bytes]]) -> set[Any]:
@@ -163,15 +159,8 @@ class Accountant:
 
     def __init__(self, bootstrap: str, names: TopicNames) -> None:
         self.names = names
-        self.consumer = Consumer(consumer_config(bootstrap, f"fuzz-{uuid.uuid4().hex[:8]}"))
-        valid = [names.valid_items, names.valid_searches, names.valid_clicks, names.valid_reviews]
-        self.consumer.assign(
-            [
-                TopicPartition(t, p, OFFSET_BEGINNING)
-                for t in [*valid, names.dlq]
-                for p in range(PARTITIONS)
-            ]
-        )
+        valid = [v for _, v in names.routes().values()]
+        self.consumer = partition_reader(bootstrap, [*valid, names.dlq], name="fuzz")
         self.valid_ranges: list[tuple[str, int, int, int]] = []  # topic, partition, first, last
         self.valid_events = 0
         self.dead: dict[Any, str] = {}

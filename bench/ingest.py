@@ -21,13 +21,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
 from bench.common import proc_cpu_seconds, proc_peak_rss_mb, report
 from ecrec_stream.config import TopicNames
 from ecrec_stream.events import utc_now
 from streams.broker import EmbeddedBroker, free_port
-from streams.kafka import all_topics, consumer_config, ensure_topics, new_producer
+from streams.kafka import all_topics, ensure_topics, new_producer, partition_reader
 from workers.processes import worker_process
 
 PARTITIONS = 4
@@ -65,10 +63,7 @@ class OutputCounter:
     """Counts records (or events inside batches) on output topics, from the beginning."""
 
     def __init__(self, bootstrap: str, topics: list[str], *, batches: bool) -> None:
-        self.consumer = Consumer(consumer_config(bootstrap, f"bench-{uuid.uuid4().hex[:8]}"))
-        self.consumer.assign(
-            [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in range(PARTITIONS)]
-        )
+        self.consumer = partition_reader(bootstrap, topics, name="bench")
         self.batches = batches
         self.count = 0
 

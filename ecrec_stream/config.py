@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ecrec_stream.events import EventKind
 from ecrec_stream.exceptions import ConfigError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -43,6 +44,21 @@ class TopicNames(BaseModel):
     valid_reviews: str = "ecrec.valid.reviews"
     dlq: str = "ecrec.dlq"
     examples: str = "ecrec.examples"
+    drift: str = "ecrec.drift"
+    alerts: str = "ecrec.alerts"
+
+    def routes(self) -> dict[EventKind, tuple[str, str]]:
+        """Event kind -> (input topic, validated topic).
+
+        >>> TopicNames().routes()["click"]
+        ('ecrec.clicks', 'ecrec.valid.clicks')
+        """
+        return {
+            "item": (self.items, self.valid_items),
+            "search": (self.searches, self.valid_searches),
+            "click": (self.clicks, self.valid_clicks),
+            "review": (self.reviews, self.valid_reviews),
+        }
 
 
 class IngestSettings(BaseModel):

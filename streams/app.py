@@ -27,7 +27,7 @@ from ecrec_stream.batching import event_batch_messages
 from ecrec_stream.config import Settings
 from ecrec_stream.events import DeadLetterReason, SourcePosition
 from ecrec_stream.validation import RawRecord, make_dead_letter, validate_many
-from streams.failstop import fail_stop
+from streams.failstop import stop_on_error
 
 LOG = logging.getLogger(__name__)
 
@@ -124,13 +124,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     counters = IngestCounters()
     names = settings.topics
     dlq = app.topic(names.dlq, value_serializer="raw", key_serializer="raw")
-    routes = {
-        "item": (names.items, names.valid_items),
-        "search": (names.searches, names.valid_searches),
-        "click": (names.clicks, names.valid_clicks),
-        "review": (names.reviews, names.valid_reviews),
-    }
-    for kind, (source_name, valid_name) in routes.items():
+    for kind, (source_name, valid_name) in names.routes().items():
         _add_ingest_agent(app, settings, counters, kind, source_name, valid_name, dlq)
     runtime = None
     if labels:
@@ -171,10 +165,8 @@ def _add_ingest_agent(
             cfg.batch_max, within=cfg.batch_wait_s
         )
         async for events in batches:
-            try:
+            with stop_on_error(f"ingest.{kind}"):
                 await _ingest_batch(kind, _records(events), valid, dlq, counters, settings)
-            except BaseException:
-                fail_stop(f"ingest.{kind}")
 
     app.agent(source, name=f"ecrec.ingest.{kind}")(ingest)
 

@@ -8,10 +8,18 @@ so that keys land where Faust (Java-compatible hashing) expects them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ecrec_stream.config import Settings, TopicNames, bootstrap_servers
@@ -88,3 +96,29 @@ def topic_partitions(bootstrap: str, topic: str) -> list[int]:
 
 def new_producer(bootstrap: str, **extra: Any) -> Producer:
     return Producer(producer_config(bootstrap, **extra))
+
+
+def partition_reader(
+    bootstrap: str,
+    topics: Iterable[str],
+    *,
+    name: str,
+    offsets: Mapping[str, Mapping[int, int]] | None = None,
+    **extra: Any,
+) -> Consumer:
+    """A consumer assigned every partition of ``topics`` (no consumer group), each from its
+    next offset in ``offsets`` or from the beginning: what a replica, a cache or a reader of
+    results needs, since each must see every partition rather than a group's share.
+
+    ``name`` prefixes the consumer's unique group id (used only for client metadata).
+    """
+    consumer = Consumer(consumer_config(bootstrap, f"{name}-{uuid.uuid4().hex[:10]}", **extra))
+    known = offsets or {}
+    consumer.assign(
+        [
+            TopicPartition(topic, p, known.get(topic, {}).get(p, OFFSET_BEGINNING))
+            for topic in topics
+            for p in topic_partitions(bootstrap, topic)
+        ]
+    )
+    return consumer

@@ -13,7 +13,7 @@ the silent data loss otherwise. Model work runs in a one-thread executor, off th
 Errors: a batch message that does not parse, and a record that a stage raises on (found by
 bisection, :mod:`ecrec_stream.isolation`), become dead letters and the agent goes on
 (``ECREC_ON_PROCESSING_ERROR=stop`` to stop instead). Any other error, a failed send above all,
-stops the worker before it commits (:func:`streams.failstop.fail_stop`).
+stops the worker before it commits (:func:`streams.failstop.stop_on_error`).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from ecrec_stream.sessions import (
     relevance_candidates,
 )
 from ecrec_stream.validation import RawRecord, make_dead_letter
-from streams.failstop import fail_stop
+from streams.failstop import stop_on_error
 
 LOG = logging.getLogger(__name__)
 PROCESSING = DeadLetterReason.PROCESSING_ERROR
@@ -225,7 +225,7 @@ def add_label_agents(app: faust.App, settings: Settings, bootstrap: str) -> Labe
 
     async def label_reviews(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            try:
+            with stop_on_error("label.reviews"):
                 batch = await parse(event)
                 if batch is None:
                     continue
@@ -248,8 +248,6 @@ def add_label_agents(app: faust.App, settings: Settings, bootstrap: str) -> Labe
                     batch.source.partition,
                     f"sentiment:{batch.source.partition}:{batch.source.offset}",
                 )
-            except BaseException:
-                fail_stop("label.reviews")
 
     session_topics = app.topic(
         names.valid_searches, names.valid_clicks, value_serializer="raw", key_serializer="raw"
@@ -257,7 +255,7 @@ def add_label_agents(app: faust.App, settings: Settings, bootstrap: str) -> Labe
 
     async def label_sessions(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            try:
+            with stop_on_error("label.sessions"):
                 batch = await parse(event)
                 if batch is None:
                     continue
@@ -336,8 +334,6 @@ def add_label_agents(app: faust.App, settings: Settings, bootstrap: str) -> Labe
                     await emit(
                         "relevance", examples, part, f"relevance:{part}:{event.message.offset}"
                     )
-            except BaseException:
-                fail_stop("label.sessions")
 
     app.agent(reviews_topic, name="ecrec.label.reviews")(label_reviews)
     app.agent(session_topics, name="ecrec.label.sessions")(label_sessions)
@@ -372,19 +368,9 @@ class TitleCache:
         return len(self._titles)
 
     def _run(self) -> None:
-        import uuid
+        from streams.kafka import partition_reader
 
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        from streams.kafka import consumer_config, topic_partitions
-
-        consumer = Consumer(consumer_config(self.bootstrap, f"ecrec-titles-{uuid.uuid4().hex}"))
-        consumer.assign(
-            [
-                TopicPartition(self.topic, p, OFFSET_BEGINNING)
-                for p in topic_partitions(self.bootstrap, self.topic)
-            ]
-        )
+        consumer = partition_reader(self.bootstrap, [self.topic], name="ecrec-titles")
         try:
             while not self._stop.is_set():
                 for msg in consumer.consume(500, timeout=0.2):

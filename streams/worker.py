@@ -14,13 +14,7 @@ LOG = logging.getLogger(__name__)
 def check_partitions(bootstrap: str, settings: Settings) -> None:
     """Each ``valid_*`` topic must have as many partitions as its input topic (batches keep
     their partition number)."""
-    t = settings.topics
-    for source, valid in [
-        (t.items, t.valid_items),
-        (t.searches, t.valid_searches),
-        (t.clicks, t.valid_clicks),
-        (t.reviews, t.valid_reviews),
-    ]:
+    for source, valid in settings.topics.routes().values():
         n_source, n_valid = (
             len(topic_partitions(bootstrap, source)),
             len(topic_partitions(bootstrap, valid)),

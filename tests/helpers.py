@@ -75,14 +75,9 @@ def read_topic(
     bootstrap: str, topic: str, *, done: Callable[[list[Any]], bool], timeout_s: float = 60.0
 ) -> list[Any]:
     """Read every partition of ``topic`` from the beginning until ``done(messages)``."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    from streams.kafka import partition_reader
 
-    from streams.kafka import consumer_config, topic_partitions
-
-    consumer = Consumer(consumer_config(bootstrap, unique("test-reader")))
-    consumer.assign(
-        [TopicPartition(topic, p, OFFSET_BEGINNING) for p in topic_partitions(bootstrap, topic)]
-    )
+    consumer = partition_reader(bootstrap, [topic], name="test-reader")
     messages: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:

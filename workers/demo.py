@@ -44,16 +44,11 @@ class DemoOptions:
 class ExamplesReader(threading.Thread):
     """Counts training examples on ``ecrec.examples`` and keeps recent augmented samples."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+    def __init__(self, bootstrap: str, topic: str) -> None:
         super().__init__(daemon=True, name="demo-examples")
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+        from streams.kafka import partition_reader
 
-        from streams.kafka import consumer_config
-
-        self.consumer = Consumer(consumer_config(bootstrap, "ecrec-demo-examples"))
-        self.consumer.assign(
-            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
-        )
+        self.consumer = partition_reader(bootstrap, [topic], name="ecrec-demo-examples")
         self.counts: dict[str, int] = {"relevance": 0, "sentiment": 0, "augmented": 0}
         self.texts: dict[str, str] = {}
         self.samples: list[tuple[str, str, str, str, int]] = []
@@ -255,7 +250,7 @@ def _drive(
         f"{options.rate:.0f} events/s for {options.duration_s:.0f} s (Ctrl-C stops)"
     )
     stream = sim.stream()
-    examples = ExamplesReader(bootstrap, settings.topics.examples, settings.partitions)
+    examples = ExamplesReader(bootstrap, settings.topics.examples)
     examples.start()
     start = time.monotonic()
     next_refresh = 0.0

@@ -16,14 +16,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, Message
 from pydantic import ValidationError
 
 from ecrec_stream.config import Settings
 from ecrec_stream.events import EventBatch, ItemEvent
 from ecrec_stream.index import LiveItemIndex
 from ecrec_stream.index.persist import Offsets
-from streams.kafka import consumer_config, ensure_topics, topic_partitions
+from streams.kafka import ensure_topics, partition_reader
 
 LOG = logging.getLogger(__name__)
 
@@ -71,15 +71,10 @@ class IndexReplica:
 
     def _run(self) -> None:
         cfg = self.settings.index
-        consumer = Consumer(consumer_config(self.bootstrap, f"ecrec-index-{cfg.replica_id}"))
+        consumer = partition_reader(
+            self.bootstrap, [self.topic], name=f"ecrec-index-{cfg.replica_id}", offsets=self.offsets
+        )
         try:
-            parts = topic_partitions(self.bootstrap, self.topic)
-            consumer.assign(
-                [
-                    TopicPartition(self.topic, p, self.offsets[self.topic].get(p, OFFSET_BEGINNING))
-                    for p in parts
-                ]
-            )
             last_snapshot = time.monotonic()
             while not self._stop.is_set():
                 messages = consumer.consume(

@@ -21,8 +21,7 @@ DEFAULT_KEYS = {
 
 def topic_for(name: str, settings: Settings) -> tuple[str, str | None]:
     """Map an input kind (``item``...) to its topic; any other name is taken as a topic."""
-    t = settings.topics
-    kinds = {"item": t.items, "search": t.searches, "click": t.clicks, "review": t.reviews}
+    kinds = {kind: raw for kind, (raw, _) in settings.topics.routes().items()}
     if name in kinds:
         return kinds[name], name
     kind_of = {v: k for k, v in kinds.items()}
