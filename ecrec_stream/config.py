@@ -170,6 +170,59 @@ class LabelSettings(BaseModel):
     pseudonym_key: SecretStr = SecretStr("ecrec-dev-key-change-me")
 
 
+DriftDetectorName = Literal[
+    "query_embedding",
+    "review_embedding",
+    "search_category",
+    "click_category",
+    "review_category",
+    "click_through",
+    "rating",
+]
+ALL_DRIFT_DETECTORS: tuple[DriftDetectorName, ...] = (
+    "query_embedding",
+    "review_embedding",
+    "search_category",
+    "click_category",
+    "review_category",
+    "click_through",
+    "rating",
+)
+
+
+class DriftSettings(BaseModel):
+    """Drift detectors on the validated streams and the retraining alerts they raise."""
+
+    model_config = ConfigDict(frozen=True)
+
+    enabled: bool = True
+    detectors: tuple[DriftDetectorName, ...] = ALL_DRIFT_DETECTORS
+    # Each detector counts its own observations (queries, clicks, reviews...).
+    window_events: int = Field(200, ge=20, le=100_000)
+    window_s: float = Field(3600.0, gt=0, description="event time a window may span at most")
+    reference_size: int = Field(1000, ge=80)
+    calibration: Literal["holdout", "blocks", "permutation"] = "holdout"
+    alpha: float = Field(0.01, gt=0, lt=0.5, description="false-alarm target per window")
+    confirm_windows: int = Field(2, ge=1, le=100)
+    cooldown_s: float = Field(3600.0, ge=0, description="event time between two alerts")
+    rate_method: Literal["adwin", "page_hinkley"] = "adwin"
+    rate_delta: float = Field(0.002, gt=0, lt=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    snapshot_interval_s: float = Field(1.0, gt=0)
+    webhook_url: str | None = None
+    webhook_timeout_s: float = Field(2.0, gt=0, le=60)
+    webhook_retries: int = Field(3, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _reference_holds_windows(self) -> DriftSettings:
+        if self.reference_size < 4 * self.window_events:
+            raise ValueError(
+                f"drift.reference_size ({self.reference_size}) must be at least four windows "
+                f"(4 x window_events = {4 * self.window_events})"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """Everything a process needs; frozen once built."""
 
@@ -193,6 +246,7 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = EmbeddingSettings()
     index: IndexSettings = IndexSettings()
     labels: LabelSettings = LabelSettings()
+    drift: DriftSettings = DriftSettings()
     # Every message an agent sends stays under this many bytes (batches are split); Kafka's
     # default broker and producer limit is 1 MiB, so keep a margin below it.
     max_message_bytes: int = Field(524_288, ge=16_384, le=1_000_000)

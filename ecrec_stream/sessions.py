@@ -130,27 +130,3 @@ def relevance_candidates(state: dict[str, Any]) -> list[RelevanceCandidate]:
                 )
             )
     return out
-
-
-class Watermarks:
-    """Event-time progress per partition, the minimum over several inputs (searches and clicks
-    arrive on two topics). A partition makes no progress until every input has been seen in it,
-    so a jump in one topic cannot close sessions whose events still sit in the other.
-
-    >>> wm = Watermarks(("searches", "clicks"))
-    >>> wm.advance(0, "searches", 100.0); wm.get(0)
-    -inf
-    >>> wm.advance(0, "clicks", 40.0); wm.advance(0, "searches", 90.0); wm.get(0)
-    40.0
-    """
-
-    def __init__(self, inputs: tuple[str, ...]) -> None:
-        self.inputs = inputs
-        self._ts: dict[tuple[int, str], float] = {}
-
-    def advance(self, partition: int, source: str, ts: float) -> None:
-        key = (partition, source)
-        self._ts[key] = max(self._ts.get(key, float("-inf")), ts)
-
-    def get(self, partition: int) -> float:
-        return min(self._ts.get((partition, s), float("-inf")) for s in self.inputs)

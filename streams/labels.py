@@ -49,9 +49,9 @@ from ecrec_stream.labels.examples import (
     example_batch_messages,
 )
 from ecrec_stream.quality import BoundedSeen, near_duplicate_key
+from ecrec_stream.eventtime import Watermarks
 from ecrec_stream.sessions import (
     BotRules,
-    Watermarks,
     add_event,
     bot_reason,
     new_session,
@@ -268,7 +268,7 @@ def add_label_agents(app: faust.App, settings: Settings, bootstrap: str) -> Labe
                 for ev in batch.events:
                     if not isinstance(ev, SearchEvent | ClickEvent):
                         continue
-                    if ev.ts.timestamp() < watermarks.get(part) - cfg.session_gap_s:
+                    if watermarks.is_late(part, ev.ts.timestamp(), cfg.session_gap_s):
                         # later than its session could still be open: labelled already
                         # or never joinable; counted, not turned into a bogus session
                         stats["late_events"] += 1

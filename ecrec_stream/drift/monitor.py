@@ -1,0 +1,305 @@
+"""The drift monitor: turns validated events into each detector's observations, runs the
+detectors, and decides retraining alerts (confirmation over consecutive windows, cooldown,
+deterministic ids). Pure domain code: the stream agent feeds it and sends what it returns."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import pickle
+import tempfile
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from ecrec_stream.config import DriftDetectorName, DriftSettings
+from ecrec_stream.drift.base import DriftResult, WindowedTwoSample
+from ecrec_stream.drift.categories import CategoryMixJS
+from ecrec_stream.drift.embedding import EmbeddingMMD
+from ecrec_stream.drift.rates import RiverRate
+from ecrec_stream.events import AnyEvent, ClickEvent, ReviewEvent, SearchEvent
+from ecrec_stream.eventtime import Watermarks
+from ecrec_stream.quality import BoundedSeen
+
+STATE_VERSION = 1
+TEXT_DETECTORS = {"query_embedding", "review_embedding"}
+
+
+class RetrainingAlert(BaseModel):
+    """A retraining alert on ``ecrec.alerts``: which detector fired, on which window, with the
+    evidence (every detector's latest result), the categories that moved, sample texts from the
+    window and the serving model's version. ``alert_id`` is derived from the model version,
+    detector and window, so a redelivered window yields the same id."""
+
+    model_config = ConfigDict(frozen=True)
+
+    alert_id: str
+    kind: str = "retrain"
+    detector: str
+    reason: str
+    model_version: str
+    window_start: datetime
+    window_end: datetime
+    evidence: list[dict[str, Any]]
+    moved_categories: list[dict[str, Any]]
+    samples: list[str]
+
+
+def alert_id(model_version: str, detector: str, window: int) -> str:
+    """A stable id for the alert raised on ``window`` of ``detector``.
+
+    >>> alert_id("m1", "click_category", 7) == alert_id("m1", "click_category", 7)
+    True
+    """
+    return hashlib.sha1(f"{model_version}|{detector}|{window}".encode()).hexdigest()[:20]
+
+
+@dataclass
+class MonitorStep:
+    """What one call of :meth:`DriftMonitor.observe` produced."""
+
+    results: list[DriftResult] = field(default_factory=list)
+    alerts: list[RetrainingAlert] = field(default_factory=list)
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts if math.isfinite(ts) else 0.0, tz=timezone.utc)
+
+
+class DriftMonitor:
+    """All configured detectors over the search, click and review streams.
+
+    ``encode`` embeds texts (the worker's cached encoder; ``None`` disables the embedding
+    detectors), ``category_of`` maps an item id to its top-level category (``None`` when
+    unknown: the observation is skipped), ``model_version`` names the serving model (the
+    reference until a model is published; :meth:`rebase` starts a new reference).
+    """
+
+    def __init__(
+        self,
+        settings: DriftSettings,
+        *,
+        encode: Callable[[list[str]], np.ndarray] | None,
+        category_of: Callable[[str], str | None],
+        model_version: str,
+        dedupe_capacity: int = 200_000,
+    ) -> None:
+        self.settings = settings
+        self.encode = encode
+        self.category_of = category_of
+        self.model_version = model_version
+        self.detectors: dict[str, Any] = {
+            name: self._build(name)
+            for name in settings.detectors
+            if encode is not None or name not in TEXT_DETECTORS
+        }
+        self.latest: dict[str, DriftResult] = {}
+        self.consecutive: dict[str, int] = defaultdict(int)
+        self.last_alert_ts = -math.inf
+        self.alerts: deque[RetrainingAlert] = deque(maxlen=20)
+        self.samples: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=5))
+        self.seen = BoundedSeen(dedupe_capacity)
+        self.watermarks = Watermarks(("events",))
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def _build(self, name: DriftDetectorName) -> Any:
+        s = self.settings
+        common: dict[str, Any] = {
+            "window_events": s.window_events,
+            "window_s": s.window_s,
+            "reference_size": s.reference_size,
+        }
+        if name in TEXT_DETECTORS:
+            return EmbeddingMMD(
+                name, calibration=s.calibration, alpha=s.alpha, device=s.device, **common
+            )
+        if name.endswith("_category"):
+            return CategoryMixJS(name, calibration=s.calibration, alpha=s.alpha, **common)
+        return RiverRate(name, method=s.rate_method, delta=s.rate_delta, **common)
+
+    # -- observations -----------------------------------------------------------------------
+    def _observations(self, events: Sequence[AnyEvent]) -> dict[str, list[tuple[float, Any]]]:
+        obs: dict[str, list[tuple[float, Any]]] = defaultdict(list)
+        texts: dict[str, list[tuple[float, str]]] = defaultdict(list)
+        for ev in events:
+            ts = ev.ts.timestamp()
+            if isinstance(ev, SearchEvent):
+                texts["query_embedding"].append((ts, ev.query))
+                if ev.impressions and (cat := self.category_of(ev.impressions[0])):
+                    obs["search_category"].append((ts, cat))
+                obs["click_through"].append((ts, 0.0))
+            elif isinstance(ev, ClickEvent):
+                if cat := self.category_of(ev.item_id):
+                    obs["click_category"].append((ts, cat))
+                if ev.action == "click":
+                    obs["click_through"].append((ts, 1.0))
+            elif isinstance(ev, ReviewEvent):
+                text = ". ".join(p for p in (ev.title, ev.text) if p.strip())
+                if text:
+                    texts["review_embedding"].append((ts, text))
+                if cat := self.category_of(ev.item_id):
+                    obs["review_category"].append((ts, cat))
+                obs["rating"].append((ts, (ev.rating - 1) / 4))
+        wanted = [(n, rows) for n, rows in texts.items() if n in self.detectors and rows]
+        if wanted and self.encode is not None:
+            flat = [t for _, rows in wanted for _, t in rows]
+            vectors = np.asarray(self.encode(flat), dtype=np.float32)
+            i = 0
+            for name, rows in wanted:
+                obs[name] = [(ts, vectors[i + k]) for k, (ts, _) in enumerate(rows)]
+                self.samples[name].extend(t for _, t in rows[-5:])
+                i += len(rows)
+        return {n: rows for n, rows in obs.items() if n in self.detectors}
+
+    def observe(self, events: Sequence[AnyEvent]) -> MonitorStep:
+        """Feed validated events (duplicates by event id are dropped); returns the windows this
+        closed and the alerts they raised."""
+        fresh = []
+        for ev in events:
+            if not self.seen.add(ev.event_id):
+                self.counts["duplicate_events"] += 1
+                continue
+            ts = ev.ts.timestamp()
+            if self.watermarks.is_late(0, ts, self.settings.window_s):
+                self.counts["late_events"] += 1  # still observed: drift does not need order
+            self.watermarks.advance(0, "events", ts)
+            fresh.append(ev)
+        step = MonitorStep()
+        for name, rows in self._observations(fresh).items():
+            step.results.extend(self.detectors[name].update(rows))
+        step.results.sort(key=lambda r: (r.window_end, r.detector))
+        for result in step.results:
+            alert = self._decide(result)
+            if alert is not None:
+                step.alerts.append(alert)
+        self.counts["events"] += len(fresh)
+        self.counts["windows"] += len(step.results)
+        self.counts["alerts"] += len(step.alerts)
+        return step
+
+    # -- alert policy -----------------------------------------------------------------------
+    def _decide(self, result: DriftResult) -> RetrainingAlert | None:
+        """An alert when ``result``'s detector has drifted in ``confirm_windows`` consecutive
+        windows (one for River's sequential detectors), outside the cooldown."""
+        name = result.detector
+        self.latest[name] = result
+        self.consecutive[name] = self.consecutive[name] + 1 if result.drifted else 0
+        needed = 1 if self.detectors[name].sequential else self.settings.confirm_windows
+        if self.consecutive[name] < needed:
+            return None
+        if result.window_end - self.last_alert_ts < self.settings.cooldown_s:
+            return None
+        self.last_alert_ts = result.window_end
+        moved = [m for r in self.latest.values() if r.drifted for m in r.details.get("moved", [])]
+        alert = RetrainingAlert(
+            alert_id=alert_id(self.model_version, name, result.window),
+            detector=name,
+            reason=(
+                f"{name}: {result.statistic:.4g} over threshold {result.threshold:.4g} in "
+                f"{self.consecutive[name]} consecutive window(s)"
+                if not self.detectors[name].sequential
+                else f"{name}: {self.settings.rate_method} signalled a change "
+                f"(window mean {result.details['window_mean']:.3f}, reference "
+                f"{result.details['reference_mean']:.3f})"
+            ),
+            model_version=self.model_version,
+            window_start=_utc(result.window_start),
+            window_end=_utc(result.window_end),
+            evidence=[r.as_dict() for r in self.latest.values()],
+            moved_categories=moved,
+            samples=list(self.samples.get(name, []))
+            or [s for d in TEXT_DETECTORS for s in self.samples.get(d, [])][:5],
+        )
+        self.alerts.append(alert)
+        return alert
+
+    # -- reference, state, status -------------------------------------------------------------
+    def rebase(self, model_version: str) -> None:
+        """Start new references (call after a model is published)."""
+        self.model_version = model_version
+        for detector in self.detectors.values():
+            detector.rebase()
+        self.latest.clear()
+        self.consecutive.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "model_version": self.model_version,
+            "detectors": {n: d.state_dict() for n, d in self.detectors.items()},
+            "latest": dict(self.latest),
+            "consecutive": dict(self.consecutive),
+            "last_alert_ts": self.last_alert_ts,
+            "alerts": list(self.alerts),
+            "counts": dict(self.counts),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"drift state version {state.get('version')} is not supported")
+        self.model_version = state["model_version"]
+        for name, det_state in state["detectors"].items():
+            if name in self.detectors:
+                self.detectors[name].load_state(det_state)
+        self.latest = dict(state["latest"])
+        self.consecutive = defaultdict(int, state["consecutive"])
+        self.last_alert_ts = float(state["last_alert_ts"])
+        self.alerts = deque(state["alerts"], maxlen=20)
+        self.counts = defaultdict(int, state["counts"])
+
+    def status(self) -> dict[str, Any]:
+        """Each detector's reference progress and latest statistic against its threshold, and
+        the recent alerts (JSON-ready)."""
+        detectors = {}
+        for name, det in self.detectors.items():
+            latest = self.latest.get(name)
+            progress = len(det.reference) if isinstance(det, WindowedTwoSample) else det.ref_n
+            detectors[name] = {
+                "ready": det.ready,
+                "reference": f"{min(progress, det.reference_size)}/{det.reference_size}",
+                "windows": det.windows,
+                "statistic": None if latest is None else latest.statistic,
+                "threshold": None if latest is None else _finite(latest.threshold),
+                "drifted": None if latest is None else latest.drifted,
+                "consecutive": self.consecutive.get(name, 0),
+                "sequential": det.sequential,
+            }
+        return {
+            "model_version": self.model_version,
+            "detectors": detectors,
+            "alerts": [a.model_dump(mode="json") for a in self.alerts],
+            "counts": dict(self.counts),
+        }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def save_state(monitor: DriftMonitor, path: Path, extra: dict[str, Any]) -> None:
+    """Write the monitor's state (plus ``extra``, e.g. consumed offsets) atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = pickle.dumps({"monitor": monitor.state_dict(), **extra}, protocol=5)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(payload)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_state(monitor: DriftMonitor, path: Path) -> dict[str, Any] | None:
+    """Restore the monitor from ``path``; returns the saved extras, or ``None`` if absent."""
+    if not path.exists():
+        return None
+    with open(path, "rb") as fh:
+        saved: dict[str, Any] = pickle.load(fh)
+    monitor.load_state(saved.pop("monitor"))
+    return saved
