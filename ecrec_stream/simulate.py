@@ -224,6 +224,30 @@ class ShopSimulator:
         for item in catalog:
             self._by_leaf.setdefault(item.category_path, []).append(item)
         self._seq = 0
+        self._targets = catalog
+        self._attract_scale = 1.0
+        self._quality_shift = 0.0
+        self.shifted = False
+
+    def shift(self, share: float = 0.25) -> list[str]:
+        """A drift scenario from now on: shoppers look for items of other top-level categories
+        (the smallest ones, covering about ``share`` of the catalog), click less (attraction
+        x 0.4) and review worse (hidden quality - 0.5). Returns the categories now searched."""
+        by_top: dict[str, list[CatalogItem]] = {}
+        for item in self.catalog:
+            by_top.setdefault(item.category_path[0] if item.category_path else "", []).append(item)
+        chosen: list[str] = []
+        targets: list[CatalogItem] = []
+        for top, items in sorted(by_top.items(), key=lambda kv: len(kv[1])):
+            if len(targets) >= share * len(self.catalog) and targets:
+                break
+            chosen.append(top)
+            targets.extend(items)
+        self._targets = targets
+        self._attract_scale = 0.4
+        self._quality_shift = -0.5
+        self.shifted = True
+        return chosen
 
     def _next_id(self, prefix: str) -> str:
         self._seq += 1
@@ -274,7 +298,7 @@ class ShopSimulator:
         """One search with ranked impressions, clicks by the click model, maybe a review."""
         rng = self.rng
         ts = ts or utc_now()
-        target = rng.choice(self.catalog)
+        target = rng.choice(self._targets)
         query = self.query_for(target)
         same_leaf = [i for i in self._by_leaf[target.category_path] if i.item_id != target.item_id]
         others = rng.sample(self.catalog, min(len(self.catalog), self.n_impressions * 2))
@@ -290,7 +314,7 @@ class ShopSimulator:
         t = ts
         for pos, item in enumerate(shown):
             examine = 1.0 / (pos + 1) ** self.position_bias
-            attract = (0.05, 0.2, 0.5, 0.85)[sess.relevance[item.item_id]]
+            attract = (0.05, 0.2, 0.5, 0.85)[sess.relevance[item.item_id]] * self._attract_scale
             if rng.random() >= examine * attract:
                 continue
             grade = sess.relevance[item.item_id]
@@ -321,7 +345,8 @@ class ShopSimulator:
     def review(self, item: CatalogItem, ts: datetime) -> dict[str, Any]:
         """A review whose rating follows the item's hidden quality and whose text fits it."""
         rng = self.rng
-        rating = max(1, min(5, round(1 + 4 * item.quality + rng.gauss(0, 0.8))))
+        quality = item.quality + self._quality_shift
+        rating = max(1, min(5, round(1 + 4 * quality + rng.gauss(0, 0.8))))
         templates = _POSITIVE if rating >= 4 else _NEGATIVE if rating <= 2 else _NEUTRAL
         noun = item.title.split()[-3] if len(item.title.split()) >= 3 else item.title
         return {

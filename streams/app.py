@@ -126,11 +126,24 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     dlq = app.topic(names.dlq, value_serializer="raw", key_serializer="raw")
     for kind, (source_name, valid_name) in names.routes().items():
         _add_ingest_agent(app, settings, counters, kind, source_name, valid_name, dlq)
-    runtime = None
-    if labels:
-        from streams.labels import add_label_agents
+    runtime = drift = None
+    if labels or settings.drift.enabled:
+        from streams.catalog import SharedModelWork
 
-        runtime = add_label_agents(app, settings, bootstrap)
+        shared = SharedModelWork(settings, bootstrap)
+
+        @app.task
+        async def start_catalog_cache() -> None:
+            shared.catalog.start()
+
+        if labels:
+            from streams.labels import add_label_agents
+
+            runtime = add_label_agents(app, settings, shared)
+        if settings.drift.enabled:
+            from streams.drift import add_drift_agent
+
+            drift = add_drift_agent(app, settings, shared)
 
     @app.page("/ecrec/stats")
     async def stats(web: Any, request: Any) -> Any:
@@ -142,6 +155,23 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
                 "labels": runtime.as_dict() if runtime else {},
             }
         )
+
+    @app.page("/ecrec/drift")
+    async def drift_status(web: Any, request: Any) -> Any:
+        return web.json(
+            {
+                "enabled": drift is not None,
+                **(drift.status if drift else {}),
+                "stats": dict(drift.stats) if drift else {},
+            }
+        )
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        from prometheus_client import generate_latest
+
+        body = generate_latest(drift.registry) if drift else b""
+        return web.bytes(body, content_type="text/plain; version=0.0.4")
 
     return app
 

@@ -18,13 +18,11 @@ stops the worker before it commits (:func:`streams.failstop.stop_on_error`).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -39,6 +37,7 @@ from ecrec_stream.events import (
     SearchEvent,
     SourcePosition,
 )
+from ecrec_stream.eventtime import Watermarks
 from ecrec_stream.isolation import Failure, describe, isolate_failures
 from ecrec_stream.labels.base import RelevanceCandidate, SentimentCandidate, Task
 from ecrec_stream.labels.examples import (
@@ -49,7 +48,6 @@ from ecrec_stream.labels.examples import (
     example_batch_messages,
 )
 from ecrec_stream.quality import BoundedSeen, near_duplicate_key
-from ecrec_stream.eventtime import Watermarks
 from ecrec_stream.sessions import (
     BotRules,
     add_event,
@@ -58,6 +56,7 @@ from ecrec_stream.sessions import (
     relevance_candidates,
 )
 from ecrec_stream.validation import RawRecord, make_dead_letter
+from streams.catalog import CatalogCache, SharedModelWork
 from streams.failstop import stop_on_error
 
 LOG = logging.getLogger(__name__)
@@ -79,7 +78,7 @@ class LabelRuntime:
 
     relevance: RelevanceLabeler
     sentiment: SentimentLabeler
-    titles: TitleCache
+    titles: CatalogCache
     stats: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
@@ -108,18 +107,14 @@ class LabelRuntime:
         return out
 
 
-def add_label_agents(app: faust.App, settings: Settings, bootstrap: str) -> LabelRuntime:
-    """Register the label agents, the session table and the title cache on ``app``."""
+def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork) -> LabelRuntime:
+    """Register the label agents and the session table on ``app``."""
     cfg = settings.labels
     names = settings.topics
-    from ecrec_stream.embedding import CachedEncoder, SentenceTransformerEncoder
-
-    encoder = CachedEncoder(SentenceTransformerEncoder(settings.embedding))
-    relevance, sentiment = build_labelers(cfg, encoder)
-    titles = TitleCache(bootstrap, names.valid_items)
+    relevance, sentiment = build_labelers(cfg, shared.encoder)
+    titles = shared.catalog
     runtime = LabelRuntime(relevance, sentiment, titles)
     stats = runtime.stats
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecrec-label")
     examples_topic = app.topic(names.examples, value_serializer="raw", key_serializer="raw")
     sessions = app.Table(
         f"{settings.app_id}-sessions",
@@ -134,10 +129,6 @@ def add_label_agents(app: faust.App, settings: Settings, bootstrap: str) -> Labe
     )
     watermarks = Watermarks((names.valid_searches, names.valid_clicks))
     open_sessions: dict[int, set[str]] = {}
-
-    @app.task
-    async def start_title_cache() -> None:
-        titles.start()
 
     dlq = app.topic(names.dlq, value_serializer="raw", key_serializer="raw")
     policy = settings.on_processing_error
@@ -187,13 +178,10 @@ def add_label_agents(app: faust.App, settings: Settings, bootstrap: str) -> Labe
                 event, kind, PROCESSING, failure.error, payload(failure.item), name(failure.item)
             )
 
-    async def off_loop(fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
-
     async def label_isolated(
         labeler: RelevanceLabeler | SentimentLabeler, cands: list[Any]
     ) -> tuple[list[TrainingExample], list[Failure[Any]]]:
-        result: tuple[list[TrainingExample], list[Failure[Any]]] = await off_loop(
+        result: tuple[list[TrainingExample], list[Failure[Any]]] = await shared.off_loop(
             isolate_failures, labeler.label_many, cands, policy
         )
         return result
@@ -338,56 +326,3 @@ def add_label_agents(app: faust.App, settings: Settings, bootstrap: str) -> Labe
     app.agent(reviews_topic, name="ecrec.label.reviews")(label_reviews)
     app.agent(session_topics, name="ecrec.label.sessions")(label_sessions)
     return runtime
-
-
-class TitleCache:
-    """Item titles for the content relevance function, read from ``valid_items`` (all
-    partitions, from the beginning) by a confluent-kafka consumer thread: every worker needs
-    every item's title, not just its own partitions'."""
-
-    def __init__(self, bootstrap: str, topic: str, capacity: int = 1_000_000) -> None:
-        import threading
-
-        self.bootstrap = bootstrap
-        self.topic = topic
-        self.capacity = capacity
-        self._titles: dict[str, str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ecrec-titles", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def get(self, item_id: str) -> str | None:
-        return self._titles.get(item_id)
-
-    def __len__(self) -> int:
-        return len(self._titles)
-
-    def _run(self) -> None:
-        from streams.kafka import partition_reader
-
-        consumer = partition_reader(self.bootstrap, [self.topic], name="ecrec-titles")
-        try:
-            while not self._stop.is_set():
-                for msg in consumer.consume(500, timeout=0.2):
-                    if msg.error() is not None:
-                        continue
-                    # Plain JSON, not the pydantic model: the ingest agent validated these
-                    # already, and this thread shares the worker's CPU with the agents.
-                    try:
-                        events = json.loads(msg.value() or b"")["events"]
-                    except (ValueError, KeyError, TypeError):
-                        continue
-                    for item in events:
-                        if item.get("type") != "item":
-                            continue
-                        if item.get("op") == "delete":
-                            self._titles.pop(item["item_id"], None)
-                        elif len(self._titles) < self.capacity or item["item_id"] in self._titles:
-                            self._titles[item["item_id"]] = item.get("title") or ""
-        finally:
-            consumer.close()

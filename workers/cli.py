@@ -116,9 +116,17 @@ def demo(
     ] = None,
     seed: Annotated[int, typer.Option(help="random seed of the simulator")] = 11,
     live: Annotated[bool, typer.Option(help="show the live dashboard")] = True,
+    shift_at: Annotated[
+        float | None,
+        typer.Option(
+            help="after this many seconds, traffic drifts (other departments, fewer clicks, "
+            "worse reviews): watch the drift detectors and the retraining alert"
+        ),
+    ] = None,
 ) -> None:
     """Run everything on the embedded broker: worker, index replica, simulated shop traffic,
-    a live dashboard, then example searches."""
+    a live dashboard (ingest, index freshness, labels, drift detectors and alerts), then
+    example searches."""
     from workers.demo import DemoOptions, run_demo
 
     _setup_logging("warning")
@@ -131,6 +139,7 @@ def demo(
             catalog_dir=catalog,
             seed=seed,
             live=live,
+            shift_at=shift_at,
         ),
         console,
     )
@@ -171,6 +180,39 @@ def search(
     from workers.demo import results_table
 
     console.print(results_table(response.json()))
+
+
+@app.command()
+def status(
+    url: Annotated[
+        str | None, typer.Option(help="stream worker base URL (default: ECREC_WORKER_WEB_PORT)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw JSON")] = False,
+) -> None:
+    """Show the drift detectors' latest statistics against their thresholds and the recent
+    retraining alerts of a running stream worker."""
+    import httpx
+
+    base = url or f"http://127.0.0.1:{load_settings().worker_web_port}"
+    try:
+        response = httpx.get(f"{base.rstrip('/')}/ecrec/drift", timeout=10)
+    except httpx.HTTPError as exc:
+        console.print(f"[red]no stream worker at {base}[/] ({exc})")
+        raise typer.Exit(1) from exc
+    if response.status_code != 200:
+        console.print(f"[red]{response.status_code}[/] {response.text}")
+        raise typer.Exit(1)
+    body = response.json()
+    if as_json:
+        console.print_json(json.dumps(body))
+        return
+    from workers.demo import alerts_table, drift_table
+
+    if not body.get("enabled"):
+        console.print("drift detection is off (ECREC_DRIFT__ENABLED=false)")
+        return
+    console.print(drift_table(body))
+    console.print(alerts_table(body.get("alerts", [])))
 
 
 @app.command()

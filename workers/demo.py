@@ -39,6 +39,7 @@ class DemoOptions:
     seed: int = 11
     live: bool = True
     n_example_queries: int = 4
+    shift_at: float | None = None
 
 
 class ExamplesReader(threading.Thread):
@@ -110,6 +111,42 @@ def results_table(payload: dict[str, Any]) -> Table:
     return table
 
 
+def drift_table(status: dict[str, Any]) -> Table:
+    """Each drift detector's latest window statistic against its calibrated threshold."""
+    table = Table(title=f"drift detectors (serving model {status.get('model_version', '?')})")
+    for col in ("detector", "reference", "windows", "statistic", "threshold", "drifted"):
+        table.add_column(col, justify="left" if col == "detector" else "right")
+    for name, d in status.get("detectors", {}).items():
+        stat, thr = d.get("statistic"), d.get("threshold")
+        drifted = d.get("drifted")
+        table.add_row(
+            name,
+            d["reference"],
+            str(d["windows"]),
+            "-" if stat is None else f"{stat:.4f}",
+            ("River" if d.get("sequential") else "-") if thr is None else f"{thr:.4f}",
+            "-"
+            if drifted is None
+            else ("[red]yes[/]" if drifted else "no")
+            + (f" x{d['consecutive']}" if d.get("consecutive") else ""),
+        )
+    return table
+
+
+def alerts_table(alerts: list[dict[str, Any]]) -> Table:
+    """Recent retraining alerts, newest last."""
+    table = Table(title=f"retraining alerts ({len(alerts)})")
+    for col in ("alert id", "window end", "detector", "reason", "moved categories"):
+        table.add_column(col)
+    for a in alerts[-5:]:
+        moved = ", ".join(
+            f"{m['category']} {m['before']:.0%}->{m['after']:.0%}"
+            for m in a.get("moved_categories", [])[:3]
+        )
+        table.add_row(a["alert_id"], a["window_end"][:19], a["detector"], a["reason"], moved)
+    return table
+
+
 def _get_json(url: str) -> dict[str, Any] | None:
     try:
         response = httpx.get(url, timeout=1.0)
@@ -125,7 +162,8 @@ def _dashboard(
     worker: dict[str, Any] | None,
     index: dict[str, Any] | None,
     examples: ExamplesReader,
-) -> Table:
+    drift: dict[str, Any] | None = None,
+) -> Group:
     table = Table(title="ecrec-stream demo", show_header=False)
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
@@ -166,7 +204,9 @@ def _dashboard(
         f"{c['relevance']:,} / {c['sentiment']:,} ({total / max(elapsed, 1e-9):,.0f}/s),"
         f" {c['augmented']:,} augmented",
     )
-    return table
+    if not drift or not drift.get("enabled"):
+        return Group(table)
+    return Group(table, drift_table(drift), alerts_table(drift.get("alerts", [])))
 
 
 def run_demo(settings: Settings, options: DemoOptions, console: Console) -> None:
@@ -190,12 +230,14 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> None
         worker_port, index_port = free_port(), free_port()
         # Simulated sessions last seconds, not the half hour of real shoppers: close them after
         # 10 s of event-time inactivity unless the user chose a gap.
-        gap = (
-            {}
-            if "ECREC_LABELS__SESSION_GAP_S" in os.environ
-            else {"ECREC_LABELS__SESSION_GAP_S": "10"}
-        )
-        worker = worker_process(broker_url, workdir, worker_port, extra_env=gap).start()
+        # The demo's minute of traffic is too short for production-sized drift windows.
+        demo_env = {
+            "ECREC_LABELS__SESSION_GAP_S": "10",
+            "ECREC_DRIFT__REFERENCE_SIZE": "600",
+            "ECREC_DRIFT__WINDOW_EVENTS": "100",
+        }
+        extra = {k: v for k, v in demo_env.items() if k not in os.environ}
+        worker = worker_process(broker_url, workdir, worker_port, extra_env=extra).start()
         indexer = indexer_process(broker_url, workdir, index_port).start()
         try:
             _drive(
@@ -230,6 +272,7 @@ def _drive(
 ) -> None:
     index_url = f"http://127.0.0.1:{index_port}"
     worker_url = f"http://127.0.0.1:{worker_port}/ecrec/stats"
+    drift_url = f"http://127.0.0.1:{worker_port}/ecrec/drift"
     catalog = (
         load_instacart_catalog(options.catalog_dir, limit=options.n_items, seed=options.seed)
         if options.catalog_dir
@@ -265,6 +308,7 @@ def _drive(
                 _get_json(worker_url),
                 _get_json(f"{index_url}/stats"),
                 examples,
+                _get_json(drift_url),
             ),
             refresh=True,
         )
@@ -280,6 +324,12 @@ def _drive(
                 for child in children:
                     if not child.alive():
                         raise RuntimeError(f"{child.name} exited:\n{child.log_tail()}")
+                if options.shift_at is not None and elapsed >= options.shift_at and not sim.shifted:
+                    moved_to = sim.shift()
+                    live.console.print(
+                        f"[yellow]shift at {elapsed:.0f} s[/]: traffic moves to "
+                        f"{', '.join(moved_to)}; click-through drops, reviews sour"
+                    )
                 due = int(elapsed * options.rate) - (produced - len(catalog))
                 for _ in range(max(0, due)):
                     kind, key, payload = next(stream)

@@ -197,7 +197,14 @@ class DriftMonitor:
         if result.window_end - self.last_alert_ts < self.settings.cooldown_s:
             return None
         self.last_alert_ts = result.window_end
-        moved = [m for r in self.latest.values() if r.drifted for m in r.details.get("moved", [])]
+        moved = sorted(
+            (
+                {"detector": r.detector, **m}
+                for r in self.latest.values()
+                for m in r.details.get("moved", [])
+            ),
+            key=lambda m: -abs(m["after"] - m["before"]),
+        )[:5]
         alert = RetrainingAlert(
             alert_id=alert_id(self.model_version, name, result.window),
             detector=name,

@@ -1,0 +1,359 @@
+"""Drift detection, measured on streams built from real text.
+
+* False alarms: streams without a shift (real Instacart product names as queries, real clothing
+  reviews with their item churn, a steady click-through rate), several seeds; alerts and
+  drifted windows per 10,000 events, for each calibration method.
+* Detection delay (a detector's own observations after the shift until its alert would fire)
+  for: an abrupt department switch, a gradual vocabulary shift, a click-through drop, reviews
+  turning negative.
+* Cost: CPU microseconds per observation of each detector (and the encoder's, for reference).
+
+Runs the domain library in process (no broker): ``python -m bench.drift [--seeds 3]``. The
+drift agent's effect on the worker's throughput is measured by ``--worker`` (with the broker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import report
+from ecrec_stream.config import DriftSettings
+from ecrec_stream.drift import DriftMonitor
+from ecrec_stream.embedding import SentenceTransformerEncoder
+from ecrec_stream.events import AnyEvent, ClickEvent, ReviewEvent, SearchEvent
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def load_products() -> tuple[list[dict[str, str]], dict[str, str]]:
+    base = DATA / "instacart_catalog"
+    with open(base / "departments.csv", encoding="utf-8") as fh:
+        departments = {r["department_id"]: r["department"] for r in csv.DictReader(fh)}
+    with open(base / "products.csv", encoding="utf-8") as fh:
+        products = [
+            {
+                "id": f"p{r['product_id']}",
+                "name": r["product_name"],
+                "dept": departments[r["department_id"]],
+            }
+            for r in csv.DictReader(fh)
+        ]
+    return products, {p["id"]: p["dept"] for p in products}
+
+
+def load_reviews(limit: int, seed: int = 0) -> list[dict[str, Any]]:
+    with open(DATA / "womens_clothing_reviews" / "reviews.csv", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["Review Text"].strip() and r["Department Name"]]
+    random.Random(seed).shuffle(rows)
+    return [
+        {
+            "item": f"c{r['Clothing ID']}",
+            "dept": r["Department Name"],
+            "title": r["Title"],
+            "text": r["Review Text"],
+            "rating": int(r["Rating"]),
+        }
+        for r in rows[:limit]
+    ]
+
+
+def _ts(i: int) -> datetime:
+    return datetime.fromtimestamp(1_700_000_000 + i, tz=timezone.utc)
+
+
+def churned(items: list[Any], key: Any, n: int, rng: random.Random, spread: float) -> list[Any]:
+    """``n`` draws from ``items`` in a time order with realistic churn: each group (``key``:
+    an item, a product) is "launched" at a random time and its draws cluster around it
+    (normal, ``spread`` of the stream's length)."""
+    groups: dict[Any, list[Any]] = defaultdict(list)
+    for it in items:
+        groups[key(it)].append(it)
+    launch = {g: rng.random() for g in groups}
+    draws = [rng.choice(items) for _ in range(n)]
+    return sorted(draws, key=lambda it: launch[key(it)] + rng.gauss(0, spread))
+
+
+def search_events(
+    queries: list[dict[str, str]], rng: random.Random, ctr: list[float], start: int = 0
+) -> Iterator[AnyEvent]:
+    """A search per product drawn (query = its real name, top impression = it), then a click
+    on it with probability ``ctr[i]``."""
+    for i, p in enumerate(queries):
+        n = start + i
+        yield SearchEvent(
+            event_id=f"s{n}",
+            ts=_ts(n),
+            search_id=f"q{n}",
+            session_id=f"u{n}",
+            query=p["name"],
+            impressions=[p["id"]],
+        )
+        if rng.random() < ctr[i]:
+            yield ClickEvent(
+                event_id=f"c{n}",
+                ts=_ts(n),
+                session_id=f"u{n}",
+                search_id=f"q{n}",
+                item_id=p["id"],
+                position=0,
+            )
+
+
+def review_events(reviews: list[dict[str, Any]], start: int = 0) -> Iterator[AnyEvent]:
+    for i, r in enumerate(reviews):
+        n = start + i
+        yield ReviewEvent(
+            event_id=f"r{n}",
+            ts=_ts(n),
+            item_id=r["item"],
+            rating=r["rating"],
+            title=r["title"],
+            text=r["text"],
+        )
+
+
+def embed_all(encoder: SentenceTransformerEncoder, texts: list[str]) -> tuple[Any, float]:
+    """Embed ``texts`` once (reusing ``bench/.cache`` from an earlier run of the same texts and
+    model: 17k texts take minutes here) and return a lookup ``encode`` for the monitor, plus
+    the CPU microseconds per text of a fresh encode of 300 of them (measured every run)."""
+    import hashlib
+
+    sample = texts[:300]
+    t0 = time.process_time()
+    encoder.encode(sample)
+    per_text_us = (time.process_time() - t0) / len(sample) * 1e6
+    digest = hashlib.sha1("\n".join([encoder.name, *texts]).encode()).hexdigest()[:16]
+    path = Path(__file__).resolve().parent / ".cache" / f"embeddings-{digest}.npy"
+    if path.exists():
+        vectors = np.load(path)
+    else:
+        vectors = encoder.encode(texts)
+        path.parent.mkdir(exist_ok=True)
+        np.save(path, vectors)
+    table = dict(zip(texts, vectors, strict=True))
+    return (lambda batch: np.stack([table[t] for t in batch])), per_text_us
+
+
+def run_monitor(
+    settings: DriftSettings,
+    events: list[AnyEvent],
+    encode: Any,
+    category_of: dict[str, str],
+    batch: int = 100,
+) -> tuple[DriftMonitor, list[Any], dict[str, float]]:
+    """Feed ``events`` in micro-batches; returns the monitor, every closed window's result and
+    CPU seconds spent per detector (update calls only)."""
+    monitor = DriftMonitor(
+        settings, encode=encode, category_of=category_of.get, model_version="bench"
+    )
+    results = []
+    cost: dict[str, float] = defaultdict(float)
+    original = {n: d.update for n, d in monitor.detectors.items()}
+
+    def timed(name: str) -> Any:
+        def update(rows: Any) -> Any:
+            t0 = time.process_time()
+            out = original[name](rows)
+            cost[name] += time.process_time() - t0
+            return out
+
+        return update
+
+    for name, det in monitor.detectors.items():
+        det.update = timed(name)  # type: ignore[method-assign]
+    for i in range(0, len(events), batch):
+        step = monitor.observe(events[i : i + batch])
+        results.extend(step.results)
+    return monitor, results, cost
+
+
+def first_alertable(results: list[Any], detector: str, after_ts: float, needed: int) -> Any:
+    """The first window of ``detector`` ending after ``after_ts`` that completes ``needed``
+    consecutive drifted windows (counting from ``after_ts``)."""
+    run = 0
+    for r in results:
+        if r.detector != detector or r.window_end < after_ts:
+            continue
+        run = run + 1 if r.drifted else 0
+        if run >= needed:
+            return r
+    return None
+
+
+SHIFT_AT = 3000
+SWITCH_TO = ("babies", "pets", "personal care")
+GRADUAL_TO = ("frozen", "bakery")
+
+
+def scenario_events(
+    name: str, products: list[dict[str, str]], reviews: list[dict[str, Any]], seed: int, n: int
+) -> list[AnyEvent]:
+    """A stream of ``n`` searches (and their clicks) and ``n`` reviews; ``name`` picks the
+    change at ``SHIFT_AT`` (``none`` for none)."""
+    rng = random.Random(seed)
+    queries = churned(products, lambda p: p["id"], n, rng, spread=0.05)
+    revs = churned(reviews, lambda r: r["item"], n, rng, spread=0.05)
+    ctr = [0.4] * n
+    if name == "department switch":
+        target = [p for p in products if p["dept"] in SWITCH_TO]
+        queries = queries[:SHIFT_AT] + [rng.choice(target) for _ in range(n - SHIFT_AT)]
+    elif name == "gradual vocabulary shift":
+        target = [p for p in products if p["dept"] in GRADUAL_TO]
+        for i in range(SHIFT_AT, n):
+            if rng.random() < min(1.0, (i - SHIFT_AT) / 1000):
+                queries[i] = rng.choice(target)
+    elif name == "click-through drop":
+        ctr = [0.4] * SHIFT_AT + [0.2] * (n - SHIFT_AT)
+    elif name == "reviews turn negative":
+        negative = [r for r in reviews if r["rating"] <= 2]
+        revs = revs[:SHIFT_AT] + [rng.choice(negative) for _ in range(n - SHIFT_AT)]
+    events = list(search_events(queries, rng, ctr)) + list(review_events(revs))
+    return sorted(events, key=lambda e: (e.ts, e.type))
+
+
+SCENARIO_DETECTORS = {
+    "department switch": ("search_category", "click_category", "query_embedding"),
+    "gradual vocabulary shift": ("search_category", "click_category", "query_embedding"),
+    "click-through drop": ("click_through",),
+    "reviews turn negative": ("rating", "review_embedding", "review_category"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--events", type=int, default=6000, help="searches (and reviews)")
+    parser.add_argument("--reviews", type=int, default=8000, help="review pool")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a DriftSettings field (repeatable), e.g. --set reference_size=2000",
+    )
+    parser.add_argument("--methods", default="holdout,blocks,permutation")
+    args = parser.parse_args()
+    products, category_of = load_products()
+    reviews = load_reviews(args.reviews)
+    category_of.update({r["item"]: r["dept"] for r in reviews})
+    encoder = SentenceTransformerEncoder()
+    t0 = time.perf_counter()
+    texts = [p["name"] for p in products] + [
+        ". ".join(x for x in (r["title"], r["text"]) if x.strip()) for r in reviews
+    ]
+    encode, encode_cpu_us = embed_all(encoder, texts)
+    print(f"embedded {len(texts)} texts in {time.perf_counter() - t0:.0f} s")
+
+    base = DriftSettings(**dict(kv.split("=", 1) for kv in args.set))
+    methods = tuple(args.methods.split(","))
+    fa_rows, fa_data = [], {}
+    costs: dict[str, list[float]] = defaultdict(list)
+    for method in methods:
+        settings = replace_settings(base, calibration=method)
+        alerts = events_total = 0
+        drifted: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for seed in range(args.seeds):
+            events = scenario_events("none", products, reviews, seed, args.events)
+            monitor, results, cost = run_monitor(settings, events, encode, category_of)
+            alerts += monitor.counts["alerts"]
+            events_total += len(events)
+            for r in results:
+                drifted[r.detector][0] += r.drifted
+                drifted[r.detector][1] += 1
+            if method == "holdout":
+                for name, seconds in cost.items():
+                    costs[name].append(seconds / max(1, _observations(monitor, name)))
+        per10k = alerts / events_total * 10_000
+        fa_rows.append(
+            [method, events_total, alerts, per10k]
+            + [f"{drifted[d][0]}/{drifted[d][1]}" for d in base.detectors]
+        )
+        fa_data[method] = {
+            "events": events_total,
+            "alerts": alerts,
+            "alerts_per_10k_events": per10k,
+            "drifted_windows": {d: drifted[d] for d in base.detectors},
+        }
+    report(
+        "drift_false_alarms",
+        f"No shift ({args.seeds} seeds, real product names and reviews with item churn): "
+        "alerts and drifted windows per calibration",
+        ["calibration", "events", "alerts", "alerts / 10k events", *base.detectors],
+        fa_rows,
+        fa_data,
+    )
+
+    delay_rows, delay_data = [], {}
+    for scenario, detectors in SCENARIO_DETECTORS.items():
+        for method in methods:
+            settings = replace_settings(base, calibration=method)
+            events = scenario_events(scenario, products, reviews, 100, args.events)
+            monitor, results, _ = run_monitor(settings, events, encode, category_of)
+            shift_ts = _ts(SHIFT_AT).timestamp()
+            pre = sum(1 for a in monitor.alerts if a.window_end.timestamp() < shift_ts)
+            cells = []
+            for d in detectors:
+                needed = 1 if monitor.detectors[d].sequential else settings.confirm_windows
+                hit = first_alertable(results, d, shift_ts, needed)
+                delay = None if hit is None else int(hit.window_end - shift_ts)
+                cells.append(f"{d}: {'missed' if delay is None else delay}")
+                delay_data[f"{scenario}|{method}|{d}"] = delay
+            first = next((a for a in monitor.alerts if a.window_end.timestamp() >= shift_ts), None)
+            delay_rows.append(
+                [
+                    scenario,
+                    method,
+                    "; ".join(cells),
+                    "none"
+                    if first is None
+                    else f"{first.detector} +{int(first.window_end.timestamp() - shift_ts)}",
+                    pre,
+                ]
+            )
+    report(
+        "drift_delay",
+        f"Detection delay: events of the changed stream after the change at {SHIFT_AT} "
+        "until the detector's alert would fire",
+        ["scenario", "calibration", "delay per detector", "first alert", "alerts before"],
+        delay_rows,
+        delay_data,
+    )
+
+    cost_rows = [[name, f"{np.mean(v) * 1e6:,.1f}"] for name, v in sorted(costs.items())] + [
+        [
+            "(encoder, per new text; shared with the label agents for reviews)",
+            f"{encode_cpu_us:,.0f}",
+        ]
+    ]
+    report(
+        "drift_cost",
+        "CPU cost per observation (holdout calibration, no-shift streams, incl. calibration)",
+        ["detector", "CPU µs / observation"],
+        cost_rows,
+        {n: float(np.mean(v) * 1e6) for n, v in costs.items()} | {"encoder": encode_cpu_us},
+    )
+
+
+def replace_settings(settings: DriftSettings, **changes: Any) -> DriftSettings:
+    return DriftSettings(**{**settings.model_dump(), **changes})
+
+
+def _observations(monitor: DriftMonitor, name: str) -> int:
+    det = monitor.detectors[name]
+    if hasattr(det, "ref_n"):
+        return int(det.ref_n + det.windows * det.window_events)
+    return len(det.reference) + det.windows * det.window_events
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""What the worker's model-backed agents share: one cached encoder, one thread for model work
+(off the event loop), and the catalog cache of every item's title and category."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ecrec_stream.config import Settings
+
+
+class SharedModelWork:
+    """One encoder and one executor for the label and drift agents: a review embedded for a
+    label function is a cache hit for the drift detector (and never embedded twice at once)."""
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        from ecrec_stream.embedding import CachedEncoder, SentenceTransformerEncoder
+
+        self.encoder = CachedEncoder(SentenceTransformerEncoder(settings.embedding))
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecrec-model")
+        self.catalog = CatalogCache(bootstrap, settings.topics.valid_items)
+
+    async def off_loop(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+
+class CatalogCache:
+    """Item titles (for the content relevance function) and top-level categories (for drift),
+    read from ``valid_items`` (all partitions, from the beginning) by a confluent-kafka consumer
+    thread: every worker needs every item, not just its own partitions' share."""
+
+    def __init__(self, bootstrap: str, topic: str, capacity: int = 1_000_000) -> None:
+        import threading
+
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.capacity = capacity
+        self._titles: dict[str, str] = {}
+        self._categories: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ecrec-titles", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def get(self, item_id: str) -> str | None:
+        return self._titles.get(item_id)
+
+    def category(self, item_id: str) -> str | None:
+        """The item's top-level category, ``None`` when unknown or uncategorised."""
+        return self._categories.get(item_id)
+
+    def __len__(self) -> int:
+        return len(self._titles)
+
+    def _run(self) -> None:
+        from streams.kafka import partition_reader
+
+        consumer = partition_reader(self.bootstrap, [self.topic], name="ecrec-titles")
+        try:
+            while not self._stop.is_set():
+                for msg in consumer.consume(500, timeout=0.2):
+                    if msg.error() is not None:
+                        continue
+                    # Plain JSON, not the pydantic model: the ingest agent validated these
+                    # already, and this thread shares the worker's CPU with the agents.
+                    try:
+                        events = json.loads(msg.value() or b"")["events"]
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                    for item in events:
+                        if item.get("type") != "item":
+                            continue
+                        item_id = item["item_id"]
+                        if item.get("op") == "delete":
+                            self._titles.pop(item_id, None)
+                            self._categories.pop(item_id, None)
+                        elif len(self._titles) < self.capacity or item_id in self._titles:
+                            self._titles[item_id] = item.get("title") or ""
+                            if path := item.get("category_path"):
+                                self._categories[item_id] = path[0]
+        finally:
+            consumer.close()

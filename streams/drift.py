@@ -1,0 +1,176 @@
+"""The drift agent: validated searches, clicks and reviews -> :class:`DriftMonitor` -> a report
+per closed window on ``ecrec.drift`` and retraining alerts on ``ecrec.alerts`` (plus an optional
+webhook).
+
+State (references, open windows, alert policy) is snapshotted to
+``<data_dir>/drift/monitor.pkl`` with the last consumed offset of every partition: after a
+restart, redelivered messages at or below those offsets are skipped, so a window is never
+counted twice and an alert never raised twice. An alert is sent, then the snapshot written at
+once; only a crash between the two re-sends it, with the same ``alert_id`` (consumers drop it
+by id). A crash loses at most ``snapshot_interval_s`` of drift observations, never training
+data. Each worker monitors the partitions it is assigned (with one worker: all of them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from ecrec_stream.config import Settings
+from ecrec_stream.drift import DriftMonitor, MonitorStep, RetrainingAlert, load_state, save_state
+from ecrec_stream.events import EventBatch
+from streams.catalog import SharedModelWork
+from streams.failstop import stop_on_error
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class DriftRuntime:
+    """What the drift agent shares with the worker's web pages."""
+
+    monitor: DriftMonitor
+    registry: CollectorRegistry
+    status: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class DriftMetrics:
+    """Prometheus gauges for every detector's statistic and threshold, and alert counters."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.statistic = Gauge(
+            "ecrec_drift_statistic", "Latest window statistic", ["detector"], registry=registry
+        )
+        self.threshold = Gauge(
+            "ecrec_drift_threshold", "Calibrated threshold", ["detector"], registry=registry
+        )
+        self.drifted = Gauge(
+            "ecrec_drift_drifted", "1 if the latest window drifted", ["detector"], registry=registry
+        )
+        self.alerts = Counter("ecrec_drift_alerts", "Retraining alerts sent", registry=registry)
+        self.windows = Counter(
+            "ecrec_drift_windows", "Windows closed", ["detector"], registry=registry
+        )
+
+    def record(self, step: MonitorStep) -> None:
+        for r in step.results:
+            self.statistic.labels(r.detector).set(r.statistic)
+            self.threshold.labels(r.detector).set(r.threshold)
+            self.drifted.labels(r.detector).set(float(r.drifted))
+            self.windows.labels(r.detector).inc()
+        self.alerts.inc(len(step.alerts))
+
+
+async def post_webhook(url: str, alert: RetrainingAlert, timeout_s: float, retries: int) -> bool:
+    """POST the alert as JSON, retrying with backoff; never raises (logged instead)."""
+    import httpx
+
+    body = alert.model_dump(mode="json")
+    async with httpx.AsyncClient(timeout=timeout_s) as client:
+        for attempt in range(retries + 1):
+            try:
+                response = await client.post(url, json=body)
+                if response.status_code < 500:
+                    return response.is_success
+            except httpx.HTTPError as exc:
+                LOG.warning("webhook try %d for %s: %s", attempt + 1, alert.alert_id, exc)
+            await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
+    LOG.error("webhook gave up on alert %s", alert.alert_id)
+    return False
+
+
+def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork) -> DriftRuntime:
+    """Register the drift agent on ``app``; returns what the web pages show."""
+    cfg = settings.drift
+    names = settings.topics
+    monitor = DriftMonitor(
+        cfg,
+        encode=shared.encoder.encode,
+        category_of=shared.catalog.category,
+        model_version=settings.embedding.model,
+    )
+    path = settings.data_dir / "drift" / "monitor.pkl"
+    saved = load_state(monitor, path) or {}
+    offsets: dict[str, dict[int, int]] = defaultdict(dict, saved.get("offsets", {}))
+    if saved:
+        LOG.info("drift monitor restored from %s (offsets %s)", path, dict(offsets))
+    registry = CollectorRegistry()
+    metrics = DriftMetrics(registry)
+    runtime = DriftRuntime(monitor, registry, monitor.status())
+    drift_topic = app.topic(names.drift, value_serializer="raw", key_serializer="raw")
+    alerts_topic = app.topic(names.alerts, value_serializer="raw", key_serializer="raw")
+    inputs = app.topic(
+        names.valid_searches,
+        names.valid_clicks,
+        names.valid_reviews,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
+    last_save = time.monotonic()
+    pending: set[asyncio.Task[bool]] = set()
+
+    def observe(batch: EventBatch) -> tuple[MonitorStep, dict[str, Any]]:
+        step = monitor.observe(batch.events)
+        return step, monitor.status()
+
+    def snapshot() -> None:
+        save_state(monitor, path, {"offsets": {t: dict(p) for t, p in offsets.items()}})
+
+    async def drift(stream: faust.StreamT) -> None:
+        nonlocal last_save
+        async for event in stream.events():
+            with stop_on_error("drift"):
+                topic, part, offset = (
+                    event.message.topic,
+                    event.message.partition,
+                    event.message.offset,
+                )
+                if offset <= offsets[topic].get(part, -1):
+                    runtime.stats["skipped_redelivered"] += 1
+                    continue
+                try:
+                    batch = EventBatch.model_validate_json(event.value)
+                except ValueError:
+                    runtime.stats["skipped_batches"] += 1  # the label agents dead-letter it
+                    offsets[topic][part] = offset
+                    continue
+                step, runtime.status = await shared.off_loop(observe, batch)
+                offsets[topic][part] = offset
+                metrics.record(step)
+                for r in step.results:
+                    report = {**r.as_dict(), "model_version": monitor.model_version}
+                    await drift_topic.send(
+                        key=f"{r.detector}:{monitor.model_version}:{r.window}".encode(),
+                        value=json.dumps(report).encode(),
+                    )
+                for alert in step.alerts:
+                    await alerts_topic.send(
+                        key=alert.alert_id.encode(), value=alert.model_dump_json().encode()
+                    )
+                    LOG.warning("retraining alert %s: %s", alert.alert_id, alert.reason)
+                    if cfg.webhook_url:
+                        task = asyncio.ensure_future(
+                            post_webhook(
+                                cfg.webhook_url, alert, cfg.webhook_timeout_s, cfg.webhook_retries
+                            )
+                        )
+                        pending.add(task)
+                        task.add_done_callback(pending.discard)
+                if step.alerts:  # delivered before the snapshot records them as sent
+                    await app.producer.flush()
+                if step.alerts or time.monotonic() - last_save >= cfg.snapshot_interval_s:
+                    await shared.off_loop(snapshot)
+                    last_save = time.monotonic()
+                runtime.stats["batches"] += 1
+
+    app.agent(inputs, name="ecrec.drift")(drift)
+    return runtime

@@ -1,0 +1,258 @@
+"""Drift detectors and the monitor: no shift no alarm, a clear shift an alarm within a bound,
+state round trips, time-structured calibration on churning streams, alert policy."""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ecrec_stream.config import DriftSettings, load_settings
+from ecrec_stream.drift import (
+    CategoryMixJS,
+    DriftMonitor,
+    EmbeddingMMD,
+    RiverRate,
+    load_state,
+    save_state,
+)
+from ecrec_stream.events import ClickEvent, ReviewEvent, SearchEvent
+
+
+def gaussian_stream(n: int, shift_at: int | None, seed: int, dim: int = 16) -> list:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        mean = 0.8 if shift_at is not None and i >= shift_at else 0.0
+        v = rng.normal(0, 1, dim).astype(np.float32)
+        v[0] += mean * 3
+        out.append((float(i), v))
+    return out
+
+
+def churning_categories(n: int, seed: int, memory: float) -> list[tuple[float, str]]:
+    """A category mix that fluctuates around a stable one with memory (a mean-reverting walk
+    on 12 categories' log-weights, correlation time ~``memory`` events): no shift, but not
+    i.i.d. either, like real week-to-week churn."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0, 1, 12)
+    wander = np.zeros(12)
+    out = []
+    for i in range(n):
+        wander += -wander / memory + rng.normal(0, math.sqrt(2 / memory) * 0.5, 12)
+        logits = base + wander
+        p = np.exp(logits) / np.exp(logits).sum()
+        out.append((float(i), f"cat{rng.choice(12, p=p)}"))
+    return out
+
+
+def test_mmd_no_shift_no_alarm_and_clear_shift_alarms_within_two_windows() -> None:
+    quiet = EmbeddingMMD("emb", window_events=100, reference_size=600, device="cpu")
+    results = quiet.update(gaussian_stream(3000, None, seed=1))
+    assert results and not any(r.drifted for r in results)
+
+    det = EmbeddingMMD("emb", window_events=100, reference_size=600, device="cpu")
+    results = det.update(gaussian_stream(3000, 1500, seed=2))
+    before = [r for r in results if r.window_end < 1500]
+    after = [r for r in results if r.window_start >= 1500]
+    assert not any(r.drifted for r in before)
+    assert after[0].drifted and after[1].drifted  # the first two full windows after the shift
+    assert after[0].statistic > 3 * after[0].threshold
+
+
+def test_category_mix_reports_what_moved() -> None:
+    det = CategoryMixJS("cats", window_events=100, reference_size=400)
+    rng = random.Random(0)
+    det.update([(float(i), rng.choice("abc")) for i in range(400)])
+    (result,) = det.update([(400.0 + i, "z" if i % 2 else "a") for i in range(100)])
+    assert result.drifted
+    moved = {m["category"]: m for m in result.details["moved"]}
+    assert moved["z"]["before"] == 0.0 and moved["z"]["after"] == 0.5
+
+
+def test_windows_close_by_event_time_when_half_full() -> None:
+    det = CategoryMixJS("cats", window_events=100, reference_size=400, window_s=60.0)
+    det.update([(float(i), "a") for i in range(400)])
+    assert det.update([(400.0 + i, "a") for i in range(40)]) == []  # 40 events, 39 s
+    # 70 more over 70 s: the window spans > 60 s once it holds >= 50 events
+    results = det.update([(440.0 + i, "a") for i in range(70)])
+    assert len(results) == 1 and 50 <= results[0].n < 100
+    assert results[0].window_end - results[0].window_start < 60.0
+
+
+@pytest.mark.parametrize("make", ["mmd", "categories", "rate"])
+def test_state_round_trip_gives_the_same_results(make: str) -> None:
+    def build():
+        if make == "mmd":
+            return EmbeddingMMD("d", window_events=50, reference_size=200, device="cpu")
+        if make == "categories":
+            return CategoryMixJS("d", window_events=50, reference_size=200)
+        return RiverRate("d", window_events=50, reference_size=200)
+
+    rng = random.Random(3)
+    if make == "mmd":
+        stream = gaussian_stream(700, 450, seed=3)
+    elif make == "categories":
+        stream = [(float(i), rng.choice("abcd" if i < 450 else "ab")) for i in range(700)]
+    else:
+        stream = [(float(i), float(rng.random() < (0.5 if i < 450 else 0.1))) for i in range(700)]
+    whole = build()
+    expected = whole.update(stream)
+    first = build()
+    got = first.update(stream[:333])  # mid-window, after the reference
+    resumed = build()
+    resumed.load_state(first.state_dict())
+    got += resumed.update(stream[333:])
+    assert [(r.window, r.statistic, r.drifted) for r in got] == [
+        (r.window, r.statistic, r.drifted) for r in expected
+    ]
+    assert any(r.drifted for r in expected)
+
+
+def test_time_structured_calibration_holds_its_target_where_permutation_does_not() -> None:
+    """On a churning (not i.i.d.) stream without a shift, the shuffled-reference threshold
+    flags most windows; the holdout calibration flags few, and two consecutive flagged windows
+    (what raises an alert by default) stay at the per-window target alpha = 0.01."""
+    flagged, confirmed = {}, {}
+    for method in ("holdout", "permutation"):
+        drifted = pairs = total = 0
+        for seed in range(4):
+            det = CategoryMixJS(
+                "cats", window_events=200, reference_size=2000, calibration=method, alpha=0.01
+            )
+            results = det.update(churning_categories(12_000, seed, memory=100))
+            flags = [r.drifted for r in results]
+            drifted += sum(flags)
+            pairs += sum(a and b for a, b in zip(flags, flags[1:], strict=False))
+            total += len(results)
+        flagged[method], confirmed[method] = drifted / total, pairs / total
+    assert flagged["holdout"] <= 0.05 and confirmed["holdout"] <= 0.01
+    assert flagged["permutation"] >= 0.3 and confirmed["permutation"] >= 0.1
+
+
+def test_river_rate_quiet_then_catches_a_drop() -> None:
+    rng = random.Random(5)
+    det = RiverRate("ctr", window_events=200, reference_size=1000)
+    quiet = det.update([(float(i), float(rng.random() < 0.3)) for i in range(20_000)])
+    assert not any(r.drifted for r in quiet)
+    after = det.update([(20_000.0 + i, float(rng.random() < 0.15)) for i in range(1000)])
+    first = next(r for r in after if r.drifted)
+    assert first.window_end - 20_000 < 600
+    assert first.details["window_mean"] < first.details["reference_mean"]
+
+
+# -- the monitor ------------------------------------------------------------------------------
+
+
+def _ts(i: int) -> datetime:
+    return datetime.fromtimestamp(1_700_000_000 + i, tz=timezone.utc)
+
+
+def shop_events(n: int, shift_at: int, seed: int = 0) -> list:
+    """Searches with a click on 40% of them; after ``shift_at`` traffic moves to other
+    categories and reviews sour."""
+    rng = random.Random(seed)
+    events = []
+    for i in range(n):
+        cats = "abcdef" if i < shift_at else "xy"
+        item = f"{rng.choice(cats)}-{rng.randrange(50)}"
+        events.append(
+            SearchEvent(
+                event_id=f"s{i}",
+                ts=_ts(i),
+                search_id=f"q{i}",
+                session_id=f"u{i}",
+                query="q",
+                impressions=[item],
+            )
+        )
+        if rng.random() < 0.4:
+            events.append(ClickEvent(event_id=f"c{i}", ts=_ts(i), session_id=f"u{i}", item_id=item))
+        if i % 2 == 0:
+            good = i < shift_at
+            rating = rng.choice([4, 5, 5]) if good else rng.choice([1, 2])
+            events.append(
+                ReviewEvent(event_id=f"r{i}", ts=_ts(i), item_id=item, rating=rating, text="t")
+            )
+    return events
+
+
+def monitor(settings: DriftSettings) -> DriftMonitor:
+    return DriftMonitor(
+        settings, encode=None, category_of=lambda item: item.split("-")[0], model_version="m1"
+    )
+
+
+SMALL = DriftSettings(window_events=100, reference_size=400, cooldown_s=10_000)
+
+
+def test_monitor_one_alert_after_the_shift_with_evidence_and_none_before() -> None:
+    m = monitor(SMALL)
+    alerts = []
+    events = shop_events(4000, shift_at=2500)
+    for i in range(0, len(events), 97):
+        alerts += m.observe(events[i : i + 97]).alerts
+    assert len(alerts) == 1
+    alert = alerts[0]
+    assert alert.window_end >= _ts(2500) and alert.window_end <= _ts(2500 + 500)
+    assert alert.model_version == "m1"
+    # everything changed at once: the quickest detector raises it, the others are evidence
+    assert alert.detector in m.detectors
+    assert alert.moved_categories and {"before", "after"} <= set(alert.moved_categories[0])
+    assert any(e["drifted"] for e in alert.evidence)
+    assert m.status()["detectors"]["search_category"]["drifted"] is True
+
+
+def test_monitor_is_deterministic_and_survives_a_restart(tmp_path: Path) -> None:
+    events = shop_events(4000, shift_at=2500)
+    whole = monitor(SMALL)
+    expected = [
+        a.alert_id
+        for i in range(0, len(events), 50)
+        for a in whole.observe(events[i : i + 50]).alerts
+    ]
+    first = monitor(SMALL)
+    got = [a.alert_id for i in range(0, 2600, 50) for a in first.observe(events[i : i + 50]).alerts]
+    save_state(first, tmp_path / "drift.pkl", {"offsets": {"t": {0: 5}}})
+    resumed = monitor(SMALL)
+    extra = load_state(resumed, tmp_path / "drift.pkl")
+    assert extra == {"offsets": {"t": {0: 5}}}
+    got += [
+        a.alert_id
+        for i in range(2600, len(events), 50)
+        for a in resumed.observe(events[i : i + 50]).alerts
+    ]
+    assert got == expected and len(expected) == 1
+
+
+def test_monitor_drops_redelivered_events_and_respects_cooldown() -> None:
+    m = monitor(DriftSettings(window_events=100, reference_size=400, cooldown_s=0))
+    events = shop_events(4000, shift_at=2500)
+    m.observe(events[:1000])
+    m.observe(events[:1000])  # redelivered: dropped by event id
+    assert m.counts["duplicate_events"] == 1000
+    alerts = []
+    for i in range(1000, len(events), 100):
+        alerts += m.observe(events[i : i + 100]).alerts
+    assert len(alerts) > 1  # no cooldown: every confirmed window alerts
+    assert len({a.alert_id for a in alerts}) == len(alerts)
+
+
+def test_rebase_starts_a_new_reference() -> None:
+    m = monitor(SMALL)
+    m.observe(shop_events(1000, shift_at=10_000))
+    assert m.detectors["search_category"].ready
+    m.rebase("m2")
+    assert not m.detectors["search_category"].ready and m.model_version == "m2"
+
+
+def test_drift_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="four windows"):
+        load_settings(drift={"window_events": 500, "reference_size": 1000})
+    with pytest.raises(ValueError):
+        load_settings(drift={"alpha": 0})
+    assert math.isclose(load_settings(drift={"alpha": 0.05}).drift.alpha, 0.05)
