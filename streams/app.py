@@ -163,6 +163,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
                 "enabled": drift is not None,
                 **(drift.status if drift else {}),
                 "stats": dict(drift.stats) if drift else {},
+                "catalog_items": len(drift.catalog) if drift else 0,
             }
         )
 

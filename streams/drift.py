@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from ecrec_stream.config import Settings
 from ecrec_stream.drift import DriftMonitor, MonitorStep, RetrainingAlert, load_state, save_state
 from ecrec_stream.events import EventBatch
-from streams.catalog import SharedModelWork
+from streams.catalog import CatalogCache, SharedModelWork
 from streams.failstop import stop_on_error
 
 LOG = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class DriftRuntime:
 
     monitor: DriftMonitor
     registry: CollectorRegistry
+    catalog: CatalogCache
     status: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -97,6 +98,11 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
         encode=shared.encoder.encode,
         category_of=shared.catalog.category,
         model_version=settings.embedding.model,
+        inputs=tuple(
+            f"{topic}:{p}"
+            for topic in (names.valid_searches, names.valid_clicks, names.valid_reviews)
+            for p in range(settings.partitions)
+        ),
     )
     path = settings.data_dir / "drift" / "monitor.pkl"
     saved = load_state(monitor, path) or {}
@@ -105,7 +111,7 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
         LOG.info("drift monitor restored from %s (offsets %s)", path, dict(offsets))
     registry = CollectorRegistry()
     metrics = DriftMetrics(registry)
-    runtime = DriftRuntime(monitor, registry, monitor.status())
+    runtime = DriftRuntime(monitor, registry, shared.catalog, monitor.status())
     drift_topic = app.topic(names.drift, value_serializer="raw", key_serializer="raw")
     alerts_topic = app.topic(names.alerts, value_serializer="raw", key_serializer="raw")
     inputs = app.topic(
@@ -118,8 +124,8 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
     last_save = time.monotonic()
     pending: set[asyncio.Task[bool]] = set()
 
-    def observe(batch: EventBatch) -> tuple[MonitorStep, dict[str, Any]]:
-        step = monitor.observe(batch.events)
+    def observe(batch: EventBatch, source: str) -> tuple[MonitorStep, dict[str, Any]]:
+        step = monitor.observe(batch.events, source)
         return step, monitor.status()
 
     def snapshot() -> None:
@@ -143,7 +149,7 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
                     runtime.stats["skipped_batches"] += 1  # the label agents dead-letter it
                     offsets[topic][part] = offset
                     continue
-                step, runtime.status = await shared.off_loop(observe, batch)
+                step, runtime.status = await shared.off_loop(observe, batch, f"{topic}:{part}")
                 offsets[topic][part] = offset
                 metrics.record(step)
                 for r in step.results:
@@ -171,6 +177,13 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
                     await shared.off_loop(snapshot)
                     last_save = time.monotonic()
                 runtime.stats["batches"] += 1
+
+    @app.timer(cfg.snapshot_interval_s)
+    async def snapshot_when_idle() -> None:
+        nonlocal last_save
+        if runtime.stats["batches"] and time.monotonic() - last_save >= cfg.snapshot_interval_s:
+            await shared.off_loop(snapshot)
+            last_save = time.monotonic()
 
     app.agent(inputs, name="ecrec.drift")(drift)
     return runtime

@@ -25,7 +25,7 @@ from ecrec_stream.drift.categories import CategoryMixJS
 from ecrec_stream.drift.embedding import EmbeddingMMD
 from ecrec_stream.drift.rates import RiverRate
 from ecrec_stream.events import AnyEvent, ClickEvent, ReviewEvent, SearchEvent
-from ecrec_stream.eventtime import Watermarks
+from ecrec_stream.eventtime import ReorderBuffer, Watermarks
 from ecrec_stream.quality import BoundedSeen
 
 STATE_VERSION = 1
@@ -79,7 +79,8 @@ class DriftMonitor:
     ``encode`` embeds texts (the worker's cached encoder; ``None`` disables the embedding
     detectors), ``category_of`` maps an item id to its top-level category (``None`` when
     unknown: the observation is skipped), ``model_version`` names the serving model (the
-    reference until a model is published; :meth:`rebase` starts a new reference).
+    reference until a model is published; :meth:`rebase` starts a new reference), ``inputs``
+    the sources (topic:partition) whose events are merged in event-time order.
     """
 
     def __init__(
@@ -89,6 +90,7 @@ class DriftMonitor:
         encode: Callable[[list[str]], np.ndarray] | None,
         category_of: Callable[[str], str | None],
         model_version: str,
+        inputs: tuple[str, ...] = (),
         dedupe_capacity: int = 200_000,
     ) -> None:
         self.settings = settings
@@ -107,6 +109,7 @@ class DriftMonitor:
         self.samples: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=5))
         self.seen = BoundedSeen(dedupe_capacity)
         self.watermarks = Watermarks(("events",))
+        self.reorder = ReorderBuffer(settings.max_lag_s, inputs=inputs)
         self.counts: dict[str, int] = defaultdict(int)
 
     def _build(self, name: DriftDetectorName) -> Any:
@@ -158,9 +161,18 @@ class DriftMonitor:
                 i += len(rows)
         return {n: rows for n, rows in obs.items() if n in self.detectors}
 
-    def observe(self, events: Sequence[AnyEvent]) -> MonitorStep:
-        """Feed validated events (duplicates by event id are dropped); returns the windows this
-        closed and the alerts they raised."""
+    def observe(self, events: Sequence[AnyEvent], source: str = "events") -> MonitorStep:
+        """Feed validated events read from ``source`` (a topic and partition: inputs are merged
+        in event-time order, see :class:`ReorderBuffer`; duplicates by event id are dropped);
+        returns the windows this closed and the alerts they raised."""
+        released = self.reorder.add(source, [(ev.ts.timestamp(), ev) for ev in events])
+        return self._observe_ordered(released)  # type: ignore[arg-type]
+
+    def flush(self) -> MonitorStep:
+        """Observe every event still waiting for slower inputs (end of a finite stream)."""
+        return self._observe_ordered(self.reorder.flush())  # type: ignore[arg-type]
+
+    def _observe_ordered(self, events: Sequence[AnyEvent]) -> MonitorStep:
         fresh = []
         for ev in events:
             if not self.seen.add(ev.event_id):
@@ -246,6 +258,7 @@ class DriftMonitor:
             "last_alert_ts": self.last_alert_ts,
             "alerts": list(self.alerts),
             "counts": dict(self.counts),
+            "reorder": self.reorder,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -260,6 +273,7 @@ class DriftMonitor:
         self.last_alert_ts = float(state["last_alert_ts"])
         self.alerts = deque(state["alerts"], maxlen=20)
         self.counts = defaultdict(int, state["counts"])
+        self.reorder = state["reorder"]
 
     def status(self) -> dict[str, Any]:
         """Each detector's reference progress and latest statistic against its threshold, and

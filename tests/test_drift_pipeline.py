@@ -1,0 +1,140 @@
+"""Drift through the real broker: a stream with a shift produces exactly one retraining alert,
+after the shift, with its evidence; a worker killed and restarted resumes its windows from the
+snapshot and raises no duplicate."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from streams.broker import free_port
+from streams.kafka import all_topics, ensure_topics
+from tests.helpers import isolated_env, produce, read_to_end, read_topic, unique, wait_until
+from workers.processes import worker_process
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_800_000_000
+SHIFT = 1000  # searches before the shift
+
+
+def _ts(i: int) -> str:
+    return datetime.fromtimestamp(T0 + i, tz=timezone.utc).isoformat()
+
+
+def _events(names: Any, start: int, stop: int, rng: random.Random) -> list[tuple[str, str, bytes]]:
+    """Searches (40% clicked, 10% after the shift) and a review every other search; after
+    ``SHIFT`` the searched categories change and reviews sour."""
+    out = []
+    for i in range(start, stop):
+        before = i < SHIFT
+        item = f"{rng.choice('abcdef' if before else 'xy')}-{rng.randrange(20)}"
+        session = f"u{i}"
+        doc = {
+            "event_id": f"s{i}",
+            "ts": _ts(i),
+            "search_id": f"q{i}",
+            "session_id": session,
+            "query": "socks",
+            "impressions": [item],
+        }
+        out.append((names.searches, session, json.dumps(doc).encode()))
+        if rng.random() < (0.4 if before else 0.1):
+            doc = {"event_id": f"c{i}", "ts": _ts(i), "session_id": session, "item_id": item}
+            out.append((names.clicks, session, json.dumps(doc).encode()))
+        if i % 2 == 0:
+            rating = rng.choice([4, 5, 5]) if before else rng.choice([1, 2])
+            doc = {
+                "event_id": f"r{i}",
+                "ts": _ts(i),
+                "item_id": item,
+                "rating": rating,
+                "text": "fine",
+            }
+            out.append((names.reviews, item, json.dumps(doc).encode()))
+    return out
+
+
+def test_one_alert_after_the_shift_and_none_again_after_a_restart(
+    broker: Any, tmp_path: Path
+) -> None:
+    names, env = isolated_env(unique("drift"))
+    env |= {
+        "ECREC_LABELS__ENABLED": "false",
+        "ECREC_DRIFT__DETECTORS": '["search_category","click_category","click_through","rating"]',
+        "ECREC_DRIFT__WINDOW_EVENTS": "100",
+        "ECREC_DRIFT__REFERENCE_SIZE": "400",
+        "ECREC_DRIFT__COOLDOWN_S": "100000",
+        "ECREC_PARTITIONS": "2",
+        # the whole stream is one backlog: wait for every input rather than for 60 s of it
+        "ECREC_DRIFT__MAX_LAG_S": "100000",
+    }
+    ensure_topics(broker.bootstrap, all_topics(names), 2)
+    items = [
+        (
+            names.items,
+            f"{c}-{k}",
+            json.dumps(
+                {
+                    "event_id": f"i{c}{k}",
+                    "ts": _ts(0),
+                    "op": "upsert",
+                    "item_id": f"{c}-{k}",
+                    "title": f"item {c}{k}",
+                    "category_path": [f"cat {c}"],
+                }
+            ).encode(),
+        )
+        for c in "abcdefxy"
+        for k in range(20)
+    ]
+    produce(broker.bootstrap, items)
+    rng = random.Random(1)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/ecrec/drift"
+    proc = worker_process(broker.url, tmp_path, port, extra_env=env).start()
+    try:
+        proc.wait_http(url, timeout_s=120)
+        wait_until(lambda: httpx.get(url).json()["catalog_items"] == len(items), timeout_s=60)
+        produce(broker.bootstrap, _events(names, 0, 1600, rng))
+        read_topic(broker.bootstrap, names.alerts, done=lambda m: len(m) >= 1, timeout_s=120)
+        wait_until(lambda: httpx.get(url).json()["stats"].get("batches", 0) > 0, timeout_s=30)
+        before_kill = httpx.get(url).json()
+    finally:
+        proc.kill()
+    alerts = [json.loads(m.value()) for m in read_to_end(broker.bootstrap, names.alerts, b"{}")]
+    alerts = [a for a in alerts if a]  # sentinels are empty objects
+    assert len(alerts) == 1, alerts
+    alert = alerts[0]
+    end = datetime.fromisoformat(alert["window_end"]).timestamp() - T0
+    assert SHIFT <= end <= SHIFT + 500, alert["reason"]  # none before the shift
+    assert alert["evidence"] and alert["moved_categories"] and alert["reason"]
+    reports = read_to_end(broker.bootstrap, names.drift, b"{}")
+    assert any(json.loads(m.value()).get("drifted") for m in reports if m.value() != b"{}")
+
+    # Restart on the same data dir: the snapshot restores references, windows and the alert.
+    restarted = worker_process(broker.url, tmp_path, port, extra_env=env).start()
+    try:
+        restarted.wait_http(url, timeout_s=120)
+        status = httpx.get(url).json()
+        assert [a["alert_id"] for a in status["alerts"]] == [alert["alert_id"]]
+        for name, det in status["detectors"].items():  # restored, not rebuilt from scratch
+            assert det["ready"], name
+            assert det["windows"] <= before_kill["detectors"][name]["windows"], name
+        produce(broker.bootstrap, _events(names, 1600, 2000, rng))
+        wait_until(
+            lambda: (
+                httpx.get(url).json()["counts"].get("events", 0) > status["counts"]["events"] + 500
+            ),
+            timeout_s=90,
+        )
+    finally:
+        restarted.stop()
+    alerts = [m for m in read_to_end(broker.bootstrap, names.alerts, b"{}") if m.value() != b"{}"]
+    assert len(alerts) == 1
