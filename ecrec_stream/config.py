@@ -200,7 +200,7 @@ class DriftSettings(BaseModel):
     # Each detector counts its own observations (queries, clicks, reviews...).
     window_events: int = Field(200, ge=20, le=100_000)
     window_s: float = Field(3600.0, gt=0, description="event time a window may span at most")
-    reference_size: int = Field(1000, ge=80)
+    reference_size: int = Field(2000, ge=80)
     calibration: Literal["holdout", "blocks", "permutation"] = "holdout"
     alpha: float = Field(0.01, gt=0, lt=0.5, description="false-alarm target per window")
     confirm_windows: int = Field(2, ge=1, le=100)
@@ -209,7 +209,7 @@ class DriftSettings(BaseModel):
     # detectors see them; an input this far (event time) behind the newest is not waited for.
     max_lag_s: float = Field(60.0, ge=0)
     rate_method: Literal["adwin", "page_hinkley"] = "adwin"
-    rate_delta: float = Field(0.002, gt=0, lt=1)
+    rate_delta: float = Field(0.01, gt=0, lt=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     snapshot_interval_s: float = Field(1.0, gt=0)
     webhook_url: str | None = None
