@@ -3,6 +3,7 @@ state round trips, time-structured calibration on churning streams, alert policy
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from datetime import datetime, timezone
@@ -127,7 +128,7 @@ def test_time_structured_calibration_holds_its_target_where_permutation_does_not
             results = det.update(churning_categories(12_000, seed, memory=100))
             flags = [r.drifted for r in results]
             drifted += sum(flags)
-            pairs += sum(a and b for a, b in zip(flags, flags[1:], strict=False))
+            pairs += sum(a and b for a, b in itertools.pairwise(flags))
             total += len(results)
         flagged[method], confirmed[method] = drifted / total, pairs / total
     assert flagged["holdout"] <= 0.05 and confirmed["holdout"] <= 0.01
