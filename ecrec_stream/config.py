@@ -9,7 +9,7 @@ Nested groups use ``__`` in variable names, e.g.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlparse
 
 from pydantic import (
@@ -179,15 +179,7 @@ DriftDetectorName = Literal[
     "click_through",
     "rating",
 ]
-ALL_DRIFT_DETECTORS: tuple[DriftDetectorName, ...] = (
-    "query_embedding",
-    "review_embedding",
-    "search_category",
-    "click_category",
-    "review_category",
-    "click_through",
-    "rating",
-)
+ALL_DRIFT_DETECTORS: tuple[DriftDetectorName, ...] = get_args(DriftDetectorName)
 
 
 class DriftSettings(BaseModel):

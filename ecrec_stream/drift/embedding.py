@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecrec_stream.drift.base import Calibration, WindowedTwoSample
+from ecrec_stream.drift.base import WindowedTwoSample
 
 
 def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidth: float) -> float:
@@ -43,27 +43,9 @@ class EmbeddingMMD(WindowedTwoSample[np.ndarray]):
     median pairwise distance within the reference (the median heuristic), fixed at
     calibration. At most ``max_reference`` reference vectors are used (a seeded subsample)."""
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        window_events: int = 200,
-        window_s: float = 3600.0,
-        reference_size: int = 1000,
-        calibration: Calibration = "holdout",
-        alpha: float = 0.01,
-        device: str = "auto",
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            name,
-            window_events=window_events,
-            window_s=window_s,
-            reference_size=reference_size,
-            calibration=calibration,
-            alpha=alpha,
-            seed=seed,
-        )
+    def __init__(self, name: str, *, device: str = "auto", **options: Any) -> None:
+        """``options``: those of :class:`WindowedTwoSample`."""
+        super().__init__(name, **options)
         self.device = resolve_device(device)
         self.bandwidth = float("nan")
         self._reference_tensor: torch.Tensor | None = None
