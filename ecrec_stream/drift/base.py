@@ -82,7 +82,7 @@ def gamma_threshold(samples: Sequence[float], alpha: float) -> float:
 
 
 @dataclass
-class _Window(Generic[T]):
+class Window(Generic[T]):
     values: list[T] = field(default_factory=list)
     start: float = math.inf
     end: float = -math.inf
@@ -93,13 +93,56 @@ class _Window(Generic[T]):
         self.end = max(self.end, ts)
 
 
+class WindowCutter(Generic[T]):
+    """Cuts observations into windows, the one rule of every detector: a window closes after
+    ``window_events`` observations, or before an observation that would make it span
+    ``window_s`` of event time, if it holds at least half that many (a thinner window would be
+    tested against a threshold calibrated for full ones).
+
+    >>> cut = WindowCutter(window_events=4, window_s=10.0)
+    >>> [w.values for ts in (0, 1, 2, 3, 4, 5) for w in cut.add(float(ts), ts)]
+    [[0, 1, 2, 3]]
+    >>> cut.add(30.0, 30)  # 4, 5 hold half a window and 30 is 26 s later: closed first
+    [Window(values=[4, 5], start=4.0, end=5.0)]
+    """
+
+    def __init__(self, window_events: int, window_s: float) -> None:
+        self.window_events = window_events
+        self.window_s = window_s
+        self.current: Window[T] = Window()
+
+    def add(self, ts: float, value: T) -> list[Window[T]]:
+        """Add one observation; return the windows it closed (none, one or two), in order."""
+        closed: list[Window[T]] = []
+        cur = self.current
+        if (
+            cur.values
+            and ts - cur.start >= self.window_s
+            and len(cur.values) >= self.window_events // 2
+        ):
+            closed.append(self._take())
+        self.current.add(ts, value)
+        if len(self.current.values) >= self.window_events:
+            closed.append(self._take())
+        return closed
+
+    def _take(self) -> Window[T]:
+        window, self.current = self.current, Window()
+        return window
+
+    def state(self) -> tuple[list[T], float, float]:
+        return list(self.current.values), self.current.start, self.current.end
+
+    def load(self, state: tuple[list[T], float, float]) -> None:
+        values, start, end = state
+        self.current = Window(list(values), float(start), float(end))
+
+
 class WindowedTwoSample(Generic[T]):
     """Compare each window of the stream with a reference sample.
 
     * **Reference**: the first ``reference_size`` observations (or those after :meth:`rebase`).
-    * **Windows** close after ``window_events`` observations, or when they span ``window_s`` of
-      event time and hold at least half that many (a thinner window would be tested against a
-      threshold calibrated for full ones).
+    * **Windows**: see :class:`WindowCutter`.
     * **Calibration** (when the reference is complete), to a false-alarm rate ``alpha`` per
       window: ``holdout`` (default) tests windows from the reference's second half against its
       first half, as the live stream later tests windows against the whole reference, so the
@@ -139,7 +182,7 @@ class WindowedTwoSample(Generic[T]):
         self.threshold = math.nan
         self.null_statistics: list[float] = []
         self.windows = 0
-        self._window: _Window[T] = _Window()
+        self._cutter: WindowCutter[T] = WindowCutter(window_events, window_s)
 
     # -- to implement -------------------------------------------------------------------
     def statistic(self, reference: Sequence[T], window: Sequence[T]) -> float:
@@ -154,7 +197,7 @@ class WindowedTwoSample(Generic[T]):
         return not math.isnan(self.threshold)
 
     def update(self, batch: Sequence[tuple[float, T]]) -> list[DriftResult]:
-        results = []
+        results: list[DriftResult] = []
         for ts, value in batch:
             if not self.ready:
                 self.reference.append(value)
@@ -163,16 +206,7 @@ class WindowedTwoSample(Generic[T]):
                 if len(self.reference) >= self.reference_size:
                     self._calibrate()
                 continue
-            window = self._window
-            if (
-                window.values
-                and ts - window.start >= self.window_s
-                and len(window.values) >= self.window_events // 2
-            ):
-                results.append(self._close())
-            self._window.add(ts, value)
-            if len(self._window.values) >= self.window_events:
-                results.append(self._close())
+            results.extend(self._close(w) for w in self._cutter.add(ts, value))
         return results
 
     def rebase(self) -> None:
@@ -181,7 +215,7 @@ class WindowedTwoSample(Generic[T]):
         self.threshold = math.nan
         self.null_statistics = []
         self.windows = 0
-        self._window = _Window()
+        self._cutter = WindowCutter(self.window_events, self.window_s)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -190,7 +224,7 @@ class WindowedTwoSample(Generic[T]):
             "threshold": self.threshold,
             "null_statistics": list(self.null_statistics),
             "windows": self.windows,
-            "window": (list(self._window.values), self._window.start, self._window.end),
+            "window": self._cutter.state(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -200,13 +234,10 @@ class WindowedTwoSample(Generic[T]):
         self.threshold = float(state["threshold"])
         self.null_statistics = list(state["null_statistics"])
         self.windows = int(state["windows"])
-        values, start, end = state["window"]
-        self._window = _Window(list(values), float(start), float(end))
+        self._cutter.load(state["window"])
 
     # -- internals ----------------------------------------------------------------------------
-    def _close(self) -> DriftResult:
-        window = self._window
-        self._window = _Window()
+    def _close(self, window: Window[T]) -> DriftResult:
         self.windows += 1
         stat = self.statistic(self.reference, window.values)
         return DriftResult(

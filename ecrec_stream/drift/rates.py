@@ -10,16 +10,16 @@ from typing import Any, Literal
 
 from river import drift as river_drift
 
-from ecrec_stream.drift.base import DriftResult
+from ecrec_stream.drift.base import DriftResult, Window, WindowCutter
 
 RateMethod = Literal["adwin", "page_hinkley"]
 
 
 class RiverRate:
     """Feed a rate's observations (0/1 or values in [0, 1]) to a River detector (ADWIN by
-    default, Page-Hinkley as an option); each window of ``window_events`` observations (or
-    ``window_s`` of event time, half full at least) reports its mean, the mean of the first
-    ``reference_size`` observations, and whether River signalled a change inside it.
+    default, Page-Hinkley as an option); each window (:class:`WindowCutter`) reports its mean,
+    the mean of the first ``reference_size`` observations, and whether River signalled a
+    change inside it.
 
     River keeps its own evidence across windows (``sequential``), so one signal is enough for
     an alert; ``delta`` sets ADWIN's false-alarm bound. The statistic is ``|window mean -
@@ -72,12 +72,11 @@ class RiverRate:
         self.ref_n = 0
         self.windows = 0
         self.last_change = math.nan
-        self._values: list[float] = []
-        self._start, self._end = math.inf, -math.inf
+        self._cutter: WindowCutter[float] = WindowCutter(self.window_events, self.window_s)
         self._signalled = False
 
     def update(self, batch: Sequence[tuple[float, float]]) -> list[DriftResult]:
-        results = []
+        results: list[DriftResult] = []
         for ts, value in batch:
             before = self.detector.estimation if self.method == "adwin" else math.nan
             self.detector.update(value)
@@ -89,21 +88,12 @@ class RiverRate:
                 self.ref_sum += value
                 self.ref_n += 1
                 continue
-            if (
-                self._values
-                and ts - self._start >= self.window_s
-                and len(self._values) >= self.window_events // 2
-            ):
-                results.append(self._close())
-            self._values.append(value)
-            self._start, self._end = min(self._start, ts), max(self._end, ts)
-            if len(self._values) >= self.window_events:
-                results.append(self._close())
+            results.extend(self._close(w) for w in self._cutter.add(ts, value))
         return results
 
-    def _close(self) -> DriftResult:
+    def _close(self, window: Window[float]) -> DriftResult:
         self.windows += 1
-        mean = sum(self._values) / len(self._values)
+        mean = sum(window.values) / len(window.values)
         ref_mean = self.ref_sum / self.ref_n
         result = DriftResult(
             detector=self.name,
@@ -111,12 +101,11 @@ class RiverRate:
             threshold=self.last_change,
             drifted=self._signalled,
             window=self.windows,
-            window_start=self._start,
-            window_end=self._end,
-            n=len(self._values),
+            window_start=window.start,
+            window_end=window.end,
+            n=len(window.values),
             details={"window_mean": mean, "reference_mean": ref_mean, "method": self.method},
         )
-        self._values, self._start, self._end = [], math.inf, -math.inf
         self._signalled = False
         return result
 
@@ -127,8 +116,7 @@ class RiverRate:
             "ref_n": self.ref_n,
             "windows": self.windows,
             "last_change": self.last_change,
-            "values": list(self._values),
-            "span": (self._start, self._end),
+            "window": self._cutter.state(),
             "signalled": self._signalled,
         }
 
@@ -137,6 +125,5 @@ class RiverRate:
         self.ref_sum, self.ref_n = float(state["ref_sum"]), int(state["ref_n"])
         self.windows = int(state["windows"])
         self.last_change = float(state["last_change"])
-        self._values = list(state["values"])
-        self._start, self._end = state["span"]
+        self._cutter.load(state["window"])
         self._signalled = bool(state["signalled"])
