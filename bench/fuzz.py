@@ -225,12 +225,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--labels", action="store_true", help="run the label agents too")
+    parser.add_argument("--labels", action="store_true", help="run the label and drift agents too")
     args = parser.parse_args()
     tag = f"fuzz{uuid.uuid4().hex[:6]}"
     names = TopicNames(**{f: f"{tag}.{v}" for f, v in TopicNames().model_dump().items()})
     env = {f"ECREC_TOPICS__{f.upper()}": v for f, v in names.model_dump().items()}
-    env |= {"ECREC_APP_ID": tag, "ECREC_LABELS__ENABLED": str(args.labels).lower()}
+    # --labels runs the worker's model-backed agents (label and drift) too
+    model_agents = str(args.labels).lower()
+    env |= {
+        "ECREC_APP_ID": tag,
+        "ECREC_LABELS__ENABLED": model_agents,
+        "ECREC_DRIFT__ENABLED": model_agents,
+    }
     fuzz = generate(args.inputs, args.seed, tag)
     baseline = [
         (KINDS[i % 4], "valid", json.dumps(valid_doc(KINDS[i % 4], i, f"{tag}b")).encode())

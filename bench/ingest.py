@@ -159,7 +159,10 @@ def main() -> None:
         env = {f"ECREC_TOPICS__{f.upper()}": v for f, v in names.model_dump().items()}
         # ingest alone, like the baseline: the label agents are measured by bench.labels
         env.update(
-            ECREC_APP_ID=tag, ECREC_PARTITIONS=str(PARTITIONS), ECREC_LABELS__ENABLED="false"
+            ECREC_APP_ID=tag,
+            ECREC_PARTITIONS=str(PARTITIONS),
+            ECREC_LABELS__ENABLED="false",
+            ECREC_DRIFT__ENABLED="false",
         )
         port = free_port()
         worker = worker_process(broker.url, workdir, port, extra_env=env).start()

@@ -75,6 +75,7 @@ def test_worker_killed_mid_batch_loses_no_event(broker: Any, tmp_path: Path) -> 
     assert producer.flush(30) == 0
     env["ECREC_INGEST__BATCH_MAX"] = "50"  # small batches: many commits, a kill lands mid-way
     env["ECREC_LABELS__ENABLED"] = "false"  # this test is about ingest
+    env["ECREC_DRIFT__ENABLED"] = "false"
     partial = len(
         batch_events(
             _kill_worker_when(

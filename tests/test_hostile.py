@@ -158,7 +158,11 @@ def test_a_backlog_larger_than_a_message_is_split_not_fatal(broker: Any, tmp_pat
     tag = unique("backlog")
     names, env = isolated_env(tag)
     ensure_topics(broker.bootstrap, all_topics(names), 4)
-    env |= {"ECREC_LABELS__ENABLED": "false", "ECREC_WORKER_WEB_PORT": "0"}
+    env |= {
+        "ECREC_LABELS__ENABLED": "false",
+        "ECREC_DRIFT__ENABLED": "false",
+        "ECREC_WORKER_WEB_PORT": "0",
+    }
     now = utc_now().isoformat()
     n = 600
     produce(
