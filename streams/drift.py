@@ -93,16 +93,13 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
     """Register the drift agent on ``app``; returns what the web pages show."""
     cfg = settings.drift
     names = settings.topics
+    input_topics = (names.valid_searches, names.valid_clicks, names.valid_reviews)
     monitor = DriftMonitor(
         cfg,
         encode=shared.encoder.encode,
         category_of=shared.catalog.category,
         model_version=settings.embedding.model,
-        inputs=tuple(
-            f"{topic}:{p}"
-            for topic in (names.valid_searches, names.valid_clicks, names.valid_reviews)
-            for p in range(settings.partitions)
-        ),
+        inputs=tuple(f"{topic}:{p}" for topic in input_topics for p in range(settings.partitions)),
     )
     path = settings.data_dir / "drift" / "monitor.pkl"
     saved = load_state(monitor, path) or {}
@@ -114,14 +111,9 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
     runtime = DriftRuntime(monitor, registry, shared.catalog, monitor.status())
     drift_topic = app.topic(names.drift, value_serializer="raw", key_serializer="raw")
     alerts_topic = app.topic(names.alerts, value_serializer="raw", key_serializer="raw")
-    inputs = app.topic(
-        names.valid_searches,
-        names.valid_clicks,
-        names.valid_reviews,
-        value_serializer="raw",
-        key_serializer="raw",
-    )
+    inputs = app.topic(*input_topics, value_serializer="raw", key_serializer="raw")
     last_save = time.monotonic()
+    dirty = False  # observed since the last snapshot
     pending: set[asyncio.Task[bool]] = set()
 
     def observe(batch: EventBatch, source: str) -> tuple[MonitorStep, dict[str, Any]]:
@@ -131,8 +123,15 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
     def snapshot() -> None:
         save_state(monitor, path, {"offsets": {t: dict(p) for t, p in offsets.items()}})
 
+    async def save(force: bool = False) -> None:
+        """Snapshot now if forced, else if there is something new and the interval is up."""
+        nonlocal last_save, dirty
+        if force or (dirty and time.monotonic() - last_save >= cfg.snapshot_interval_s):
+            await shared.off_loop(snapshot)
+            last_save, dirty = time.monotonic(), False
+
     async def drift(stream: faust.StreamT) -> None:
-        nonlocal last_save
+        nonlocal dirty
         async for event in stream.events():
             with stop_on_error("drift"):
                 topic, part, offset = (
@@ -148,9 +147,11 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
                 except ValueError:
                     runtime.stats["skipped_batches"] += 1  # the label agents dead-letter it
                     offsets[topic][part] = offset
+                    dirty = True
                     continue
                 step, runtime.status = await shared.off_loop(observe, batch, f"{topic}:{part}")
                 offsets[topic][part] = offset
+                dirty = True
                 metrics.record(step)
                 for r in step.results:
                     report = {**r.as_dict(), "model_version": monitor.model_version}
@@ -173,17 +174,12 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
                         task.add_done_callback(pending.discard)
                 if step.alerts:  # delivered before the snapshot records them as sent
                     await app.producer.flush()
-                if step.alerts or time.monotonic() - last_save >= cfg.snapshot_interval_s:
-                    await shared.off_loop(snapshot)
-                    last_save = time.monotonic()
+                await save(force=bool(step.alerts))
                 runtime.stats["batches"] += 1
 
     @app.timer(cfg.snapshot_interval_s)
     async def snapshot_when_idle() -> None:
-        nonlocal last_save
-        if runtime.stats["batches"] and time.monotonic() - last_save >= cfg.snapshot_interval_s:
-            await shared.off_loop(snapshot)
-            last_save = time.monotonic()
+        await save()
 
     app.agent(inputs, name="ecrec.drift")(drift)
     return runtime
