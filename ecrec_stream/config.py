@@ -200,8 +200,14 @@ class DriftSettings(BaseModel):
     # Searches, clicks and reviews (and partitions) are merged in event-time order before the
     # detectors see them; an input this far (event time) behind the newest is not waited for.
     max_lag_s: float = Field(60.0, ge=0)
+    # ... nor an input that has sent nothing for this long (wall clock), like Kafka Streams'
+    # max.task.idle.ms: a topic without traffic must not hold the others back.
+    max_idle_s: float = Field(10.0, gt=0)
     rate_method: Literal["adwin", "page_hinkley"] = "adwin"
     rate_delta: float = Field(0.01, gt=0, lt=1)
+    # River's ADWIN looks for a change every ``rate_clock`` observations (River: 32; 16 cut
+    # the click-through delay from 494 to 454 events with no more false alarms, bench.drift)
+    rate_clock: int = Field(16, ge=1, le=1024)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     snapshot_interval_s: float = Field(1.0, gt=0)
     webhook_url: str | None = None

@@ -5,6 +5,8 @@ in :mod:`ecrec_stream.quality`.)"""
 from __future__ import annotations
 
 import heapq
+import time
+from collections.abc import Callable
 
 
 class Watermarks:
@@ -42,14 +44,18 @@ class ReorderBuffer:
     """Merges several inputs (topics, partitions) into one event-time order.
 
     Events wait until the watermark (the slowest input's newest event time) passes them, then
-    leave sorted by event time. An input that lags the newest event seen anywhere by more than
-    ``max_lag_s`` is not waited for (an idle or stuck input must not stall the rest), and at
-    most ``capacity`` events wait (the oldest leave first when it is full). Needed wherever
-    a statistic mixes inputs: a click-through rate built from searches and clicks read in
-    topic order would see whichever topic's backlog the consumer fetched first.
+    leave sorted by event time. An input is not waited for when it lags the newest event seen
+    anywhere by more than ``max_lag_s`` (event time), or when it has sent nothing for
+    ``max_idle_s`` of wall-clock time (Kafka Streams' ``max.task.idle.ms``: a topic that carries
+    no traffic, or a backlog whose event time stands still, must not stall the rest). At most
+    ``capacity`` events wait (the oldest leave first when it is full). Needed wherever a
+    statistic mixes inputs: a click-through rate built from searches and clicks read in topic
+    order would see whichever topic's backlog the consumer fetched first.
 
     ``inputs`` names inputs expected from the start: until each has been seen, nothing leaves
-    while the buffered events span less than ``max_lag_s``.
+    while the buffered events span less than ``max_lag_s`` and the first one arrived less than
+    ``max_idle_s`` ago. :meth:`release` applies the wall-clock rule without new events (call
+    it from a timer).
 
     >>> buf = ReorderBuffer(max_lag_s=100, inputs=("clicks", "searches"))
     >>> buf.add("clicks", [(5.0, "c5"), (9.0, "c9")])
@@ -58,37 +64,74 @@ class ReorderBuffer:
     ['s4', 'c5', 's7']
     >>> buf.flush()
     ['c9']
+    >>> now = [0.0]
+    >>> idle = ReorderBuffer(max_lag_s=100, max_idle_s=10, inputs=("a", "b"), clock=lambda: now[0])
+    >>> idle.add("a", [(1.0, "a1")]), idle.release()
+    ([], [])
+    >>> now[0] = 11.0; idle.release()
+    ['a1']
     """
 
     def __init__(
-        self, max_lag_s: float, capacity: int = 100_000, inputs: tuple[str, ...] = ()
+        self,
+        max_lag_s: float,
+        capacity: int = 100_000,
+        inputs: tuple[str, ...] = (),
+        max_idle_s: float = float("inf"),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_lag_s = max_lag_s
+        self.max_idle_s = max_idle_s
         self.capacity = capacity
         self.inputs = inputs
+        self.clock = clock
         self._oldest = float("inf")
         self._newest: dict[str, float] = {}
+        self._last_heard: dict[str, float] = {}  # wall clock, per input
+        self._started = float("inf")  # wall clock of the first event
         self._heap: list[tuple[float, int, object]] = []
         self._seq = 0
 
     def __len__(self) -> int:
         return len(self._heap)
 
+    def __setstate__(self, state: dict[str, object]) -> None:
+        """Wall-clock readings do not survive a restart: every input starts a fresh idle
+        period (a restored buffer waits at most ``max_idle_s`` once more)."""
+        self.__dict__.update(state)
+        now = self.clock()
+        self._last_heard = dict.fromkeys(self._last_heard, now)
+        self._started = min(self._started, now)
+
     def watermark(self) -> float:
         if not self._newest:
             return float("-inf")
+        now = self.clock()
         top = max(self._newest.values())
-        if top - self._oldest < self.max_lag_s and any(i not in self._newest for i in self.inputs):
+        waiting = now - self._started < self.max_idle_s and top - self._oldest < self.max_lag_s
+        if waiting and any(i not in self._newest for i in self.inputs):
             return float("-inf")  # an expected input has not shown up yet
-        return min(t for t in self._newest.values() if t >= top - self.max_lag_s)
+        active = [
+            t
+            for i, t in self._newest.items()
+            if t >= top - self.max_lag_s and now - self._last_heard[i] < self.max_idle_s
+        ]
+        return min(active) if active else top
 
     def add(self, source: str, events: list[tuple[float, object]]) -> list[object]:
         """Add ``(event time, event)`` pairs from ``source``; return the events now released."""
+        now = self.clock()
+        self._started = min(self._started, now)
         for ts, event in events:
             self._newest[source] = max(self._newest.get(source, float("-inf")), ts)
+            self._last_heard[source] = now
             self._oldest = min(self._oldest, ts)
             heapq.heappush(self._heap, (ts, self._seq, event))
             self._seq += 1
+        return self.release()
+
+    def release(self) -> list[object]:
+        """The events the watermark has passed (or that overflow ``capacity``), in order."""
         mark = self.watermark()
         out = []
         while self._heap and (self._heap[0][0] <= mark or len(self._heap) > self.capacity):

@@ -130,6 +130,36 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
             await shared.off_loop(snapshot)
             last_save, dirty = time.monotonic(), False
 
+    async def emit(step: MonitorStep) -> None:
+        """Send the step's window reports and alerts (alerts flushed before the snapshot that
+        records them as sent)."""
+        metrics.record(step)
+        for r in step.results:
+            report = {**r.as_dict(), "model_version": monitor.model_version}
+            await drift_topic.send(
+                key=f"{r.detector}:{monitor.model_version}:{r.window}".encode(),
+                value=json.dumps(report).encode(),
+            )
+        for alert in step.alerts:
+            await alerts_topic.send(
+                key=alert.alert_id.encode(), value=alert.model_dump_json().encode()
+            )
+            LOG.warning("retraining alert %s: %s", alert.alert_id, alert.reason)
+            if cfg.webhook_url:
+                task = asyncio.ensure_future(
+                    post_webhook(cfg.webhook_url, alert, cfg.webhook_timeout_s, cfg.webhook_retries)
+                )
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+        if step.alerts:
+            await app.producer.flush()
+        await save(force=bool(step.alerts))
+
+    def tick() -> tuple[MonitorStep, dict[str, Any], bool]:
+        before = monitor.counts["events"]
+        step = monitor.tick()
+        return step, monitor.status(), monitor.counts["events"] != before
+
     async def drift(stream: faust.StreamT) -> None:
         nonlocal dirty
         async for event in stream.events():
@@ -152,34 +182,17 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
                 step, runtime.status = await shared.off_loop(observe, batch, f"{topic}:{part}")
                 offsets[topic][part] = offset
                 dirty = True
-                metrics.record(step)
-                for r in step.results:
-                    report = {**r.as_dict(), "model_version": monitor.model_version}
-                    await drift_topic.send(
-                        key=f"{r.detector}:{monitor.model_version}:{r.window}".encode(),
-                        value=json.dumps(report).encode(),
-                    )
-                for alert in step.alerts:
-                    await alerts_topic.send(
-                        key=alert.alert_id.encode(), value=alert.model_dump_json().encode()
-                    )
-                    LOG.warning("retraining alert %s: %s", alert.alert_id, alert.reason)
-                    if cfg.webhook_url:
-                        task = asyncio.ensure_future(
-                            post_webhook(
-                                cfg.webhook_url, alert, cfg.webhook_timeout_s, cfg.webhook_retries
-                            )
-                        )
-                        pending.add(task)
-                        task.add_done_callback(pending.discard)
-                if step.alerts:  # delivered before the snapshot records them as sent
-                    await app.producer.flush()
-                await save(force=bool(step.alerts))
+                await emit(step)
                 runtime.stats["batches"] += 1
 
     @app.timer(cfg.snapshot_interval_s)
-    async def snapshot_when_idle() -> None:
-        await save()
+    async def when_idle() -> None:
+        """Release events held for inputs that went quiet, and snapshot."""
+        nonlocal dirty
+        with stop_on_error("drift timer"):
+            step, runtime.status, changed = await shared.off_loop(tick)
+            dirty = dirty or changed
+            await emit(step)
 
     app.agent(inputs, name="ecrec.drift")(drift)
     return runtime

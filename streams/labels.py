@@ -218,6 +218,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                 if batch is None:
                     continue
                 reviews = [r for r in batch.events if isinstance(r, ReviewEvent)]
+                stats["reviews_read"] += len(reviews)
                 cands, failed = isolate_failures(
                     lambda rs: [c for r in rs if (c := review_candidate(r)) is not None],
                     reviews,

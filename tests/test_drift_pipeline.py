@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,31 @@ def _events(names: Any, start: int, stop: int, rng: random.Random) -> list[tuple
     return out
 
 
+class WebhookReceiver:
+    """A real HTTP server on localhost that records the JSON bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        received = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                received.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
 def test_one_alert_after_the_shift_and_none_again_after_a_restart(
     broker: Any, tmp_path: Path
 ) -> None:
@@ -98,6 +125,8 @@ def test_one_alert_after_the_shift_and_none_again_after_a_restart(
     rng = random.Random(1)
     port = free_port()
     url = f"http://127.0.0.1:{port}/ecrec/drift"
+    hook = WebhookReceiver()
+    env["ECREC_DRIFT__WEBHOOK_URL"] = hook.url
     proc = worker_process(broker.url, tmp_path, port, extra_env=env).start()
     try:
         proc.wait_http(url, timeout_s=120)
@@ -105,13 +134,23 @@ def test_one_alert_after_the_shift_and_none_again_after_a_restart(
         produce(broker.bootstrap, _events(names, 0, 1600, rng))
         read_topic(broker.bootstrap, names.alerts, done=lambda m: len(m) >= 1, timeout_s=120)
         wait_until(lambda: httpx.get(url).json()["stats"].get("batches", 0) > 0, timeout_s=30)
+        wait_until(lambda: len(hook.bodies) >= 1, timeout_s=30)
         before_kill = httpx.get(url).json()
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     finally:
         proc.kill()
+    # Prometheus: a gauge per detector statistic and threshold, and the alert counted once.
+    closed = [n for n, d in before_kill["detectors"].items() if d["windows"]]
+    assert "search_category" in closed
+    for name in closed:
+        assert f'ecrec_drift_statistic{{detector="{name}"}}' in metrics, name
+    assert 'ecrec_drift_threshold{detector="search_category"}' in metrics
+    assert "ecrec_drift_alerts_total 1.0" in metrics
     alerts = [json.loads(m.value()) for m in read_to_end(broker.bootstrap, names.alerts, b"{}")]
     alerts = [a for a in alerts if a]  # sentinels are empty objects
     assert len(alerts) == 1, alerts
     alert = alerts[0]
+    assert hook.bodies and hook.bodies[0]["alert_id"] == alert["alert_id"]
     end = datetime.fromisoformat(alert["window_end"]).timestamp() - T0
     assert SHIFT <= end <= SHIFT + 500, alert["reason"]  # none before the shift
     assert alert["evidence"] and alert["moved_categories"] and alert["reason"]
@@ -138,3 +177,6 @@ def test_one_alert_after_the_shift_and_none_again_after_a_restart(
         restarted.stop()
     alerts = [m for m in read_to_end(broker.bootstrap, names.alerts, b"{}") if m.value() != b"{}"]
     assert len(alerts) == 1
+    # The webhook got the alert once, with the id on the topic, and not again after the restart.
+    hook.close()
+    assert [b["alert_id"] for b in hook.bodies] == [alert["alert_id"]]

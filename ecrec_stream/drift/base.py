@@ -126,6 +126,10 @@ class WindowCutter(Generic[T]):
             closed.append(self._take())
         return closed
 
+    def cut(self) -> list[Window[T]]:
+        """Close the current window now (a sequential detector signalled); none if empty."""
+        return [self._take()] if self.current.values else []
+
     def _take(self) -> Window[T]:
         window, self.current = self.current, Window()
         return window

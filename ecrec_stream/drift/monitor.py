@@ -109,7 +109,9 @@ class DriftMonitor:
         self.samples: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=5))
         self.seen = BoundedSeen(dedupe_capacity)
         self.watermarks = Watermarks(("events",))
-        self.reorder = ReorderBuffer(settings.max_lag_s, inputs=inputs)
+        self.reorder = ReorderBuffer(
+            settings.max_lag_s, inputs=inputs, max_idle_s=settings.max_idle_s
+        )
         self.counts: dict[str, int] = defaultdict(int)
 
     def _build(self, name: DriftDetectorName) -> Any:
@@ -125,7 +127,9 @@ class DriftMonitor:
             )
         if name.endswith("_category"):
             return CategoryMixJS(name, calibration=s.calibration, alpha=s.alpha, **common)
-        return RiverRate(name, method=s.rate_method, delta=s.rate_delta, **common)
+        return RiverRate(
+            name, method=s.rate_method, delta=s.rate_delta, clock=s.rate_clock, **common
+        )
 
     # -- observations -----------------------------------------------------------------------
     def _observations(self, events: Sequence[AnyEvent]) -> dict[str, list[tuple[float, Any]]]:
@@ -167,6 +171,11 @@ class DriftMonitor:
         returns the windows this closed and the alerts they raised."""
         released = self.reorder.add(source, [(ev.ts.timestamp(), ev) for ev in events])
         return self._observe_ordered(released)  # type: ignore[arg-type]
+
+    def tick(self) -> MonitorStep:
+        """Observe the events whose slower inputs have gone idle (wall clock; call from a
+        timer, so a burst followed by silence is not held back)."""
+        return self._observe_ordered(self.reorder.release())  # type: ignore[arg-type]
 
     def flush(self) -> MonitorStep:
         """Observe every event still waiting for slower inputs (end of a finite stream)."""
@@ -225,7 +234,7 @@ class DriftMonitor:
                 f"{self.consecutive[name]} consecutive window(s)"
                 if not self.detectors[name].sequential
                 else f"{name}: {self.settings.rate_method} signalled a change "
-                f"(window mean {result.details['window_mean']:.3f}, reference "
+                f"(now {result.details['estimate']:.3f}, reference "
                 f"{result.details['reference_mean']:.3f})"
             ),
             model_version=self.model_version,

@@ -19,7 +19,8 @@ class RiverRate:
     """Feed a rate's observations (0/1 or values in [0, 1]) to a River detector (ADWIN by
     default, Page-Hinkley as an option); each window (:class:`WindowCutter`) reports its mean,
     the mean of the first ``reference_size`` observations, and whether River signalled a
-    change inside it.
+    change inside it. A window closes early when River signals, so the change is reported (and
+    alerted) at once rather than at the window's end.
 
     River keeps its own evidence across windows (``sequential``), so one signal is enough for
     an alert; ``delta`` sets ADWIN's false-alarm bound. The statistic is ``|window mean -
@@ -45,6 +46,7 @@ class RiverRate:
         *,
         method: RateMethod = "adwin",
         delta: float = 0.002,
+        clock: int = 32,
         window_events: int = 200,
         window_s: float = 3600.0,
         reference_size: int = 1000,
@@ -52,6 +54,7 @@ class RiverRate:
         self.name = name
         self.method = method
         self.delta = delta
+        self.clock = clock
         self.window_events = window_events
         self.window_s = window_s
         self.reference_size = reference_size
@@ -59,7 +62,7 @@ class RiverRate:
 
     def _new_detector(self) -> Any:
         if self.method == "adwin":
-            return river_drift.ADWIN(delta=self.delta)
+            return river_drift.ADWIN(delta=self.delta, clock=self.clock)
         return river_drift.PageHinkley(delta=self.delta, threshold=20.0, mode="both")
 
     @property
@@ -89,6 +92,8 @@ class RiverRate:
                 self.ref_n += 1
                 continue
             results.extend(self._close(w) for w in self._cutter.add(ts, value))
+            if self._signalled:  # report the change now, not at the window's end
+                results.extend(self._close(w) for w in self._cutter.cut())
         return results
 
     def _close(self, window: Window[float]) -> DriftResult:
@@ -104,7 +109,13 @@ class RiverRate:
             window_start=window.start,
             window_end=window.end,
             n=len(window.values),
-            details={"window_mean": mean, "reference_mean": ref_mean, "method": self.method},
+            details={
+                "window_mean": mean,
+                "reference_mean": ref_mean,
+                "method": self.method,
+                # ADWIN's own estimate: the mean of the recent stretch it kept after a change
+                "estimate": self.detector.estimation if self.method == "adwin" else mean,
+            },
         )
         self._signalled = False
         return result
