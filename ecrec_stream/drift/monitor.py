@@ -52,13 +52,18 @@ class RetrainingAlert(BaseModel):
     samples: list[str]
 
 
-def alert_id(model_version: str, detector: str, window: int) -> str:
-    """A stable id for the alert raised on ``window`` of ``detector``.
+def alert_id(model_version: str, detector: str, window: int, window_start: float) -> str:
+    """A stable id for the alert raised on ``window`` of ``detector``: the same window of the
+    same events (a redelivery) gets the same id; window numbers restarting from scratch (a
+    worker without its snapshot, another run) do not collide, as the event-time start differs.
 
-    >>> alert_id("m1", "click_category", 7) == alert_id("m1", "click_category", 7)
+    >>> alert_id("m1", "click_category", 7, 1.5e9) == alert_id("m1", "click_category", 7, 1.5e9)
     True
+    >>> alert_id("m1", "click_category", 7, 1.5e9) == alert_id("m1", "click_category", 7, 1.6e9)
+    False
     """
-    return hashlib.sha1(f"{model_version}|{detector}|{window}".encode()).hexdigest()[:20]
+    key = f"{model_version}|{detector}|{window}|{window_start:.6f}"
+    return hashlib.sha1(key.encode()).hexdigest()[:20]
 
 
 @dataclass
@@ -227,7 +232,7 @@ class DriftMonitor:
             key=lambda m: -abs(m["after"] - m["before"]),
         )[:5]
         alert = RetrainingAlert(
-            alert_id=alert_id(self.model_version, name, result.window),
+            alert_id=alert_id(self.model_version, name, result.window, result.window_start),
             detector=name,
             reason=(
                 f"{name}: {result.statistic:.4g} over threshold {result.threshold:.4g} in "
