@@ -1,13 +1,16 @@
 """Shopping sessions: searches joined with later clicks of the same session, kept as plain
-dicts (so a Faust table can store them as JSON), turned into relevance candidates on close."""
+dicts (so a Faust table can store them as JSON), closed by event time (:class:`SessionWindows`)
+and turned into relevance candidates on close."""
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from ecrec_stream.events import ClickEvent, SearchEvent
+from ecrec_stream.eventtime import Watermarks
 from ecrec_stream.labels.base import RelevanceCandidate
 from ecrec_stream.labels.relevance import ACTION_GRADE
 
@@ -130,3 +133,109 @@ def relevance_candidates(state: dict[str, Any]) -> list[RelevanceCandidate]:
                 )
             )
     return out
+
+
+@dataclass
+class SessionStep:
+    """What one batch did to the session windows of a partition."""
+
+    closed: list[dict[str, Any]] = field(default_factory=list)  # states, in closing order
+    late: int = 0
+    duplicates: int = 0
+    failed: list[tuple[SearchEvent | ClickEvent, BaseException]] = field(default_factory=list)
+
+
+class SessionWindows:
+    """Session windows over searches and clicks, closed by event time, per partition.
+
+    A session closes once its partition's watermark (the slower of the ``inputs``, see
+    :class:`~ecrec_stream.eventtime.Watermarks`) passes its last event by ``gap_s``. An event
+    that arrives after that point is late: counted, never folded into a bogus new session.
+    Session state lives in ``store`` (a Faust table in the worker: written once per touched
+    session per batch, one tombstone per closed session; a dict in tests). Which sessions are
+    open in a partition is rebuilt from the store after a restart.
+
+    >>> from datetime import datetime, timezone
+    >>> def search(i, sid, ts):
+    ...     at = datetime.fromtimestamp(ts, tz=timezone.utc)
+    ...     return SearchEvent(event_id=f"s{i}", ts=at, search_id=f"q{i}", session_id=sid,
+    ...                        query="milk", impressions=["a"])
+    >>> win = SessionWindows({}, gap_s=60, max_clicks=100, inputs=("searches", "clicks"))
+    >>> win.add(0, "searches", [search(1, "u1", 0.0)]).closed
+    []
+    >>> win.add(0, "clicks", [])  # a silent input holds the watermark back
+    SessionStep(closed=[], late=0, duplicates=0, failed=[])
+    >>> _ = win.add(0, "clicks", [ClickEvent(event_id="c9", ts=datetime.fromtimestamp(
+    ...     100.0, tz=timezone.utc), session_id="u9", item_id="a")])
+    >>> step = win.add(0, "searches", [search(2, "u2", 100.0), search(3, "u1", 1.0)])
+    >>> [s["session_id"] for s in step.closed], step.late
+    (['u1'], 1)
+    """
+
+    def __init__(
+        self,
+        store: MutableMapping[str, Any],
+        *,
+        gap_s: float,
+        max_clicks: int,
+        inputs: tuple[str, ...],
+        raise_errors: bool = False,
+    ) -> None:
+        self.store = store
+        self.gap_s = gap_s
+        self.max_clicks = max_clicks
+        self.raise_errors = raise_errors
+        self.watermarks = Watermarks(inputs)
+        self._open: dict[int, set[str]] = {}
+
+    def add(
+        self, partition: int, source: str, events: Sequence[SearchEvent | ClickEvent]
+    ) -> SessionStep:
+        """Fold one batch from ``source`` (an input name) into ``partition``'s sessions and
+        close those the watermark has passed. A stage error on one event is collected in
+        ``failed`` (or raised with ``raise_errors``); the rest of the batch goes on."""
+        step = SessionStep()
+        if partition not in self._open:  # first batch of this partition since start
+            self._open[partition] = {
+                k for k, v in self.store.items() if v and v["partition"] == partition
+            }
+        open_here = self._open[partition]
+        touched: dict[str, dict[str, Any]] = {}
+        for ev in events:
+            ts = ev.ts.timestamp()
+            if self.watermarks.is_late(partition, ts, self.gap_s):
+                step.late += 1  # later than its session could still be open
+                continue
+            state = (
+                touched.get(ev.session_id)
+                or self.store.get(ev.session_id)
+                or new_session(ev.session_id, partition)
+            )
+            try:
+                added = add_event(state, ev, max_clicks=self.max_clicks)
+            except Exception as exc:
+                if self.raise_errors:
+                    raise
+                step.failed.append((ev, exc))
+                continue
+            if added:
+                touched[ev.session_id] = state
+            else:
+                step.duplicates += 1
+            self.watermarks.advance(partition, source, ts)
+        horizon = self.watermarks.get(partition) - self.gap_s
+        for sid in sorted(open_here | set(touched)):
+            state = touched.get(sid) or self.store.get(sid)
+            if state is not None and state["last_ts"] >= horizon:
+                continue
+            touched.pop(sid, None)
+            open_here.discard(sid)
+            if state is None:
+                continue
+            if sid in self.store:
+                del self.store[sid]  # one changelog tombstone per closed session
+            step.closed.append(state)
+        for sid, state in touched.items():  # one store write per touched session
+            self.store[sid] = state
+            open_here.add(sid)
+        return step

@@ -37,7 +37,6 @@ from ecrec_stream.events import (
     SearchEvent,
     SourcePosition,
 )
-from ecrec_stream.eventtime import Watermarks
 from ecrec_stream.isolation import Failure, describe, isolate_failures
 from ecrec_stream.labels.base import RelevanceCandidate, SentimentCandidate, Task
 from ecrec_stream.labels.examples import (
@@ -48,13 +47,7 @@ from ecrec_stream.labels.examples import (
     example_batch_messages,
 )
 from ecrec_stream.quality import BoundedSeen, near_duplicate_key
-from ecrec_stream.sessions import (
-    BotRules,
-    add_event,
-    bot_reason,
-    new_session,
-    relevance_candidates,
-)
+from ecrec_stream.sessions import BotRules, SessionWindows, bot_reason, relevance_candidates
 from ecrec_stream.validation import RawRecord, make_dead_letter
 from streams.catalog import CatalogCache, SharedModelWork
 from streams.failstop import stop_on_error
@@ -127,8 +120,13 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
     bot_rules = BotRules(
         cfg.bot_max_clicks_per_minute, cfg.bot_max_clicks, cfg.bot_min_median_dwell_ms
     )
-    watermarks = Watermarks((names.valid_searches, names.valid_clicks))
-    open_sessions: dict[int, set[str]] = {}
+    windows = SessionWindows(
+        sessions,
+        gap_s=cfg.session_gap_s,
+        max_clicks=cfg.max_session_clicks,
+        inputs=(names.valid_searches, names.valid_clicks),
+        raise_errors=settings.on_processing_error == "stop",
+    )
 
     dlq = app.topic(names.dlq, value_serializer="raw", key_serializer="raw")
     policy = settings.on_processing_error
@@ -249,67 +247,35 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                 if batch is None:
                     continue
                 part = event.message.partition
-                if part not in open_sessions:  # first batch of this partition since start
-                    open_sessions[part] = {
-                        k for k, v in sessions.items() if v and v["partition"] == part
-                    }
-                touched: dict[str, dict[str, Any]] = {}
-                for ev in batch.events:
-                    if not isinstance(ev, SearchEvent | ClickEvent):
-                        continue
-                    if watermarks.is_late(part, ev.ts.timestamp(), cfg.session_gap_s):
-                        # later than its session could still be open: labelled already
-                        # or never joinable; counted, not turned into a bogus session
-                        stats["late_events"] += 1
-                        continue
-                    state = (
-                        touched.get(ev.session_id)
-                        or sessions.get(ev.session_id)
-                        or new_session(ev.session_id, part)
+                step = windows.add(
+                    part,
+                    event.message.topic,
+                    [ev for ev in batch.events if isinstance(ev, SearchEvent | ClickEvent)],
+                )
+                stats["late_events"] += step.late
+                stats["duplicate_events"] += step.duplicates
+                for ev, exc in step.failed:
+                    await dead_letter(
+                        event,
+                        ev.type,
+                        PROCESSING,
+                        describe(exc),
+                        ev.model_dump_json().encode(),
+                        ev.event_id,
                     )
-                    try:
-                        added = add_event(state, ev, max_clicks=cfg.max_session_clicks)
-                    except Exception as exc:
-                        if policy == "stop":
-                            raise
-                        await dead_letter(
-                            event,
-                            ev.type,
-                            PROCESSING,
-                            describe(exc),
-                            ev.model_dump_json().encode(),
-                            ev.event_id,
-                        )
-                        continue
-                    if added:
-                        touched[ev.session_id] = state
-                    else:
-                        stats["duplicate_events"] += 1
-                    watermarks.advance(part, event.message.topic, ev.ts.timestamp())
-                closing = [
-                    s
-                    for s in open_sessions[part] | set(touched)
-                    if (touched.get(s) or sessions.get(s) or {"last_ts": 1e18})["last_ts"]
-                    < watermarks.get(part) - cfg.session_gap_s
-                ]
                 cands = []
-                for sid in closing:
-                    state = touched.pop(sid, None) or sessions.get(sid)
-                    open_sessions[part].discard(sid)
-                    if state is None:
-                        continue
-                    if sid in sessions:
-                        del sessions[sid]  # one changelog tombstone per closed session
+                for state in step.closed:
                     reason = bot_reason(state, bot_rules)
                     if reason:
                         stats["bot_sessions"] += 1
-                        LOG.info("session %s looks automated (%s): no labels", sid, reason)
+                        LOG.info(
+                            "session %s looks automated (%s): no labels",
+                            state["session_id"],
+                            reason,
+                        )
                         continue
                     stats["sessions_closed"] += 1
                     cands.extend(relevance_candidates(state))
-                for sid, state in touched.items():  # one table write per touched session
-                    sessions[sid] = state
-                    open_sessions[part].add(sid)
                 if cands:
                     cands = [replace(c, item_title=titles.get(c.item_id)) for c in cands]
                     examples, failed_labels = await label_isolated(relevance, cands)

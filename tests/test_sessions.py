@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
+
+import pytest
 
 from ecrec_stream.events import ClickEvent, SearchEvent
 from ecrec_stream.sessions import (
     BotRules,
+    SessionWindows,
     add_event,
     bot_reason,
     new_session,
@@ -77,3 +81,48 @@ def test_bot_sessions_are_flagged_and_people_are_not() -> None:
         add_event(slow_bot, _click(n % 5, 30 * n, dwell=120), max_clicks=100)
     assert "dwell" in (bot_reason(slow_bot, BotRules()) or "")
     assert timedelta(0) == timedelta(0)
+
+
+def _in(session: str, sid: str, t: float) -> SearchEvent:
+    return _search(sid, t).model_copy(
+        update={"session_id": session, "event_id": f"{session}-{sid}"}
+    )
+
+
+def test_session_windows_close_by_event_time_and_survive_a_restart() -> None:
+    store: dict[str, Any] = {}
+    inputs = ("searches", "clicks")
+    win = SessionWindows(store, gap_s=60, max_clicks=100, inputs=inputs)
+    step = win.add(0, "searches", [_in("a", "q1", 0), _in("b", "q2", 40)])
+    assert step.closed == [] and set(store) == {"a", "b"}
+    # a repeated event is a duplicate; clicks at t=95 move the watermark to 95: "a" (last 0)
+    # closes once the searches' watermark passes too, "b" (last 40 + 60 > 95) stays open
+    step = win.add(0, "searches", [_in("a", "q1", 0)])
+    assert step.duplicates == 1
+    step = win.add(0, "clicks", [_click(1, 95).model_copy(update={"session_id": "c"})])
+    assert [s["session_id"] for s in step.closed] == []  # searches' watermark still at 40
+    step = win.add(0, "searches", [_in("d", "q3", 100)])
+    assert [s["session_id"] for s in step.closed] == ["a"]
+    assert "a" not in store  # tombstoned once closed
+
+    # a new instance over the same store (a restarted worker) knows which sessions are open
+    again = SessionWindows(store, gap_s=60, max_clicks=100, inputs=inputs)
+    again.add(0, "clicks", [_click(2, 200).model_copy(update={"session_id": "f"})])
+    step = again.add(0, "searches", [_in("e", "q4", 200)])
+    assert sorted(s["session_id"] for s in step.closed) == ["b", "c", "d"]
+    # an event for a session the watermark has passed is late: counted, not a new session
+    step = again.add(0, "searches", [_in("b", "q5", 31)])
+    assert step.late == 1 and "b" not in store
+
+
+def test_session_windows_collect_a_failing_event_and_go_on() -> None:
+    store: dict[str, Any] = {}
+    win = SessionWindows(store, gap_s=60, max_clicks=100, inputs=("searches",))
+    bad = _in("x", "q1", 0)
+    object.__setattr__(bad, "impressions", None)  # add_event raises on it
+    step = win.add(0, "searches", [bad, _in("y", "q2", 1)])
+    assert [ev.event_id for ev, _ in step.failed] == [bad.event_id]
+    assert "y" in store
+    strict = SessionWindows({}, gap_s=60, max_clicks=100, inputs=("searches",), raise_errors=True)
+    with pytest.raises(TypeError):
+        strict.add(0, "searches", [bad])
