@@ -8,10 +8,11 @@ sentence-transformers directory, or (with downloads allowed) any hub name, works
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import threading
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -33,7 +34,32 @@ class Encoder(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def version(self) -> str:
+        """A content digest of the weights: two encoders with one version embed alike, so
+        caches and index snapshots are keyed by it (a fine-tune saved under the same name is
+        another version)."""
+        ...
+
     def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+def weights_digest(module: Any) -> str:
+    """sha256 (first 16 hex digits) of a torch module's parameters and buffers, by name.
+
+    >>> import torch
+    >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    >>> weights_digest(a) == weights_digest(a), weights_digest(a) == weights_digest(b)
+    (True, False)
+    """
+    import torch
+
+    h = hashlib.sha256()
+    for key, tensor in module.state_dict().items():
+        h.update(key.encode())
+        h.update(str(tensor.dtype).encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()[:16]
 
 
 def item_text(item: ItemEvent) -> str:
@@ -101,6 +127,7 @@ class SentenceTransformerEncoder:
             raise ModelLoadError(f"encoder {settings.model!r} does not declare its dimension")
         self._dim = int(dim)
         self._name = settings.model
+        self._version = weights_digest(self._model)
         self._batch_size = settings.batch_size
         self._count_lock = threading.Lock()
         self.texts_encoded = 0
@@ -115,6 +142,10 @@ class SentenceTransformerEncoder:
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def version(self) -> str:
+        return self._version
 
     @property
     def device(self) -> str:
@@ -145,7 +176,8 @@ class CachedEncoder:
 
         self.inner = encoder
         self.capacity = capacity
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        # keyed by (model version, text): vectors of another version are never served
+        self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -156,20 +188,26 @@ class CachedEncoder:
     def name(self) -> str:
         return self.inner.name
 
+    @property
+    def version(self) -> str:
+        return self.inner.version
+
     def encode(self, texts: list[str]) -> np.ndarray:
+        inner = self.inner  # one encoder for the whole call, even if it is replaced meanwhile
+        v = inner.version
         with self._lock:
-            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+            missing = list(dict.fromkeys(t for t in texts if (v, t) not in self._cache))
         if missing:
-            fresh = self.inner.encode(missing)
+            fresh = inner.encode(missing)
             with self._lock:
                 for text, vec in zip(missing, fresh, strict=True):
-                    self._cache[text] = vec
+                    self._cache[(v, text)] = vec
                 while len(self._cache) > self.capacity:
                     self._cache.popitem(last=False)
         with self._lock:
             # A text may have been evicted by a concurrent call between the two steps.
-            lost = [t for t in texts if t not in self._cache]
-        extra = dict(zip(lost, self.inner.encode(lost), strict=True)) if lost else {}
+            lost = [t for t in texts if (v, t) not in self._cache]
+        extra = dict(zip(lost, inner.encode(lost), strict=True)) if lost else {}
         with self._lock:
-            rows = [self._cache[t] if t in self._cache else extra[t] for t in texts]
-        return np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
+            rows = [self._cache[(v, t)] if (v, t) in self._cache else extra[t] for t in texts]
+        return np.stack(rows) if rows else np.zeros((0, inner.dim), dtype=np.float32)

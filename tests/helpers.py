@@ -41,9 +41,10 @@ class HashEncoder:
     """Deterministic bag-of-words vectors: a unit with no external part needs no real model.
     Texts sharing words get similar vectors, so search order is meaningful."""
 
-    def __init__(self, dim: int = 32, name: str = "hash-encoder") -> None:
+    def __init__(self, dim: int = 32, name: str = "hash-encoder", salt: str = "") -> None:
         self._dim = dim
         self._name = name
+        self._salt = salt  # another salt embeds differently: a different "model version"
         self.texts_encoded = 0
 
     @property
@@ -54,11 +55,16 @@ class HashEncoder:
     def name(self) -> str:
         return self._name
 
+    @property
+    def version(self) -> str:
+        return hashlib.sha1(f"{self._name}|{self._dim}|{self._salt}".encode()).hexdigest()[:16]
+
     def encode(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self._dim), dtype=np.float32)
         for row, text in enumerate(texts):
             for word in text.lower().replace(".", " ").split():
-                h = int.from_bytes(hashlib.sha1(word.encode()).digest()[:4], "little")
+                digest = hashlib.sha1((self._salt + word).encode()).digest()
+                h = int.from_bytes(digest[:4], "little")
                 out[row, h % self._dim] += 1.0
             norm = np.linalg.norm(out[row])
             if norm > 0:

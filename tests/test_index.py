@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 from ecrec_stream.config import IndexSettings
+from ecrec_stream.embedding import item_text
 from ecrec_stream.exceptions import IndexError_, SnapshotError
 from ecrec_stream.index import FaissItemIndex, LiveItemIndex
 from ecrec_stream.index.persist import CURRENT, read_snapshot
@@ -129,6 +132,85 @@ def test_snapshot_with_another_model_reembeds(tmp_path: Path) -> None:
     restored.load_snapshot(tmp_path)
     assert new_encoder.texts_encoded == 20 and len(restored) == 20
     assert restored.index.dim == 16
+
+
+def test_a_fine_tune_under_the_same_name_is_another_version(tmp_path: Path) -> None:
+    live = LiveItemIndex(HashEncoder(name="shop-model"))
+    live.apply_many([item(f"i{i}", f"product {i}", 1) for i in range(20)])
+    live.save_snapshot(tmp_path, {})
+    tuned = HashEncoder(name="shop-model", salt="tuned")  # same name and dim, new weights
+    restored = LiveItemIndex(tuned)
+    restored.load_snapshot(tmp_path)
+    assert tuned.texts_encoded == 20  # stale vectors were not loaded under the old name
+    assert restored.stats()["model_version"] == tuned.version != live.stats()["model_version"]
+
+
+class SlowEncoder(HashEncoder):
+    """A HashEncoder that takes its time, so a rebuild overlaps searches and updates."""
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        time.sleep(0.002 + 0.0002 * len(texts))
+        return super().encode(texts)
+
+
+def test_hot_swap_under_searches_and_updates_mixes_no_models_and_loses_nothing() -> None:
+    old, new = HashEncoder(name="m"), SlowEncoder(name="m", salt="v2")
+    encoders = {old.version: old, new.version: new}
+    live = LiveItemIndex(old)
+    live.apply_many([item(f"i{i}", f"product {i % 97} colour {i % 13}", 1) for i in range(3000)])
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    versions_seen: set[str] = set()
+
+    def searcher() -> None:
+        rng = np.random.default_rng(1)
+        try:
+            while not stop.is_set():
+                query = f"product {rng.integers(97)} colour {rng.integers(13)}"
+                results = live.search(query, 10)
+                assert len({r.model_version for r in results}) <= 1
+                for r in results:  # each score is that one model's query . item vectors
+                    enc = encoders[r.model_version]
+                    q, v = enc.encode([query])[0], enc.encode([item_text(r.item)])[0]
+                    assert abs(float(q @ v) - r.score) < 1e-4, (query, r)
+                    versions_seen.add(r.model_version)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    def writer() -> None:
+        try:
+            ts = 2
+            while not stop.is_set():
+                k = ts % 3000
+                live.apply_many(
+                    [
+                        item(f"i{k}", f"renamed {k} product", ts),
+                        item(f"new{ts}", f"fresh product {ts}", ts),
+                        item(f"i{(k + 1500) % 3000}", op="delete", ts=ts),
+                    ]
+                )
+                ts += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher), threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    swapped = live.swap_encoder(new, batch_size=64)
+    time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert swapped >= 3000 and live.serving.version == new.version
+    assert versions_seen == {old.version, new.version}  # searches ran on both sides
+    # every item the store holds is in the index with the new model's vector; nothing else
+    stored = {s.item.item_id: s.item for s in live.store}
+    assert len(live) == len(stored) and any(i.startswith("new") for i in stored)
+    for item_id, it in stored.items():
+        assert np.allclose(live.index.vector(item_id), new.encode([item_text(it)])[0], atol=1e-5)
+    assert live.stats()["rebuild"] is None and live.stats()["swaps"] == 1
 
 
 def test_snapshots_are_atomic_pruned_and_checked(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ class SearchResponse(BaseModel):
     query: str
     k: int
     index_size: int
+    model_version: str  # the encoder (content digest) whose vectors answered, one per search
     results: list[SearchResult]
 
 
@@ -57,6 +58,7 @@ def create_api(settings: Settings, replica: IndexReplica) -> FastAPI:
             query=query,
             k=k,
             index_size=len(live),
+            model_version=results[0].model_version if results else live.serving.version,
             results=[
                 SearchResult(
                     item_id=r.item.item_id,

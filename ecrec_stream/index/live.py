@@ -1,7 +1,11 @@
-"""A live, searchable item index: apply catalog events in micro-batches, search, snapshot.
+"""A live, searchable item index: apply catalog events in micro-batches, search, snapshot,
+and swap to a new encoder without a pause in search.
 
 Embedding happens outside the lock (it is the slow part and releases the GIL); FAISS and the
-store change under the lock, so a search sees a batch either entirely or not at all.
+store change under the lock, so a search sees a batch either entirely or not at all. The
+encoder and the FAISS index built with it are one immutable :class:`ServingPair`, replaced in
+one assignment: a search reads the pair once and uses it from start to end, so it never embeds
+with one model and searches vectors of another.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,43 @@ class ApplyStats:
 class ItemResult:
     item: ItemEvent
     score: float
+    model_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServingPair:
+    """An encoder and the index of vectors it made; replaced whole, never mixed."""
+
+    encoder: Encoder
+    index: FaissItemIndex
+
+    @property
+    def version(self) -> str:
+        return self.encoder.version
+
+
+@dataclass
+class RebuildProgress:
+    """A background re-embedding in progress (shown on ``/stats``)."""
+
+    version: str
+    total: int
+    done: int = 0
+    started: float = field(default_factory=time.monotonic)
+    changed: set[str] = field(default_factory=set)  # items changed since the rebuild began
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "done": self.done,
+            "total": self.total,
+            "seconds": round(time.monotonic() - self.started, 3),
+        }
+
+
+# A rebuild's last catch-up (items changed during it) runs under the lock when at most this
+# many are left: writers wait for that many embeddings at most; more are caught up outside it.
+CATCH_UP_UNDER_LOCK = 64
 
 
 def plan_batch(events: Sequence[ItemEvent], store: ItemStore) -> tuple[dict[str, ItemEvent], int]:
@@ -68,59 +109,79 @@ class LiveItemIndex:
 
     def __init__(self, encoder: Encoder, settings: IndexSettings | None = None) -> None:
         self.settings = settings or IndexSettings()
-        self.encoder = encoder
-        self.index = self._new_faiss()
+        self._pair = ServingPair(encoder, self._new_faiss(encoder.dim))
         self.store = ItemStore()
         self._lock = threading.RLock()
         self._lags_s: deque[tuple[float, float]] = deque(maxlen=FRESHNESS_WINDOW)
+        self._rebuild: RebuildProgress | None = None
         self.applied_events = 0
         self.items_embedded = 0
+        self.swaps = 0
         self.last_applied_at: datetime | None = None
 
-    def _new_faiss(self) -> FaissItemIndex:
+    def _new_faiss(self, dim: int) -> FaissItemIndex:
         return FaissItemIndex(
-            self.encoder.dim,
+            dim,
             backend=self.settings.backend,
             nlist=self.settings.ivf_nlist,
             nprobe=self.settings.ivf_nprobe,
         )
 
+    @property
+    def serving(self) -> ServingPair:
+        return self._pair
+
+    @property
+    def encoder(self) -> Encoder:
+        return self._pair.encoder
+
+    @property
+    def index(self) -> FaissItemIndex:
+        return self._pair.index
+
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self._pair.index)
 
     def apply_many(self, events: Sequence[ItemEvent]) -> ApplyStats:
         """Apply a micro-batch of upserts and deletes (idempotent under redelivery)."""
-        with self._lock:
-            plan, stale = plan_batch(events, self.store)
-        upserts = [e for e in plan.values() if not e.is_delete]
-        deletes = [e for e in plan.values() if e.is_delete]
-        vectors = self.encoder.encode([item_text(e) for e in upserts])
-        with self._lock:
-            # One writer (the replica's consumer thread) plans and applies, so the plan made
-            # above is still valid here; searches only ever see whole batches.
-            now = utc_now()
-            self.index.upsert_many([e.item_id for e in upserts], vectors)
-            for event in upserts:
-                self.store.put(event, now)
-                self._lags_s.append((time.monotonic(), (now - event.ts).total_seconds()))
-            self.index.delete_many([e.item_id for e in deletes])
-            for event in deletes:
-                self.store.remove(event.item_id, event.ts)
-            self.applied_events += len(events)
-            self.items_embedded += len(upserts)
-            self.last_applied_at = now
-        return ApplyStats(len(upserts), len(deletes), stale, len(upserts))
+        while True:
+            with self._lock:
+                plan, stale = plan_batch(events, self.store)
+                pair = self._pair
+            upserts = [e for e in plan.values() if not e.is_delete]
+            deletes = [e for e in plan.values() if e.is_delete]
+            vectors = pair.encoder.encode([item_text(e) for e in upserts])
+            with self._lock:
+                if self._pair is not pair:
+                    continue  # swapped while embedding: embed again with the new model
+                # One writer (the replica's consumer thread) plans and applies, so the plan
+                # made above is still valid here; searches only ever see whole batches.
+                now = utc_now()
+                pair.index.upsert_many([e.item_id for e in upserts], vectors)
+                for event in upserts:
+                    self.store.put(event, now)
+                    self._lags_s.append((time.monotonic(), (now - event.ts).total_seconds()))
+                pair.index.delete_many([e.item_id for e in deletes])
+                for event in deletes:
+                    self.store.remove(event.item_id, event.ts)
+                if self._rebuild is not None:  # the rebuild catches these up before its swap
+                    self._rebuild.changed.update(plan)
+                self.applied_events += len(events)
+                self.items_embedded += len(upserts)
+                self.last_applied_at = now
+            return ApplyStats(len(upserts), len(deletes), stale, len(upserts))
 
     def search(self, query: str, k: int) -> list[ItemResult]:
-        """The ``k`` items closest to ``query``, best first."""
-        vector = self.encoder.encode([query])
+        """The ``k`` items closest to ``query``, best first (all from one model version)."""
+        pair = self._pair
+        vector = pair.encoder.encode([query])
         with self._lock:
-            hits = self.index.search(vector, k)[0]
+            hits = pair.index.search(vector, k)[0]
             results = []
             for hit in hits:
                 stored = self.store.get(hit.item_id)
                 if stored is not None:
-                    results.append(ItemResult(stored.item, hit.score))
+                    results.append(ItemResult(stored.item, hit.score, pair.version))
         return results
 
     def get(self, item_id: str) -> StoredItem | None:
@@ -142,13 +203,66 @@ class LiveItemIndex:
             "max_s": float(lags.max()),
         }
 
+    # -- swapping the model ---------------------------------------------------------------
+    def swap_encoder(self, encoder: Encoder, batch_size: int = 256) -> int:
+        """Re-embed the catalog with ``encoder`` while the current pair keeps serving, then
+        swap. Blocking: run it in a background thread. Item changes applied meanwhile (by
+        :meth:`apply_many` on the old pair) are caught up from the store before the swap, so
+        nothing is lost and no deleted item comes back. Returns the items embedded."""
+        with self._lock:
+            if self._rebuild is not None:
+                raise RuntimeError(f"a rebuild to {self._rebuild.version} is running")
+            items = [s.item for s in self.store]
+            progress = RebuildProgress(encoder.version, total=len(items))
+            self._rebuild = progress
+        try:
+            fresh = self._new_faiss(encoder.dim)
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                fresh.upsert_many(
+                    [i.item_id for i in chunk], encoder.encode([item_text(i) for i in chunk])
+                )
+                progress.done += len(chunk)
+            embedded = len(items)
+            while True:
+                with self._lock:
+                    changed, progress.changed = progress.changed, set()
+                    if len(changed) <= CATCH_UP_UNDER_LOCK:
+                        embedded += self._catch_up(fresh, encoder, changed)
+                        self._pair = ServingPair(encoder, fresh)
+                        self.items_embedded += embedded
+                        self.swaps += 1
+                        return embedded
+                embedded += self._catch_up(fresh, encoder, changed)
+        finally:
+            with self._lock:
+                self._rebuild = None
+
+    def _catch_up(self, fresh: FaissItemIndex, encoder: Encoder, item_ids: set[str]) -> int:
+        """Make ``fresh`` agree with the store for ``item_ids`` (what the store holds now is
+        the truth: upserted items re-embedded, deleted ones removed)."""
+        with self._lock:
+            present = [s.item for i in sorted(item_ids) if (s := self.store.get(i)) is not None]
+        gone = sorted(item_ids - {i.item_id for i in present})
+        if present:
+            fresh.upsert_many(
+                [i.item_id for i in present], encoder.encode([item_text(i) for i in present])
+            )
+        fresh.delete_many(gone)
+        return len(present)
+
+    def reembed_all(self, batch_size: int = 256) -> int:
+        """Re-embed every stored item with the current encoder into a fresh index, then swap."""
+        return self.swap_encoder(self.encoder, batch_size)
+
     # -- snapshots ----------------------------------------------------------------------
     def save_snapshot(self, data_dir: Path, offsets: Offsets) -> Path:
         """Persist everything needed to resume at ``offsets`` without re-embedding."""
         with self._lock:
-            blob, meta = self.index.to_state()
+            pair = self._pair
+            blob, meta = pair.index.to_state()
             snap = SnapshotData(
-                model=self.encoder.name,
+                model=pair.version,
                 index_blob=blob,
                 index_meta=meta,
                 items=[(s.item, s.indexed_at) for s in self.store],
@@ -161,8 +275,8 @@ class LiveItemIndex:
     def load_snapshot(self, data_dir: Path) -> Offsets | None:
         """Restore from the newest snapshot; returns its offsets, or ``None`` if there is none.
 
-        If the snapshot was made with another model or dimension, the stored items are
-        re-embedded with the current encoder instead of loading the old vectors.
+        If the snapshot's vectors came from another model version (content digest) or
+        dimension, the stored items are re-embedded with the current encoder instead.
         """
         snap = read_snapshot(data_dir)
         if snap is None:
@@ -172,42 +286,32 @@ class LiveItemIndex:
             self.store.restore_tombstones(snap.tombstones)
             for item, indexed_at in snap.items:
                 self.store.put(item, indexed_at)
-            same_model = (
-                snap.model == self.encoder.name and snap.index_meta.get("dim") == self.encoder.dim
+            encoder = self._pair.encoder
+            same_model = snap.model == encoder.version and snap.index_meta.get("dim") == encoder.dim
+            index = (
+                FaissItemIndex.from_state(snap.index_blob, snap.index_meta)
+                if same_model
+                else self._new_faiss(encoder.dim)
             )
-            if same_model:
-                self.index = FaissItemIndex.from_state(snap.index_blob, snap.index_meta)
-            else:
-                self.index = self._new_faiss()
+            self._pair = ServingPair(encoder, index)
         if not same_model:
             self.reembed_all()
         return snap.offsets
 
-    def reembed_all(self, batch_size: int = 256) -> int:
-        """Re-embed every stored item with the current encoder into a fresh index, then swap."""
-        with self._lock:
-            items = [s.item for s in self.store]
-        fresh = self._new_faiss()
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            fresh.upsert_many(
-                [i.item_id for i in chunk], self.encoder.encode([item_text(i) for i in chunk])
-            )
-        with self._lock:
-            self.index = fresh
-            self.items_embedded += len(items)
-        return len(items)
-
     def stats(self) -> dict[str, Any]:
         with self._lock:
+            pair = self._pair
             return {
-                "items": len(self.index),
+                "items": len(pair.index),
                 "tombstones": len(self.store.tombstones),
                 "applied_events": self.applied_events,
                 "items_embedded": self.items_embedded,
                 "last_applied_at": self.last_applied_at.isoformat()
                 if self.last_applied_at
                 else None,
-                "backend": "ivf" if self.index.is_trained_ivf else "flat",
-                "model": self.encoder.name,
+                "backend": "ivf" if pair.index.is_trained_ivf else "flat",
+                "model": pair.encoder.name,
+                "model_version": pair.version,
+                "swaps": self.swaps,
+                "rebuild": None if self._rebuild is None else self._rebuild.as_dict(),
             }

@@ -40,7 +40,7 @@ Offsets = dict[str, dict[int, int]]
 
 @dataclass(frozen=True, slots=True)
 class SnapshotData:
-    """What a snapshot holds, in memory."""
+    """What a snapshot holds, in memory (``model``: the encoder's version, a content digest)."""
 
     model: str
     index_blob: bytes
