@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -165,3 +166,30 @@ def produce(bootstrap: str, records: list[tuple[str, str, bytes]]) -> list[tuple
         producer.produce(topic, key=key.encode(), value=value, on_delivery=report(i))
     assert producer.flush(30) == 0
     return [p for p in positions if p is not None]
+
+
+def tiny_sentence_model(directory: Path, seed: int = 0) -> Any:
+    """A tiny random BERT sentence encoder built from a config (the packaged MiniLM's
+    tokenizer, 1 layer of width 32): real torch and sentence-transformers, nothing downloaded."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from ecrec_stream.embedding import resolve_model_path
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("default"))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    word = Transformer(str(directory), max_seq_length=64)
+    pool = Pooling(word.get_embedding_dimension(), pooling_mode="mean")
+    return SentenceTransformer(modules=[word, pool, Normalize()], device="cpu")

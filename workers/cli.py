@@ -216,6 +216,54 @@ def status(
 
 
 @app.command()
+def models(
+    registry: Annotated[
+        Path | None, typer.Option(help="registry directory (default: <ECREC_DATA_DIR>/models)")
+    ] = None,
+    use: Annotated[
+        str | None,
+        typer.Option(help="make this published version the serving one (a rollback, too)"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the manifests as JSON")] = False,
+) -> None:
+    """List the published model versions with their metrics, or switch the serving version."""
+    from rich.table import Table
+
+    from ecrec_stream.registry import ArtifactError, ModelRegistry
+
+    reg = ModelRegistry(registry or load_settings().data_dir / "models")
+    if use is not None:
+        try:
+            reg.set_current(use)
+        except ArtifactError as exc:
+            console.print(f"[red]refused[/]: {exc}")
+            raise typer.Exit(1) from exc
+        console.print(f"serving version is now [bold]{use}[/]")
+        return
+    current = reg.current()
+    if as_json:
+        rows = [
+            {**m.model_dump(mode="json"), "serving": m.version == current} for m in reg.versions()
+        ]
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"model versions in {reg.root}")
+    for col in ("", "version", "name", "parent", "created", "metrics"):
+        table.add_column(col, no_wrap=col == "version", overflow="fold")
+    for m in reg.versions():
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.metrics.items()))
+        table.add_row(
+            "*" if m.version == current else "",
+            m.version,
+            m.name,
+            m.parent_version or "-",
+            m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            metrics or "-",
+        )
+    console.print(table)
+
+
+@app.command()
 def config() -> None:
     """Print the effective settings (from ECREC_* variables) as JSON."""
     console.print_json(json.dumps(load_settings().model_dump(mode="json")))
