@@ -20,7 +20,9 @@ from workers.replay import read_records
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", ["demo", "worker", "indexer", "replay", "search", "broker", "status", "models"])
+@pytest.mark.parametrize(
+    "command", ["demo", "worker", "indexer", "replay", "search", "broker", "status", "models"]
+)
 def test_every_command_has_help(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
