@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import random
 import subprocess
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ REVIEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "womens_clot
 FALLBACK_TEXT = "Fits well, soft fabric, true to size. Would buy again in another colour."
 
 
+@functools.cache  # one read of the CSV for all runs
 def _review_texts() -> list[str]:
     path = REVIEWS / "reviews.csv"
     if not path.exists():
@@ -102,13 +105,31 @@ class OutputCounter:
         return self.count
 
     def wait(self, target: int, timeout_s: float, pid: int) -> float:
-        deadline = time.monotonic() + timeout_s
-        while self.poll() < target:
-            if not Path(f"/proc/{pid}").exists():
-                raise RuntimeError(f"process {pid} exited; see its log")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"saw {self.count} of {target} outputs")
+        _wait_for(
+            lambda: self.poll() >= target,
+            pid,
+            timeout_s,
+            lambda: f"saw {self.count} of {target} outputs",
+        )
         return time.monotonic()
+
+
+def _wait_for(
+    reached: Callable[[], bool],
+    pid: int,
+    timeout_s: float,
+    describe: Callable[[], str],
+    interval_s: float = 0.0,
+) -> None:
+    """Poll ``reached`` until true; fail fast if process ``pid`` exits, or after ``timeout_s``
+    with ``describe()`` saying how far it got."""
+    deadline = time.monotonic() + timeout_s
+    while not reached():
+        if not Path(f"/proc/{pid}").exists():
+            raise RuntimeError(f"process {pid} exited; see its log")
+        if time.monotonic() > deadline:
+            raise TimeoutError(describe())
+        time.sleep(interval_s)
 
 
 Probe = tuple[str, str, tuple[str, ...]]  # (result field, URL, JSON path to a count)
@@ -161,19 +182,18 @@ def _wait_count(
     url: str, path: tuple[str, ...], want: int, pid: int, timeout_s: float = 1800
 ) -> int:
     """Wait until the count at ``path`` in the JSON at ``url`` reaches ``want``; return it."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    seen = 0
+
+    def reached() -> bool:
+        nonlocal seen
         doc: Any = httpx.get(url, timeout=10).json()
         for key in path:
             doc = doc.get(key, {})
         seen = int(doc or 0)
-        if seen >= want:
-            return seen
-        if not Path(f"/proc/{pid}").exists():
-            raise RuntimeError(f"process {pid} exited; see its log")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} {'.'.join(path)}: {seen} of {want}")
-        time.sleep(0.2)
+        return seen >= want
+
+    _wait_for(reached, pid, timeout_s, lambda: f"{url} {'.'.join(path)}: {seen} of {want}", 0.2)
+    return seen
 
 
 def run_passthrough(bootstrap: str, events: int, bad_rate: float, workdir: Path) -> dict[str, Any]:

@@ -139,7 +139,7 @@ def relevance_candidates(state: dict[str, Any]) -> list[RelevanceCandidate]:
 class SessionStep:
     """What one batch did to the session windows of a partition."""
 
-    closed: list[dict[str, Any]] = field(default_factory=list)  # states, in closing order
+    closed: list[dict[str, Any]] = field(default_factory=list)  # states, by session id
     late: int = 0
     duplicates: int = 0
     failed: list[tuple[SearchEvent | ClickEvent, BaseException]] = field(default_factory=list)
@@ -224,7 +224,7 @@ class SessionWindows:
                 step.duplicates += 1
             self.watermarks.advance(partition, source, ts)
         horizon = self.watermarks.get(partition) - self.gap_s
-        for sid in sorted(open_here | set(touched)):
+        for sid in open_here | set(touched):
             state = touched.get(sid) or self.store.get(sid)
             if state is not None and state["last_ts"] >= horizon:
                 continue
@@ -235,6 +235,7 @@ class SessionWindows:
             if sid in self.store:
                 del self.store[sid]  # one changelog tombstone per closed session
             step.closed.append(state)
+        step.closed.sort(key=lambda state: state["session_id"])  # sort the few, not all open
         for sid, state in touched.items():  # one store write per touched session
             self.store[sid] = state
             open_here.add(sid)

@@ -120,16 +120,16 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
     bot_rules = BotRules(
         cfg.bot_max_clicks_per_minute, cfg.bot_max_clicks, cfg.bot_min_median_dwell_ms
     )
+    policy = settings.on_processing_error
     windows = SessionWindows(
         sessions,
         gap_s=cfg.session_gap_s,
         max_clicks=cfg.max_session_clicks,
         inputs=(names.valid_searches, names.valid_clicks),
-        raise_errors=settings.on_processing_error == "stop",
+        raise_errors=policy == "stop",
     )
 
     dlq = app.topic(names.dlq, value_serializer="raw", key_serializer="raw")
-    policy = settings.on_processing_error
     max_raw = settings.ingest.dlq_max_raw_bytes
 
     async def emit(task: Task, examples: list[TrainingExample], partition: int, key: str) -> None:

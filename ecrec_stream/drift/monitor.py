@@ -25,7 +25,7 @@ from ecrec_stream.drift.categories import CategoryMixJS
 from ecrec_stream.drift.embedding import EmbeddingMMD
 from ecrec_stream.drift.rates import RiverRate
 from ecrec_stream.events import AnyEvent, ClickEvent, ReviewEvent, SearchEvent
-from ecrec_stream.eventtime import ReorderBuffer, Watermarks
+from ecrec_stream.eventtime import ReorderBuffer
 from ecrec_stream.quality import BoundedSeen
 
 STATE_VERSION = 1
@@ -113,7 +113,7 @@ class DriftMonitor:
         self.alerts: deque[RetrainingAlert] = deque(maxlen=20)
         self.samples: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=5))
         self.seen = BoundedSeen(dedupe_capacity)
-        self.watermarks = Watermarks(("events",))
+        self.newest_ts = -math.inf  # event time of the newest observed event (lateness)
         self.reorder = ReorderBuffer(
             settings.max_lag_s, inputs=inputs, max_idle_s=settings.max_idle_s
         )
@@ -193,9 +193,9 @@ class DriftMonitor:
                 self.counts["duplicate_events"] += 1
                 continue
             ts = ev.ts.timestamp()
-            if self.watermarks.is_late(0, ts, self.settings.window_s):
+            if ts < self.newest_ts - self.settings.window_s:
                 self.counts["late_events"] += 1  # still observed: drift does not need order
-            self.watermarks.advance(0, "events", ts)
+            self.newest_ts = max(self.newest_ts, ts)
             fresh.append(ev)
         step = MonitorStep()
         for name, rows in self._observations(fresh).items():
