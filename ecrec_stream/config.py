@@ -46,6 +46,7 @@ class TopicNames(BaseModel):
     examples: str = "ecrec.examples"
     drift: str = "ecrec.drift"
     alerts: str = "ecrec.alerts"
+    models: str = "ecrec.models"
 
     def routes(self) -> dict[EventKind, tuple[str, str]]:
         """Event kind -> (input topic, validated topic).
@@ -224,6 +225,45 @@ class DriftSettings(BaseModel):
         return self
 
 
+class TrainingSettings(BaseModel):
+    """The trainer: replay buffer, incremental fine-tuning, evaluation gate, registry."""
+
+    model_config = ConfigDict(frozen=True)
+
+    registry_dir: Path | None = Field(None, description="default: <data_dir>/models")
+    state_dir: Path | None = Field(None, description="default: <data_dir>/trainer")
+    # Replay buffer: the newest relevance examples, plus a label-balanced reservoir of older
+    # ones (against forgetting).
+    recent_size: int = Field(8_000, ge=10, le=10_000_000)
+    reservoir_size: int = Field(8_000, ge=0, le=10_000_000)
+    dedupe_capacity: int = Field(200_000, ge=100)
+    # Held back, never trained on: the newest share of the recent window (by event time) and
+    # the older examples of a fixed share of queries (by hash).
+    holdout_recent: float = Field(0.15, gt=0, lt=0.9)
+    holdout_older: float = Field(0.15, gt=0, lt=0.9)
+    min_examples: int = Field(200, ge=1, description="positive pairs needed to train")
+    min_eval_queries: int = Field(10, ge=1)
+    epochs: int = Field(3, ge=1, le=100)
+    batch_size: int = Field(64, ge=2, le=8192)
+    learning_rate: float = Field(2e-5, gt=0, le=1)
+    max_seq_length: int = Field(64, ge=8, le=512)
+    patience: int = Field(1, ge=0, le=100, description="epochs without validation gain")
+    hard_negatives: bool = True
+    # Skip this many of the serving index's top results when mining a hard negative: the
+    # very top is often an unjudged relevant item (a false negative).
+    hard_negative_skip: int = Field(2, ge=0, le=100)
+    lora: bool = False
+    lora_rank: int = Field(8, ge=1, le=256)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    eval_k: int = Field(10, ge=1, le=1000)
+    # Gate: publish only if nDCG@k on recent held-back data is not lower than the serving
+    # model's and on older data at most this much lower.
+    tolerance: float = Field(0.01, ge=0, le=1)
+    min_interval_s: float = Field(60.0, ge=0, description="wall time between two retrains")
+    save_interval_s: float = Field(5.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything a process needs; frozen once built."""
 
@@ -248,6 +288,7 @@ class Settings(BaseSettings):
     index: IndexSettings = IndexSettings()
     labels: LabelSettings = LabelSettings()
     drift: DriftSettings = DriftSettings()
+    training: TrainingSettings = TrainingSettings()
     # Every message an agent sends stays under this many bytes (batches are split); Kafka's
     # default broker and producer limit is 1 MiB, so keep a margin below it.
     max_message_bytes: int = Field(524_288, ge=16_384, le=1_000_000)
@@ -276,6 +317,14 @@ class Settings(BaseSettings):
     @property
     def uses_embedded_broker(self) -> bool:
         return self.broker == "embedded"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.training.registry_dir or self.data_dir / "models"
+
+    @property
+    def trainer_dir(self) -> Path:
+        return self.training.state_dir or self.data_dir / "trainer"
 
 
 def bootstrap_servers(broker_url: str) -> str:

@@ -130,6 +130,7 @@ def relevance_candidates(state: dict[str, Any]) -> list[RelevanceCandidate]:
                     skipped_above_click=not item_clicks and pos < deepest,
                     click_event_ids=tuple(sorted(c["event_id"] for c in item_clicks)),
                     user_id=state["user_id"],
+                    event_ts=float(search["ts"]),
                 )
             )
     return out

@@ -206,7 +206,12 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
             stats["near_duplicate_reviews"] += 1
             return None
         return SentimentCandidate(
-            review.event_id, review.item_id, text, review.rating, review.user_id
+            review.event_id,
+            review.item_id,
+            text,
+            review.rating,
+            review.user_id,
+            event_ts=review.ts.timestamp(),
         )
 
     async def label_reviews(stream: faust.StreamT) -> None:

@@ -231,7 +231,7 @@ def models(
 
     from ecrec_stream.registry import ArtifactError, ModelRegistry
 
-    reg = ModelRegistry(registry or load_settings().data_dir / "models")
+    reg = ModelRegistry(registry or load_settings().registry_dir)
     if use is not None:
         try:
             reg.set_current(use)

@@ -43,6 +43,7 @@ class RelevanceCandidate:
     skipped_above_click: bool = False  # shown above a clicked item but not clicked
     click_event_ids: tuple[str, ...] = ()
     user_id: str | None = None
+    event_ts: float | None = None  # the search's event time (epoch seconds)
 
     @property
     def source_event_ids(self) -> tuple[str, ...]:
@@ -59,6 +60,7 @@ class SentimentCandidate:
     rating: int | None = None
     user_id: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    event_ts: float | None = None  # the review's event time (epoch seconds)
 
 
 C = TypeVar("C", contravariant=True)

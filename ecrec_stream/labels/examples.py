@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 import numpy as np
@@ -54,7 +54,8 @@ class TrainingExample(BaseModel):
     """One weakly labelled example on ``ecrec.examples``.
 
     Relevance: ``text`` is the query, ``text_pair`` the item title, ``label`` 1 relevant / 0 not,
-    ``grade`` the behavioural grade (3 purchase ... 0 skipped). Sentiment: ``text`` is the review,
+    ``grade`` the behavioural grade (3 purchase ... 0 skipped). ``ts`` is the source event's
+    time (the search's, the review's), so a trainer can hold back the newest. Sentiment: ``text`` is the review,
     ``label`` 1 positive / 0 negative. ``weight`` = label-model confidence x position-bias
     correction (relevance) x meaning similarity (augmented copies).
     """
@@ -107,6 +108,11 @@ def example_batch_messages(
     parts = [e.model_dump_json().encode() for e in examples]
     messages, oversized = json_array_messages(parts, max_bytes, lambda run: envelope)
     return [body for _, body in messages], oversized
+
+
+def event_time(epoch_s: float | None) -> datetime:
+    """An example's time: its source event's time, or now when unknown."""
+    return utc_now() if epoch_s is None else datetime.fromtimestamp(epoch_s, timezone.utc)
 
 
 def example_id(
@@ -387,6 +393,7 @@ class RelevanceLabeler(_Labeler):
             votes=votes,
             source_event_ids=list(cand.source_event_ids),
             user_key=self.pseudonymise(cand.user_id),
+            ts=event_time(cand.event_ts),
         )
 
 
@@ -456,6 +463,7 @@ class SentimentLabeler(_Labeler):
             votes=votes,
             source_event_ids=[cand.event_id],
             user_key=self.pseudonymise(cand.user_id),
+            ts=event_time(cand.event_ts),
         )
 
 

@@ -1,0 +1,191 @@
+"""The trainer's replay buffer: recent relevance examples plus a reservoir of older ones.
+
+A fine-tune on the newest traffic alone forgets what the model knew (catastrophic
+forgetting); the reservoir keeps a uniform, label-balanced sample of everything that left the
+recent window (Vitter's algorithm R, one reservoir per label). Duplicate example ids (an
+at-least-once redelivery) are dropped. The buffer is saved as JSON (never pickle) together with
+the topic offsets it has read, so a restarted trainer resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ecrec_stream.labels.examples import TrainingExample
+
+STATE_VERSION = 1
+Offsets = dict[str, dict[int, int]]
+
+
+@dataclass(frozen=True)
+class BufferSplit:
+    """What a retrain uses: ``train`` (never the held-back examples), ``recent_eval`` (the
+    newest examples by event time) and ``older_eval`` (older examples of held-back queries)."""
+
+    train: list[TrainingExample]
+    recent_eval: list[TrainingExample]
+    older_eval: list[TrainingExample]
+
+    def window(self) -> dict[str, Any]:
+        """Event-time bounds of the training data (for the model manifest)."""
+        times = [e.ts for e in self.train]
+        return {
+            "examples": len(self.train),
+            "first_ts": min(times).isoformat() if times else None,
+            "last_ts": max(times).isoformat() if times else None,
+        }
+
+
+def query_bucket(query: str, salt: str = "") -> float:
+    """A stable number in [0, 1) per query (normalised case and spaces); another ``salt``
+    gives an independent split.
+
+    >>> query_bucket("Red Shoes") == query_bucket(" red  shoes ")
+    True
+    """
+    key = salt + " ".join(query.lower().split())
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 16**8
+
+
+class ReplayBuffer:
+    """Bounded recent window + per-label reservoirs of relevance examples."""
+
+    def __init__(
+        self,
+        recent_size: int = 8_000,
+        reservoir_size: int = 8_000,
+        *,
+        dedupe_capacity: int = 200_000,
+        seed: int = 0,
+    ) -> None:
+        self.recent_size = recent_size
+        self.reservoir_size = reservoir_size
+        self.dedupe_capacity = dedupe_capacity
+        self.recent: deque[TrainingExample] = deque()
+        self.reservoir: dict[int, list[TrainingExample]] = {0: [], 1: []}
+        self.evicted_seen: dict[int, int] = {0: 0, 1: 0}
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._rng = random.Random(seed)
+        self.counts: dict[str, int] = {"added": 0, "duplicates": 0, "ignored": 0}
+        self.offsets: Offsets = {}
+
+    def __len__(self) -> int:
+        return len(self.recent) + sum(len(r) for r in self.reservoir.values())
+
+    def add(self, examples: Iterable[TrainingExample]) -> int:
+        """Add relevance examples (sentiment ones are not for the retrieval encoder and are
+        counted as ignored); returns how many were new."""
+        added = 0
+        for ex in examples:
+            if ex.task != "relevance" or not ex.text_pair or ex.label not in (0, 1):
+                self.counts["ignored"] += 1
+                continue
+            if ex.example_id in self._seen:
+                self.counts["duplicates"] += 1
+                continue
+            self._seen[ex.example_id] = None
+            while len(self._seen) > self.dedupe_capacity:
+                self._seen.popitem(last=False)
+            self.recent.append(ex)
+            added += 1
+            while len(self.recent) > self.recent_size:
+                self._to_reservoir(self.recent.popleft())
+        self.counts["added"] += added
+        return added
+
+    def _to_reservoir(self, ex: TrainingExample) -> None:
+        cap = self.reservoir_size // 2  # balanced: half the reservoir per label
+        if cap == 0:
+            return
+        pool = self.reservoir[ex.label]
+        self.evicted_seen[ex.label] += 1
+        if len(pool) < cap:
+            pool.append(ex)
+            return
+        j = self._rng.randrange(self.evicted_seen[ex.label])
+        if j < cap:
+            pool[j] = ex
+
+    def examples(self) -> list[TrainingExample]:
+        """Everything held, oldest event time first."""
+        return sorted([*self.reservoir[0], *self.reservoir[1], *self.recent], key=lambda e: e.ts)
+
+    def split(self, holdout_recent: float, holdout_older: float) -> BufferSplit:
+        """Hold back the newest ``holdout_recent`` of the recent window (by event time) and
+        every older example of a fixed ``holdout_older`` share of queries; augmented copies
+        are training-only and never of a held-back original."""
+        recent = sorted(self.recent, key=lambda e: e.ts)
+        n_recent_eval = round(len(recent) * holdout_recent)
+        cut = len(recent) - n_recent_eval
+        recent_eval = [e for e in recent[cut:] if e.augmented_from is None]
+        older = [*self.reservoir[0], *self.reservoir[1], *recent[:cut]]
+        older_eval = [
+            e for e in older if e.augmented_from is None and query_bucket(e.text) < holdout_older
+        ]
+        held = {e.example_id for e in recent_eval} | {e.example_id for e in older_eval}
+        held_queries = {e.text for e in recent_eval} | {e.text for e in older_eval}
+        train = [
+            e
+            for e in older
+            if e.example_id not in held
+            and e.augmented_from not in held
+            and (e.augmented_from is not None or query_bucket(e.text) >= holdout_older)
+        ]
+        # an augmented copy of a held-back query would leak its answer into training
+        train = [e for e in train if e.augmented_from is None or e.text not in held_queries]
+        return BufferSplit(train, recent_eval, older_eval)
+
+    # -- persistence -------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """Write the buffer and its offsets atomically (JSON)."""
+
+        def dump(rows: Sequence[TrainingExample]) -> list[Any]:
+            return [e.model_dump(mode="json") for e in rows]
+
+        state = {
+            "version": STATE_VERSION,
+            "offsets": {
+                t: {str(p): o for p, o in parts.items()} for t, parts in self.offsets.items()
+            },
+            "recent": dump(self.recent),
+            "reservoir": {str(k): dump(v) for k, v in self.reservoir.items()},
+            "evicted_seen": {str(k): v for k, v in self.evicted_seen.items()},
+            "seen": list(self._seen),
+            "counts": self.counts,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as fh:
+            json.dump(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> bool:
+        """Restore from ``path``; False when there is no saved buffer."""
+        if not path.exists():
+            return False
+        state = json.loads(path.read_text())
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"replay buffer version {state.get('version')} is not supported")
+
+        def parse(rows: list[Any]) -> list[TrainingExample]:
+            return [TrainingExample.model_validate(r) for r in rows]
+
+        self.offsets = {
+            t: {int(p): int(o) for p, o in parts.items()} for t, parts in state["offsets"].items()
+        }
+        self.recent = deque(parse(state["recent"]))
+        self.reservoir = {int(k): parse(v) for k, v in state["reservoir"].items()}
+        self.evicted_seen = {int(k): int(v) for k, v in state["evicted_seen"].items()}
+        self._seen = OrderedDict.fromkeys(state["seen"])
+        self.counts.update(state["counts"])
+        return True

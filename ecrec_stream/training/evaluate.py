@@ -1,0 +1,117 @@
+"""Retrieval quality of an encoder over a catalog: nDCG@k and recall@k.
+
+Judgments come from held-back examples (behavioural labels) or from human relevance data in
+the benchmarks. The catalog is embedded once per encoder and searched exactly (one matrix
+product), so the figure does not depend on an approximate index.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ecrec_stream.labels.examples import TrainingExample
+
+Judgments = dict[str, dict[str, float]]  # query -> item_id -> gain (> 0 relevant)
+
+
+def judgments_from_examples(examples: Iterable[TrainingExample]) -> Judgments:
+    """Gains per (query, item): a relevant example counts its behavioural grade (at least 1),
+    a not-relevant one 0; the strongest evidence wins. Queries without any relevant item are
+    left out (nothing to find).
+
+    >>> from ecrec_stream.labels.examples import TrainingExample as T
+    >>> ex = lambda i, label, grade: T(example_id=i, task="relevance", text="milk",
+    ...     text_pair="t", item_id=i, label=label, grade=grade, confidence=1, weight=1,
+    ...     votes={}, source_event_ids=[])
+    >>> judgments_from_examples([ex("a", 1, 3), ex("b", 0, 0), ex("a", 1, 1)])
+    {'milk': {'a': 3.0, 'b': 0.0}}
+    """
+    out: Judgments = {}
+    for ex in examples:
+        gain = float(max(ex.grade or 1, 1)) if ex.label == 1 else 0.0
+        per_query = out.setdefault(ex.text, {})
+        per_query[ex.item_id] = max(per_query.get(ex.item_id, 0.0), gain)
+    return {q: g for q, g in out.items() if any(v > 0 for v in g.values())}
+
+
+@dataclass(frozen=True)
+class EmbeddedCatalog:
+    """Unit vectors of every catalog item under one encoder version."""
+
+    version: str
+    item_ids: list[str]
+    vectors: np.ndarray
+
+    def top_k(self, query_vectors: np.ndarray, k: int) -> list[list[str]]:
+        """Exact top-``k`` item ids per query row (inner product = cosine)."""
+        if not self.item_ids:
+            return [[] for _ in range(len(query_vectors))]
+        k = min(k, len(self.item_ids))
+        out: list[list[str]] = []
+        for start in range(0, len(query_vectors), 256):  # bounded memory on large catalogs
+            scores = query_vectors[start : start + 256] @ self.vectors.T
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
+            for row in np.take_along_axis(top, order, axis=1):
+                out.append([self.item_ids[i] for i in row])
+        return out
+
+
+def embed_catalog(
+    encode: Callable[[list[str]], np.ndarray],
+    version: str,
+    items: Mapping[str, str],
+    batch_size: int = 1024,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> EmbeddedCatalog:
+    """Embed ``items`` (item_id -> text) with ``encode``."""
+    ids = list(items)
+    chunks = []
+    for start in range(0, len(ids), batch_size):
+        chunks.append(encode([items[i] for i in ids[start : start + batch_size]]))
+        if on_progress is not None:
+            on_progress(min(start + batch_size, len(ids)), len(ids))
+    vectors = np.concatenate(chunks) if chunks else np.zeros((0, 1), dtype=np.float32)
+    return EmbeddedCatalog(version, ids, np.ascontiguousarray(vectors, dtype=np.float32))
+
+
+def ndcg_at_k(ranked: Sequence[str], gains: Mapping[str, float], k: int) -> float:
+    """nDCG@k with exponential gain (2^g - 1).
+
+    >>> round(ndcg_at_k(["b", "a"], {"a": 2, "b": 0}, 10), 3)
+    0.631
+    """
+    dcg = sum((2 ** gains.get(i, 0.0) - 1) / math.log2(r + 2) for r, i in enumerate(ranked[:k]))
+    ideal = sorted(gains.values(), reverse=True)[:k]
+    idcg = sum((2**g - 1) / math.log2(r + 2) for r, g in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def recall_at_k(ranked: Sequence[str], gains: Mapping[str, float], k: int) -> float:
+    """Share of the relevant items (gain > 0) found in the top ``k``."""
+    relevant = {i for i, g in gains.items() if g > 0}
+    return len(relevant & set(ranked[:k])) / len(relevant) if relevant else 0.0
+
+
+def retrieval_metrics(
+    encode_queries: Callable[[list[str]], np.ndarray],
+    catalog: EmbeddedCatalog,
+    judgments: Judgments,
+    k: int = 10,
+) -> dict[str, float]:
+    """Mean nDCG@k and recall@k over the judged queries (and how many there were)."""
+    queries = sorted(judgments)
+    if not queries:
+        return {f"ndcg@{k}": 0.0, f"recall@{k}": 0.0, "queries": 0.0}
+    ranked = catalog.top_k(encode_queries(queries), k)
+    ndcg = [ndcg_at_k(r, judgments[q], k) for q, r in zip(queries, ranked, strict=True)]
+    recall = [recall_at_k(r, judgments[q], k) for q, r in zip(queries, ranked, strict=True)]
+    return {
+        f"ndcg@{k}": float(np.mean(ndcg)),
+        f"recall@{k}": float(np.mean(recall)),
+        "queries": float(len(queries)),
+    }

@@ -1,0 +1,305 @@
+"""One retrain, start to finish: buffer split -> pairs with hard negatives -> fine-tune ->
+evaluation on held-back data -> gate -> publication in the registry.
+
+Pure domain code (torch, sentence-transformers, numpy): it runs, and is measured, on a GPU
+machine without any Kafka client. The trainer worker feeds it the buffer and the catalog and
+sends its outcome to the topics.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ecrec_stream.config import EmbeddingSettings, TrainingSettings
+from ecrec_stream.embedding import resolve_device, resolve_model_path, weights_digest
+from ecrec_stream.registry import ModelManifest, ModelRegistry
+from ecrec_stream.training.buffer import BufferSplit
+from ecrec_stream.training.evaluate import (
+    EmbeddedCatalog,
+    embed_catalog,
+    judgments_from_examples,
+    retrieval_metrics,
+)
+from ecrec_stream.training.finetune import FineTuneConfig, FineTuneReport, TrainPair, fine_tune
+from ecrec_stream.training.gate import GateDecision, evaluation_gate
+
+PHASES = ("buffer", "train", "evaluate", "publish")
+
+
+@dataclass
+class RetrainOutcome:
+    """What a retrain did: the gate's decision, the versions, metrics and phase timings (s)."""
+
+    trigger: str
+    serving_version: str
+    accepted: bool
+    reasons: list[str]
+    candidate_version: str | None = None
+    manifest: ModelManifest | None = None
+    decision: GateDecision | None = None
+    fine_tune: FineTuneReport | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able digest (for alerts, logs and the demo)."""
+        return {
+            "trigger": self.trigger,
+            "accepted": self.accepted,
+            "reasons": self.reasons,
+            "serving_version": self.serving_version,
+            "candidate_version": self.candidate_version,
+            "serving": self.decision.serving if self.decision else {},
+            "candidate": self.decision.candidate if self.decision else {},
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "counts": self.counts,
+            "fine_tune": self.fine_tune.as_dict() if self.fine_tune else None,
+        }
+
+
+def model_encoder(model: Any, batch_size: int = 256) -> Callable[[list[str]], np.ndarray]:
+    """``texts -> unit vectors`` for a sentence-transformers model (bf16 autocast on CUDA)."""
+    import torch
+
+    def encode(texts: list[str]) -> np.ndarray:
+        if not texts:
+            dim = model.get_embedding_dimension() or 1
+            return np.zeros((0, dim), dtype=np.float32)
+        cuda = str(model.device).startswith("cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            out = model.encode(
+                texts,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_tensor=True,
+                show_progress_bar=False,
+            )
+        return np.ascontiguousarray(out.float().cpu().numpy(), dtype=np.float32)
+
+    return encode
+
+
+def catalog_fingerprint(catalog: Mapping[str, str]) -> str:
+    h = hashlib.sha1()
+    for item_id in sorted(catalog):
+        h.update(item_id.encode() + b"\0" + catalog[item_id].encode() + b"\0")
+    return h.hexdigest()
+
+
+class Retrainer:
+    """Keeps the serving model (from the registry) and runs gated retrains against it."""
+
+    def __init__(
+        self,
+        settings: TrainingSettings,
+        registry: ModelRegistry,
+        base_model: EmbeddingSettings | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.base_model = base_model or EmbeddingSettings()
+        self.device = resolve_device(settings.device)
+        self._serving: tuple[str, Any] | None = None
+        self._catalog_cache: dict[tuple[str, str], EmbeddedCatalog] = {}
+
+    # -- the serving model -------------------------------------------------------------------
+    def serving(self) -> tuple[str, Any]:
+        """(version, model) of the registry's current version; the base model is published
+        as the first version when the registry is empty."""
+        current = self.registry.current()
+        if self._serving is not None and self._serving[0] == current:
+            return self._serving
+        if current is None:
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(
+                resolve_model_path(self.base_model.model), device=self.device
+            )
+            manifest = self.registry.publish(model, name=self.base_model.model)
+            current = manifest.version
+        else:
+            model = self.registry.load(current, device=self.device)
+        model.max_seq_length = self.settings.max_seq_length
+        self._serving = (current, model)
+        return self._serving
+
+    def embedded_catalog(
+        self, version: str, model: Any, catalog: Mapping[str, str]
+    ) -> EmbeddedCatalog:
+        key = (version, catalog_fingerprint(catalog))
+        if key not in self._catalog_cache:
+            self._catalog_cache = {key: embed_catalog(model_encoder(model), version, catalog)}
+        return self._catalog_cache[key]
+
+    # -- pairs ---------------------------------------------------------------------------
+    def training_pairs(
+        self,
+        split: BufferSplit,
+        catalog: Mapping[str, str],
+        serving_model: Any,
+        serving_catalog: EmbeddedCatalog,
+    ) -> tuple[list[TrainPair], dict[str, int]]:
+        """Relevant examples become pairs (item text from the catalog, weight = example weight
+        x grade); each gets a hard negative: an item the shopper skipped for that query, else
+        one the serving index ranks high that is not known to be relevant."""
+        positives: dict[str, set[str]] = defaultdict(set)
+        negatives: dict[str, list[str]] = defaultdict(list)
+        for ex in split.train:
+            if ex.label == 1:
+                positives[ex.text].add(ex.item_id)
+            else:
+                negatives[ex.text].append(ex.item_id)
+
+        def text_of(item_id: str, fallback: str | None) -> str | None:
+            return catalog.get(item_id) or fallback
+
+        counts = {"labelled_negatives": 0, "mined_negatives": 0, "no_negative": 0}
+        mined: dict[str, list[str]] = {}
+        if self.settings.hard_negatives:
+            need = sorted(q for q in positives if not negatives.get(q))
+            if need and serving_catalog.item_ids:
+                skip = self.settings.hard_negative_skip
+                ranked = serving_catalog.top_k(model_encoder(serving_model)(need), skip + 10)
+                mined = dict(zip(need, [r[skip:] for r in ranked], strict=True))
+        pairs = []
+        for ex in split.train:
+            if ex.label != 1:
+                continue
+            positive = text_of(ex.item_id, ex.text_pair)
+            if not positive:
+                continue
+            negative = None
+            if self.settings.hard_negatives:
+                for item_id in negatives.get(ex.text, []):
+                    if item_id not in positives[ex.text] and (t := catalog.get(item_id)):
+                        negative = t
+                        counts["labelled_negatives"] += 1
+                        break
+                else:
+                    for item_id in mined.get(ex.text, []):
+                        if item_id not in positives[ex.text] and (t := catalog.get(item_id)):
+                            negative = t
+                            counts["mined_negatives"] += 1
+                            break
+                    else:
+                        counts["no_negative"] += 1
+            grade = max(ex.grade or 1, 1)
+            pairs.append(TrainPair(ex.text, positive, ex.weight * (1 + grade) / 2, negative))
+        counts["pairs"] = len(pairs)
+        return pairs, counts
+
+    # -- one retrain ---------------------------------------------------------------------
+    def retrain(
+        self,
+        split: BufferSplit,
+        catalog: Mapping[str, str],
+        *,
+        trigger: str,
+        training_window: dict[str, Any] | None = None,
+        on_step: Callable[[int, int, float], None] | None = None,
+        buffer_s: float = 0.0,
+    ) -> RetrainOutcome:
+        """Fine-tune the serving model on ``split.train``, gate it on the held-back splits and
+        publish it if it passes. ``catalog`` maps item ids to the texts the index embeds."""
+        cfg = self.settings
+        timings = {"buffer": buffer_s}
+        t0 = time.perf_counter()
+        version, serving_model = self.serving()
+        serving_catalog = self.embedded_catalog(version, serving_model, catalog)
+        pairs, counts = self.training_pairs(split, catalog, serving_model, serving_catalog)
+        counts.update(
+            train_examples=len(split.train),
+            recent_eval_examples=len(split.recent_eval),
+            older_eval_examples=len(split.older_eval),
+            catalog_items=len(catalog),
+        )
+        timings["buffer"] += time.perf_counter() - t0
+        outcome = RetrainOutcome(trigger, version, False, [], timings=timings, counts=counts)
+        if len(pairs) < cfg.min_examples:
+            outcome.reasons = [
+                f"only {len(pairs)} relevant pairs to train on (need {cfg.min_examples})"
+            ]
+            return outcome
+
+        t1 = time.perf_counter()
+        candidate = copy.deepcopy(serving_model)
+        report = fine_tune(
+            candidate,
+            pairs,
+            FineTuneConfig(
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                learning_rate=cfg.learning_rate,
+                max_seq_length=cfg.max_seq_length,
+                patience=cfg.patience,
+                lora=cfg.lora,
+                lora_rank=cfg.lora_rank,
+                seed=cfg.seed,
+            ),
+            device=self.device,
+            on_step=on_step,
+        )
+        outcome.fine_tune = report
+        timings["train"] = time.perf_counter() - t1
+        candidate_version = weights_digest(candidate)
+        outcome.candidate_version = candidate_version
+        if candidate_version == version:
+            outcome.reasons = ["fine-tuning did not lower the validation loss: nothing to publish"]
+            return outcome
+
+        t2 = time.perf_counter()
+        candidate_catalog = embed_catalog(model_encoder(candidate), candidate_version, catalog)
+        k = cfg.eval_k
+        splits = {
+            "recent": judgments_from_examples(split.recent_eval),
+            "older": judgments_from_examples(split.older_eval),
+        }
+        serving_metrics = {
+            name: retrieval_metrics(model_encoder(serving_model), serving_catalog, j, k)
+            for name, j in splits.items()
+        }
+        candidate_metrics = {
+            name: retrieval_metrics(model_encoder(candidate), candidate_catalog, j, k)
+            for name, j in splits.items()
+        }
+        decision = evaluation_gate(
+            serving_metrics,
+            candidate_metrics,
+            metric=f"ndcg@{k}",
+            tolerance=cfg.tolerance,
+            min_queries=cfg.min_eval_queries,
+        )
+        outcome.decision = decision
+        outcome.accepted = decision.accepted
+        outcome.reasons = decision.reasons
+        timings["evaluate"] = time.perf_counter() - t2
+        if not decision.accepted:
+            return outcome
+
+        t3 = time.perf_counter()
+        flat = {
+            f"{split_name}.{metric}": value
+            for split_name, metrics in candidate_metrics.items()
+            for metric, value in metrics.items()
+        }
+        outcome.manifest = self.registry.publish(
+            candidate,
+            name=self.base_model.model,
+            parent_version=version,
+            training_window={**split.window(), **(training_window or {})},
+            metrics=flat,
+        )
+        self._serving = (outcome.manifest.version, candidate)
+        self._catalog_cache = {
+            (outcome.manifest.version, catalog_fingerprint(catalog)): candidate_catalog
+        }
+        timings["publish"] = time.perf_counter() - t3
+        return outcome
