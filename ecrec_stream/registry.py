@@ -23,11 +23,15 @@ import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ecrec_stream.exceptions import EcrecError
+
+if TYPE_CHECKING:
+    from ecrec_stream.config import EmbeddingSettings
+    from ecrec_stream.embedding import SentenceTransformerEncoder
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
@@ -51,6 +55,32 @@ class ModelManifest(BaseModel):
     training_window: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256
+
+
+class ModelPublication(BaseModel):
+    """The ``ecrec.models`` message: a version was published and is now the serving one.
+    Replicas load it from their registry directory (shared storage) by ``version`` and verify
+    it there; the message itself is never trusted for the weights."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["published", "rollback"] = "published"
+    version: str
+    name: str
+    parent_version: str | None = None
+    published_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    metrics: dict[str, float] = Field(default_factory=dict)
+    trigger: str | None = None
+
+    @classmethod
+    def of(cls, manifest: ModelManifest, trigger: str | None = None) -> ModelPublication:
+        return cls(
+            version=manifest.version,
+            name=manifest.name,
+            parent_version=manifest.parent_version,
+            metrics=manifest.metrics,
+            trigger=trigger,
+        )
 
 
 def _sha256(path: Path) -> str:
@@ -159,6 +189,20 @@ class ModelRegistry:
             if _sha256(present[rel]) != digest:
                 raise ArtifactError(f"{version}: checksum mismatch in {rel}")
         return manifest
+
+    def load_encoder(self, version: str, settings: EmbeddingSettings) -> SentenceTransformerEncoder:
+        """A serving encoder for ``version``, verified (files and weights digest)."""
+        from ecrec_stream.embedding import SentenceTransformerEncoder
+
+        self.verify(version)
+        encoder = SentenceTransformerEncoder(
+            settings.model_copy(
+                update={"model": str(self.root / version), "allow_downloads": False}
+            )
+        )
+        if encoder.version != version:
+            raise ArtifactError(f"{version}: loaded weights hash to {encoder.version}")
+        return encoder
 
     def load(self, version: str, device: str = "cpu") -> Any:
         """The verified sentence-transformers model of ``version`` (its loaded weights must

@@ -1,5 +1,8 @@
 """An index replica: consumes *all* partitions of the validated items topic, keeps a
 :class:`~ecrec_stream.index.LiveItemIndex` fresh, snapshots it, and serves search over HTTP.
+It follows ``ecrec.models`` too: a published version is verified in the registry, loaded, and
+the catalog re-embedded in the background while the old model keeps serving; then the pair
+is swapped. A model that fails verification is refused and the old one keeps serving.
 
 It uses confluent-kafka with manual partition assignment rather than a consumer group: each
 replica must read every partition (not share them), and a restarted replica must start exactly
@@ -10,6 +13,7 @@ at the offsets stored in its snapshot. Assignment gives both directly and skips 
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 import time
@@ -20,9 +24,12 @@ from confluent_kafka import KafkaError, Message
 from pydantic import ValidationError
 
 from ecrec_stream.config import Settings
+from ecrec_stream.embedding import Encoder
 from ecrec_stream.events import EventBatch, ItemEvent
+from ecrec_stream.exceptions import EcrecError
 from ecrec_stream.index import LiveItemIndex
-from ecrec_stream.index.persist import Offsets
+from ecrec_stream.index.persist import Offsets, snapshot_model
+from ecrec_stream.registry import ModelPublication, ModelRegistry
 from streams.kafka import ensure_topics, partition_reader
 
 LOG = logging.getLogger(__name__)
@@ -43,8 +50,14 @@ class IndexReplica:
         self.bootstrap = bootstrap
         self.live = live
         self.topic = settings.topics.valid_items
+        self.models_topic = settings.topics.models
         self.data_dir = Path(settings.index.data_dir)
-        self.offsets: Offsets = {self.topic: {}}
+        self.offsets: Offsets = {self.topic: {}, self.models_topic: {}}
+        self.registry = ModelRegistry(settings.registry_dir)
+        # publications wait here for the model thread, with their (partition, offset)
+        self._models: queue.Queue[tuple[ModelPublication, int, int]] = queue.Queue()
+        self._offsets_lock = threading.Lock()
+        self.model_stats: dict[str, object] = {"loaded": 0, "refused": 0, "last_error": None}
         self.restored_from_snapshot = False
         self.skipped_messages = 0
         self._stop = threading.Event()
@@ -58,21 +71,31 @@ class IndexReplica:
         """Restore the latest snapshot, assign every partition at its offset, start consuming."""
         restored = self.live.load_snapshot(self.data_dir)
         if restored is not None:
-            self.offsets = {self.topic: dict(restored.get(self.topic, {}))}
+            self.offsets = {
+                self.topic: dict(restored.get(self.topic, {})),
+                self.models_topic: dict(restored.get(self.models_topic, {})),
+            }
             self.restored_from_snapshot = True
             LOG.info(
                 "restored %d items from snapshot; resuming at %s",
                 len(self.live),
                 self.offsets[self.topic],
             )
-        ensure_topics(self.bootstrap, [self.topic], self.settings.partitions)
+        ensure_topics(self.bootstrap, [self.topic, self.models_topic], self.settings.partitions)
         self._thread = threading.Thread(target=self._run, name="index-replica", daemon=True)
         self._thread.start()
+        self._model_thread = threading.Thread(
+            target=self._follow_models, name="index-models", daemon=True
+        )
+        self._model_thread.start()
 
     def _run(self) -> None:
         cfg = self.settings.index
         consumer = partition_reader(
-            self.bootstrap, [self.topic], name=f"ecrec-index-{cfg.replica_id}", offsets=self.offsets
+            self.bootstrap,
+            [self.topic, self.models_topic],
+            name=f"ecrec-index-{cfg.replica_id}",
+            offsets=self.offsets,
         )
         try:
             last_snapshot = time.monotonic()
@@ -111,6 +134,9 @@ class IndexReplica:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
                 raise RuntimeError(f"consume error: {err}")
+            if message.topic() == self.models_topic:
+                self._queue_model(message)
+                continue
             try:
                 batch = EventBatch.model_validate_json(message.value() or b"")
             except ValidationError as exc:
@@ -138,11 +164,65 @@ class IndexReplica:
             self.live.apply_many(events)
         # Offsets move only after the events are in the index, so a snapshot never claims
         # more than it holds.
-        self.offsets[self.topic] = advanced
+        with self._offsets_lock:
+            self.offsets[self.topic] = advanced
         self._dirty = True
 
+    # -- following ecrec.models ----------------------------------------------------------
+    def _queue_model(self, message: Message) -> None:
+        partition, offset = message.partition(), message.offset()
+        try:
+            publication = ModelPublication.model_validate_json(message.value() or b"")
+        except ValidationError as exc:
+            LOG.error("skipping malformed model publication @%s: %s", offset, exc)
+            self.skipped_messages += 1
+            self._advance_models(partition, offset)
+            return
+        self._models.put((publication, partition or 0, offset or 0))
+
+    def _advance_models(self, partition: int | None, offset: int | None) -> None:
+        if partition is not None and offset is not None:
+            with self._offsets_lock:
+                self.offsets[self.models_topic][partition] = offset + 1
+            self._dirty = True
+
+    def _follow_models(self) -> None:
+        """Swap to each published version in turn (only the newest of a queued run)."""
+        while not self._stop.is_set():
+            try:
+                publication, partition, offset = self._models.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            while not self._models.empty():  # a newer publication supersedes this one
+                self._advance_models(partition, offset)
+                publication, partition, offset = self._models.get_nowait()
+            if publication.version != self.live.serving.version:
+                self.swap_to(publication.version)
+            # The offset moves only once the swap is done (or refused): a snapshot taken
+            # meanwhile still names the old model and makes a restart load this one again.
+            self._advance_models(partition, offset)
+
+    def swap_to(self, version: str) -> bool:
+        """Verify and load ``version`` from the registry, re-embed, swap; False if refused."""
+        try:
+            encoder: Encoder = self.registry.load_encoder(version, self.settings.embedding)
+        except EcrecError as exc:
+            LOG.error("refusing model %s, the old one keeps serving: %s", version, exc)
+            self.model_stats["refused"] = int(str(self.model_stats["refused"])) + 1
+            self.model_stats["last_error"] = str(exc)
+            return False
+        started = time.monotonic()
+        embedded = self.live.swap_encoder(encoder, self.settings.index.batch_max)
+        self.model_stats["loaded"] = int(str(self.model_stats["loaded"])) + 1
+        self.model_stats["last_swap_s"] = round(time.monotonic() - started, 3)
+        LOG.warning("now serving model %s (%d items re-embedded)", version, embedded)
+        self._dirty = True
+        return True
+
     def snapshot(self) -> Path:
-        path = self.live.save_snapshot(self.data_dir, self.offsets)
+        with self._offsets_lock:
+            offsets = {t: dict(p) for t, p in self.offsets.items()}
+        path = self.live.save_snapshot(self.data_dir, offsets)
         self._dirty = False
         return path
 
@@ -150,6 +230,8 @@ class IndexReplica:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if getattr(self, "_model_thread", None) is not None:
+            self._model_thread.join(timeout=60)
         if final_snapshot and self._dirty:
             self.snapshot()
 
@@ -157,14 +239,34 @@ class IndexReplica:
         return self._thread is not None and self._thread.is_alive()
 
 
+def serving_encoder(settings: Settings) -> Encoder:
+    """The encoder a replica starts with: the version its snapshot was built with, when the
+    registry has it (so a replica restarted after a swap serves the new model without
+    re-embedding), else the configured model."""
+    from ecrec_stream.embedding import SentenceTransformerEncoder
+
+    version = snapshot_model(Path(settings.index.data_dir))
+    registry = ModelRegistry(settings.registry_dir)
+    if version is not None and (registry.root / version).exists():
+        try:
+            return registry.load_encoder(version, settings.embedding)
+        except EcrecError as exc:
+            LOG.error(
+                "snapshot model %s is not loadable (%s); using %s",
+                version,
+                exc,
+                settings.embedding.model,
+            )
+    return SentenceTransformerEncoder(settings.embedding)
+
+
 def serve_indexer(settings: Settings, bootstrap: str, *, log_level: str = "warning") -> None:
     """Run one replica with its HTTP API until SIGINT/SIGTERM; snapshot on the way out."""
     import uvicorn
 
-    from ecrec_stream.embedding import SentenceTransformerEncoder
     from workers.api import create_api
 
-    encoder = SentenceTransformerEncoder(settings.embedding)
+    encoder = serving_encoder(settings)
     live = LiveItemIndex(encoder, settings.index)
     replica = IndexReplica(settings, bootstrap, live)
     replica.start()

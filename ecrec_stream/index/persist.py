@@ -111,6 +111,17 @@ def _snapshot_dirs(data_dir: Path) -> list[Path]:
     return sorted(p for p in data_dir.glob("snap-*") if p.is_dir() and not p.name.endswith(".tmp"))
 
 
+def snapshot_model(data_dir: Path) -> str | None:
+    """The model version (content digest) of the newest snapshot's vectors, read from its
+    manifest alone; ``None`` when there is no readable snapshot."""
+    pointer = data_dir / CURRENT
+    try:
+        manifest = json.loads((data_dir / pointer.read_text().strip() / MANIFEST).read_text())
+        return str(manifest["model"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def read_snapshot(data_dir: Path) -> SnapshotData | None:
     """Load the snapshot named in ``CURRENT``; ``None`` when there is none yet."""
     pointer = data_dir / CURRENT
@@ -153,4 +164,4 @@ def read_snapshot(data_dir: Path) -> SnapshotData | None:
     )
 
 
-__all__ = ["Offsets", "SnapshotData", "read_snapshot", "write_snapshot"]
+__all__ = ["Offsets", "SnapshotData", "read_snapshot", "snapshot_model", "write_snapshot"]

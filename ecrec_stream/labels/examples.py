@@ -54,10 +54,10 @@ class TrainingExample(BaseModel):
     """One weakly labelled example on ``ecrec.examples``.
 
     Relevance: ``text`` is the query, ``text_pair`` the item title, ``label`` 1 relevant / 0 not,
-    ``grade`` the behavioural grade (3 purchase ... 0 skipped). ``ts`` is the source event's
-    time (the search's, the review's), so a trainer can hold back the newest. Sentiment: ``text`` is the review,
-    ``label`` 1 positive / 0 negative. ``weight`` = label-model confidence x position-bias
-    correction (relevance) x meaning similarity (augmented copies).
+    ``grade`` the behavioural grade (3 purchase ... 0 skipped). Sentiment: ``text`` is the
+    review, ``label`` 1 positive / 0 negative. ``ts`` is the source event's time (the search's,
+    the review's), so a trainer can hold back the newest. ``weight`` = label-model confidence
+    x position-bias correction (relevance) x meaning similarity (augmented copies).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

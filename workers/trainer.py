@@ -1,0 +1,295 @@
+"""The trainer process: examples into a replay buffer, retraining alerts into gated retrains,
+accepted models into the registry and onto ``ecrec.models``.
+
+It reads every partition of ``ecrec.examples``, ``ecrec.alerts`` and ``ecrec.valid.items``
+with manual assignment (like an index replica): the buffer file stores the offsets it holds,
+so a restart resumes exactly there and keeps its buffer. Training blocks this loop while it
+runs; the topics wait in Kafka meanwhile, nothing is lost. The training itself is
+:class:`ecrec_stream.training.Retrainer`, which imports no Kafka client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import KafkaError, Message
+from pydantic import ValidationError
+
+from ecrec_stream.config import Settings
+from ecrec_stream.embedding import item_text
+from ecrec_stream.events import EventBatch, ItemEvent
+from ecrec_stream.index.store import ItemStore
+from ecrec_stream.labels.examples import ExampleBatch
+from ecrec_stream.registry import ModelPublication, ModelRegistry
+from ecrec_stream.training import ReplayBuffer, Retrainer, RetrainOutcome
+from streams.kafka import ensure_topics, new_producer, partition_reader
+
+LOG = logging.getLogger(__name__)
+TRIGGER_KINDS = {"retrain", "retrain_request"}
+
+
+def retrain_request(reason: str) -> dict[str, Any]:
+    """The message ``ecrec-stream retrain`` puts on ``ecrec.alerts``."""
+    return {
+        "alert_id": f"request-{uuid.uuid4().hex[:16]}",
+        "kind": "retrain_request",
+        "reason": reason,
+        "requested_at": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+class TrainerWorker:
+    """Keeps the buffer and the catalog fresh from Kafka and retrains on alerts."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        *,
+        on_step: Callable[[int, int, float], None] | None = None,
+        on_outcome: Callable[[RetrainOutcome], None] | None = None,
+    ) -> None:
+        cfg = settings.training
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.names = settings.topics
+        self.state_path = settings.trainer_dir / "buffer.json"
+        self.status_path = settings.trainer_dir / "status.json"
+        self.buffer = ReplayBuffer(
+            cfg.recent_size, cfg.reservoir_size, dedupe_capacity=cfg.dedupe_capacity, seed=cfg.seed
+        )
+        self.restored = self.buffer.load(self.state_path)
+        self.catalog = ItemStore()
+        self.registry = ModelRegistry(settings.registry_dir)
+        self.retrainer = Retrainer(cfg, self.registry, settings.embedding)
+        self.pending: list[dict[str, Any]] = []
+        self.outcomes: deque[dict[str, Any]] = deque(maxlen=20)
+        self.stats: Counter[str] = Counter()
+        self.on_step = on_step
+        self.on_outcome = on_outcome
+        self.started_ms = int(time.time() * 1000)
+        self._last_retrain = 0.0
+        self._last_save = time.monotonic()
+        self._dirty = False
+        self.stop_event = threading.Event()
+
+    # -- reading the topics ------------------------------------------------------------
+    def _handle(self, message: Message) -> None:
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        value = message.value() or b""
+        if topic == self.names.examples:
+            try:
+                batch = ExampleBatch.model_validate_json(value)
+            except ValidationError as exc:
+                LOG.error("skipping malformed example batch at %s@%s: %s", partition, offset, exc)
+                self.stats["malformed_messages"] += 1
+            else:
+                self.stats["examples_read"] += len(batch.examples)
+                self.buffer.add(batch.examples)
+        elif topic == self.names.alerts:
+            self._handle_alert(message, value)
+        elif topic == self.names.valid_items:
+            try:
+                events = EventBatch.model_validate_json(value).events
+            except ValidationError:
+                self.stats["malformed_messages"] += 1
+                events = []
+            for event in events:
+                if isinstance(event, ItemEvent) and not self.catalog.is_stale(
+                    event.item_id, event.ts
+                ):
+                    if event.op == "delete":
+                        self.catalog.remove(event.item_id, event.ts)
+                    else:
+                        self.catalog.put(event, event.ts)
+            return  # the catalog is rebuilt from the topic at start: no offsets kept
+        if topic is not None and partition is not None and offset is not None:
+            self.buffer.offsets.setdefault(topic, {})[partition] = offset + 1
+            self._dirty = True
+
+    def _handle_alert(self, message: Message, value: bytes) -> None:
+        try:
+            alert = json.loads(value)
+        except ValueError:
+            self.stats["malformed_messages"] += 1
+            return
+        if not isinstance(alert, dict) or alert.get("kind") not in TRIGGER_KINDS:
+            return
+        _, sent_ms = message.timestamp()
+        fresh_start = self.names.alerts not in self.buffer.offsets
+        if fresh_start and 0 < sent_ms < self.started_ms:
+            # A trainer without saved offsets reads the alerts topic from the beginning: alerts
+            # from before it started were meant for an earlier model.
+            self.stats["stale_triggers"] += 1
+            return
+        self.stats["triggers"] += 1
+        self.pending.append(alert)
+
+    # -- retraining ----------------------------------------------------------------------
+    def catalog_texts(self) -> dict[str, str]:
+        """What the index embeds per item; items seen only in examples by their title."""
+        texts = {s.item.item_id: item_text(s.item) for s in self.catalog}
+        for ex in self.buffer.examples():
+            if (
+                ex.item_id not in texts
+                and ex.text_pair
+                and ex.item_id not in self.catalog.tombstones
+            ):
+                texts[ex.item_id] = ex.text_pair
+        return texts
+
+    def retrain_now(self, triggers: list[dict[str, Any]]) -> RetrainOutcome:
+        """One gated retrain for ``triggers``; publishes or sends a rejection alert."""
+        cfg = self.settings.training
+        trigger_ids = [str(t.get("alert_id", "?")) for t in triggers]
+        t0 = time.perf_counter()
+        split = self.buffer.split(cfg.holdout_recent, cfg.holdout_older)
+        catalog = self.catalog_texts()
+        buffer_s = time.perf_counter() - t0
+        LOG.warning(
+            "retraining on %d examples (%d + %d held back) for %s",
+            len(split.train),
+            len(split.recent_eval),
+            len(split.older_eval),
+            ", ".join(trigger_ids),
+        )
+        window = {
+            "offsets": {self.names.examples: dict(self.buffer.offsets.get(self.names.examples, {}))}
+        }
+        outcome = self.retrainer.retrain(
+            split,
+            catalog,
+            trigger=",".join(trigger_ids),
+            training_window=window,
+            on_step=self.on_step,
+            buffer_s=buffer_s,
+        )
+        producer = new_producer(self.bootstrap)
+        if outcome.accepted and outcome.manifest is not None:
+            publication = ModelPublication.of(outcome.manifest, trigger=outcome.trigger)
+            producer.produce(
+                self.names.models,
+                key=outcome.manifest.name.encode(),
+                value=publication.model_dump_json().encode(),
+            )
+            self.stats["published"] += 1
+            LOG.warning("published model %s (%s)", outcome.manifest.version, outcome.reasons)
+        else:
+            rejection_id = f"rejected-{outcome.candidate_version or uuid.uuid4().hex[:16]}"
+            rejection = {
+                "alert_id": rejection_id,
+                "kind": "retrain_rejected",
+                "reason": "; ".join(outcome.reasons),
+                "trigger": outcome.trigger,
+                "serving_version": outcome.serving_version,
+                "summary": outcome.summary(),
+            }
+            producer.produce(
+                self.names.alerts,
+                key=rejection_id.encode(),
+                value=json.dumps(rejection, default=str).encode(),
+            )
+            self.stats["rejected"] += 1
+            LOG.warning("retrain rejected: %s", rejection["reason"])
+        producer.flush(10)
+        self.outcomes.append(outcome.summary())
+        self._last_retrain = time.monotonic()
+        self.save()
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+        return outcome
+
+    # -- state ---------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        split_sizes = {
+            "recent": len(self.buffer.recent),
+            "reservoir": {str(k): len(v) for k, v in self.buffer.reservoir.items()},
+        }
+        return {
+            "serving_version": self.registry.current(),
+            "buffer": split_sizes,
+            "buffer_counts": dict(self.buffer.counts),
+            "catalog_items": len(self.catalog),
+            "pending_triggers": len(self.pending),
+            "stats": dict(self.stats),
+            "outcomes": list(self.outcomes),
+        }
+
+    def save(self) -> None:
+        self.buffer.save(self.state_path)
+        tmp = self.status_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status(), default=str, indent=2))
+        tmp.replace(self.status_path)
+        self._dirty = False
+        self._last_save = time.monotonic()
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self) -> None:
+        """Consume and retrain until :attr:`stop_event` is set."""
+        names = self.names
+        cfg = self.settings.training
+        ensure_topics(
+            self.bootstrap,
+            [names.examples, names.alerts, names.valid_items, names.models],
+            self.settings.partitions,
+        )
+        consumer = partition_reader(
+            self.bootstrap,
+            [names.examples, names.alerts, names.valid_items],
+            name="ecrec-trainer",
+            offsets=self.buffer.offsets,
+        )
+        caught_up = False
+        try:
+            while not self.stop_event.is_set():
+                messages = consumer.consume(500, timeout=0.2)
+                for message in messages:
+                    err = message.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            continue
+                        raise RuntimeError(f"consume error: {err}")
+                    self._handle(message)
+                caught_up = caught_up or not messages
+                due = time.monotonic() - self._last_retrain >= cfg.min_interval_s
+                if self.pending and caught_up and due:
+                    triggers, self.pending = self.pending, []
+                    self.retrain_now(triggers)
+                if self._dirty and time.monotonic() - self._last_save >= cfg.save_interval_s:
+                    self.save()
+        finally:
+            consumer.close()
+            self.save()
+
+
+def serve_trainer(
+    settings: Settings,
+    bootstrap: str,
+    *,
+    on_step: Callable[[int, int, float], None] | None = None,
+    on_outcome: Callable[[RetrainOutcome], None] | None = None,
+) -> None:
+    """Run the trainer until SIGINT/SIGTERM; the buffer is saved on the way out."""
+    import signal
+
+    worker = TrainerWorker(settings, bootstrap, on_step=on_step, on_outcome=on_outcome)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: worker.stop_event.set())
+    if worker.restored:
+        LOG.warning("trainer restored %d buffered examples", len(worker.buffer))
+    worker.run()
+
+
+def read_status(settings: Settings) -> dict[str, Any] | None:
+    """The trainer's last written status (buffer, stats, recent outcomes), if any."""
+    path: Path = settings.trainer_dir / "status.json"
+    return json.loads(path.read_text()) if path.exists() else None
