@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from ecrec_stream.config import Settings
 from ecrec_stream.drift import DriftMonitor, MonitorStep, RetrainingAlert, load_state, save_state
 from ecrec_stream.events import EventBatch
+from ecrec_stream.registry import ModelPublication
 from streams.catalog import CatalogCache, SharedModelWork
 from streams.failstop import stop_on_error
 
@@ -194,5 +195,29 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
             dirty = dirty or changed
             await emit(step)
 
+    models_topic = app.topic(names.models, value_serializer="raw", key_serializer="raw")
+
+    def rebase(version: str) -> dict[str, Any]:
+        monitor.rebase(version)
+        return monitor.status()
+
+    async def follow_models(stream: faust.StreamT) -> None:
+        """After a publication the references start again: the traffic from now on is what
+        the new model was trained on (its training window ends at the publication)."""
+        async for value in stream:
+            with stop_on_error("drift.models"):
+                try:
+                    publication = ModelPublication.model_validate_json(value)
+                except ValueError:
+                    runtime.stats["skipped_model_messages"] += 1
+                    continue
+                if publication.version == monitor.model_version:
+                    continue  # already rebased (a redelivery, or a restart after the rebase)
+                runtime.status = await shared.off_loop(rebase, publication.version)
+                runtime.stats["rebases"] += 1
+                LOG.warning("drift references rebased for model %s", publication.version)
+                await save(force=True)
+
     app.agent(inputs, name="ecrec.drift")(drift)
+    app.agent(models_topic, name="ecrec.drift.models")(follow_models)
     return runtime

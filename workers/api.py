@@ -91,6 +91,7 @@ def create_api(settings: Settings, replica: IndexReplica) -> FastAPI:
             "offsets": replica.offsets,
             "skipped_messages": replica.skipped_messages,
             "caught_up": replica.caught_up.is_set(),
+            "models": replica.model_stats,  # swaps done, artifacts refused, last error
         }
 
     @api.get("/healthz")

@@ -146,6 +146,80 @@ def demo(
 
 
 @app.command()
+def trainer(
+    log_level: Annotated[str, typer.Option(help="log level")] = "warning",
+) -> None:
+    """Run the trainer: buffer examples from ecrec.examples, retrain on retraining alerts (or
+    `ecrec-stream retrain`), gate on held-back data, publish to the registry and ecrec.models."""
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+    from workers.trainer import serve_trainer
+
+    _setup_logging(log_level)
+    settings = load_settings()
+    bootstrap = _external_bootstrap(settings)
+    progress = Progress(
+        TextColumn("fine-tuning"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps, loss {task.fields[loss]:.3f}"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    task_id: list[TaskID] = []
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if step == 1 or not task_id:
+            if task_id:
+                progress.remove_task(task_id.pop())
+            task_id.append(progress.add_task("train", total=total, loss=loss))
+        progress.update(task_id[0], completed=step, loss=loss)
+
+    def on_outcome(outcome: object) -> None:
+        summary = getattr(outcome, "summary")()  # noqa: B009 - RetrainOutcome, imported lazily
+        verdict = "[green]published[/]" if summary["accepted"] else "[yellow]rejected[/]"
+        console.print(f"retrain {verdict}: {'; '.join(summary['reasons'])}")
+
+    console.print(f"trainer: registry {settings.registry_dir}, state {settings.trainer_dir}")
+    with progress:
+        serve_trainer(settings, bootstrap, on_step=on_step, on_outcome=on_outcome)
+
+
+@app.command()
+def retrain(
+    reason: Annotated[str, typer.Option(help="why (kept with the request)")] = "manual request",
+    wait: Annotated[
+        float, typer.Option(help="seconds to wait for the trainer's answer (0: do not wait)")
+    ] = 0.0,
+) -> None:
+    """Ask the running trainer for a retrain now (a request on ecrec.alerts); with --wait,
+    print whether the new model was published or why it was rejected."""
+    from workers.trainer import retrain_request, wait_for_answer
+
+    settings = load_settings()
+    bootstrap = _external_bootstrap(settings)
+    from streams.kafka import ensure_topics, new_producer
+
+    request = retrain_request(reason)
+    ensure_topics(bootstrap, [settings.topics.alerts], settings.partitions)
+    producer = new_producer(bootstrap)
+    producer.produce(
+        settings.topics.alerts, key=request["alert_id"].encode(), value=json.dumps(request).encode()
+    )
+    producer.flush(10)
+    console.print(f"retrain requested: {request['alert_id']}")
+    if wait <= 0:
+        return
+    answer = wait_for_answer(settings, bootstrap, request["alert_id"], wait)
+    if answer is None:
+        console.print(f"[yellow]no answer within {wait:.0f} s[/]: is a trainer running?")
+        raise typer.Exit(1)
+    if answer.get("kind") == "retrain_rejected":
+        console.print(f"[yellow]rejected[/]: {answer['reason']}")
+        raise typer.Exit(3)
+    console.print(f"[green]published[/] version {answer['version']}: {answer.get('metrics')}")
+
+
+@app.command()
 def replay(
     file: Annotated[Path, typer.Argument(help="JSONL (one event per line) or CSV file")],
     topic: Annotated[str, typer.Option(help="input kind (item/search/click/review) or a topic")],
@@ -239,6 +313,28 @@ def models(
             console.print(f"[red]refused[/]: {exc}")
             raise typer.Exit(1) from exc
         console.print(f"serving version is now [bold]{use}[/]")
+        settings = load_settings()
+        if settings.uses_embedded_broker:
+            console.print(
+                "ECREC_BROKER is not set: running replicas were not told (they load it on "
+                "their next publication or restart from the registry)"
+            )
+            return
+        from ecrec_stream.registry import ModelPublication
+        from streams.kafka import new_producer, resolve_bootstrap
+
+        manifest = reg.manifest(use)
+        publication = ModelPublication.of(manifest, trigger="rollback").model_copy(
+            update={"kind": "rollback"}
+        )
+        producer = new_producer(resolve_bootstrap(settings))
+        producer.produce(
+            settings.topics.models,
+            key=manifest.name.encode(),
+            value=publication.model_dump_json().encode(),
+        )
+        producer.flush(10)
+        console.print(f"announced on {settings.topics.models}: replicas swap to {use}")
         return
     current = reg.current()
     if as_json:

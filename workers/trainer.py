@@ -293,3 +293,31 @@ def read_status(settings: Settings) -> dict[str, Any] | None:
     """The trainer's last written status (buffer, stats, recent outcomes), if any."""
     path: Path = settings.trainer_dir / "status.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def wait_for_answer(
+    settings: Settings, bootstrap: str, request_id: str, timeout_s: float
+) -> dict[str, Any] | None:
+    """The publication or rejection that answers retrain request ``request_id``, or ``None``
+    after ``timeout_s``. Reads both topics from the beginning: they are small, and Tansu's
+    ListOffsets(latest) cannot be trusted (BROKER.md)."""
+    names = settings.topics
+    ensure_topics(bootstrap, [names.models, names.alerts], settings.partitions)
+    consumer = partition_reader(bootstrap, [names.models, names.alerts], name="ecrec-retrain")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            for message in consumer.consume(500, timeout=0.2):
+                if message.error() is not None:
+                    continue
+                try:
+                    body = json.loads(message.value() or b"")
+                except ValueError:
+                    continue
+                if not isinstance(body, dict) or request_id not in str(body.get("trigger", "")):
+                    continue
+                if message.topic() == names.models or body.get("kind") == "retrain_rejected":
+                    return body
+        return None
+    finally:
+        consumer.close()
