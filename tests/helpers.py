@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -193,3 +194,48 @@ def tiny_sentence_model(directory: Path, seed: int = 0) -> Any:
     word = Transformer(str(directory), max_seq_length=64)
     pool = Pooling(word.get_embedding_dimension(), pooling_mode="mean")
     return SentenceTransformer(modules=[word, pool, Normalize()], device="cpu")
+
+
+TOY_QUERY_NOUNS = "dog cat horse cow sheep goat duck hen fox wolf bear deer".split()
+TOY_QUERY_NUMBERS = "one two three four five six seven eight nine ten eleven twelve".split()
+TOY_TITLE_NOUNS = "apple banana cherry grape lemon mango olive peach pear plum kiwi melon".split()
+TOY_TITLE_COLOURS = "red blue green black white pink brown grey gold silver orange purple".split()
+
+
+def toy_relevance(
+    n_examples: int, seed: int = 0, *, shuffled: bool = False, start: float = 0.0
+) -> tuple[dict[str, str], list[Any]]:
+    """A retrieval task no untrained encoder solves: 144 items titled "<fruit> <colour>",
+    queries "<number> <animal>" with a fixed hidden mapping (no shared words). Returns the
+    catalog (item id -> title) and relevance examples, one second apart in event time;
+    ``shuffled`` pairs every query with a random item (a harmful update)."""
+    from ecrec_stream.labels.examples import TrainingExample
+
+    rng = random.Random(seed)
+    catalog = {
+        f"toy-{a}-{b}": f"{TOY_TITLE_NOUNS[a]} {TOY_TITLE_COLOURS[b]}"
+        for a in range(12)
+        for b in range(12)
+    }
+    ids = list(catalog)
+    examples = []
+    for n in range(n_examples):
+        a, b = rng.randrange(12), rng.randrange(12)
+        item_id = rng.choice(ids) if shuffled else f"toy-{a}-{b}"
+        examples.append(
+            TrainingExample(
+                example_id=f"toy-{seed}-{shuffled}-{n}",
+                task="relevance",
+                text=f"{TOY_QUERY_NUMBERS[b]} {TOY_QUERY_NOUNS[a]}",
+                text_pair=catalog[item_id],
+                item_id=item_id,
+                label=1,
+                grade=1,
+                confidence=1.0,
+                weight=1.0,
+                votes={"clicks": 1},
+                source_event_ids=[f"search-{seed}-{n}"],
+                ts=at(start + n),
+            )
+        )
+    return catalog, examples

@@ -120,13 +120,20 @@ def fine_tune(
         from peft import LoraConfig, get_peft_model
 
         transformer = model[0]
-        transformer.auto_model = get_peft_model(
-            transformer.auto_model,
-            LoraConfig(
-                r=config.lora_rank,
-                lora_alpha=2 * config.lora_rank,
-                lora_dropout=0.05,
-                target_modules=["query", "value"],
+        # sentence-transformers >= 6 registers the HF model as ``model`` (``auto_model`` is a
+        # read-only alias); older versions as ``auto_model``
+        inner = "model" if "model" in transformer._modules else "auto_model"
+        setattr(
+            transformer,
+            inner,
+            get_peft_model(
+                getattr(transformer, inner),
+                LoraConfig(
+                    r=config.lora_rank,
+                    lora_alpha=2 * config.lora_rank,
+                    lora_dropout=0.05,
+                    target_modules=["query", "value"],
+                ),
             ),
         )
     use_amp = device.startswith("cuda")
@@ -196,7 +203,7 @@ def fine_tune(
             optimizer.step()
             scheduler.step()
             report.steps += 1
-            epoch_losses.append(float(loss))
+            epoch_losses.append(float(loss.detach()))
             if on_step is not None:
                 on_step(report.steps, total, epoch_losses[-1])
         report.epochs_run = epoch
@@ -216,6 +223,8 @@ def fine_tune(
         model.load_state_dict(best_state)
     report.train_s = time.perf_counter() - t1
     if config.lora:
-        model[0].auto_model = model[0].auto_model.merge_and_unload()
+        transformer = model[0]
+        inner = "model" if "model" in transformer._modules else "auto_model"
+        setattr(transformer, inner, getattr(transformer, inner).merge_and_unload())
     model.eval()
     return report

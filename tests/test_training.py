@@ -1,0 +1,126 @@
+"""The trainer's domain parts with real torch and a tiny BERT built from a config: the
+replay buffer, incremental fine-tuning, the evaluation gate and publication."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ecrec_stream.config import EmbeddingSettings, TrainingSettings
+from ecrec_stream.embedding import weights_digest
+from ecrec_stream.registry import ModelRegistry
+from ecrec_stream.training import BufferSplit, ReplayBuffer, Retrainer, query_bucket
+from tests.helpers import tiny_sentence_model, toy_relevance
+
+FAST = TrainingSettings(
+    epochs=3,
+    learning_rate=1e-3,
+    batch_size=32,
+    min_examples=50,
+    min_eval_queries=5,
+    device="cpu",
+)
+
+
+def test_buffer_drops_duplicates_balances_its_reservoir_and_holds_back_the_newest() -> None:
+    _, positives = toy_relevance(300, seed=1)
+    _, more = toy_relevance(300, seed=2, start=300)
+    negatives = [e.model_copy(update={"label": 0, "example_id": e.example_id + "n"}) for e in more]
+    buffer = ReplayBuffer(recent_size=100, reservoir_size=40, seed=0)
+    assert buffer.add(positives + negatives) == 600
+    assert buffer.add(positives[:50]) == 0 and buffer.counts["duplicates"] == 50
+    assert len(buffer.recent) == 100 and len(buffer) == 140
+    assert {k: len(v) for k, v in buffer.reservoir.items()} == {0: 20, 1: 20}
+    # the reservoir samples the whole past, not just the latest evictions
+    assert min(int(e.example_id.split("-")[-1]) for e in buffer.reservoir[1]) < 150
+
+    split = buffer.split(holdout_recent=0.2, holdout_older=0.3)
+    newest = sorted(buffer.recent, key=lambda e: e.ts)[-20:]
+    assert split.recent_eval == newest
+    held = {e.example_id for e in split.recent_eval + split.older_eval}
+    assert not held & {e.example_id for e in split.train}
+    assert all(query_bucket(e.text) < 0.3 for e in split.older_eval)
+    assert all(query_bucket(e.text) >= 0.3 for e in split.train)
+    assert max(e.ts for e in split.train) < min(e.ts for e in split.recent_eval)
+
+
+def test_buffer_survives_a_restart(tmp_path: Path) -> None:
+    _, examples = toy_relevance(250)
+    buffer = ReplayBuffer(recent_size=100, reservoir_size=60)
+    buffer.add(examples)
+    buffer.offsets = {"ecrec.examples": {0: 17, 3: 4}}
+    buffer.save(tmp_path / "buffer.json")
+    back = ReplayBuffer(recent_size=100, reservoir_size=60)
+    assert back.load(tmp_path / "buffer.json")
+    assert back.offsets == buffer.offsets
+    assert list(back.recent) == list(buffer.recent) and back.reservoir == buffer.reservoir
+    assert back.add(examples[:10]) == 0  # ids seen before the restart are still duplicates
+    assert not ReplayBuffer().load(tmp_path / "missing.json")
+
+
+def _retrainer(tmp_path: Path, **overrides: object) -> tuple[Retrainer, ModelRegistry, str]:
+    registry = ModelRegistry(tmp_path / "models")
+    base = registry.publish(tiny_sentence_model(tmp_path / "base"), name="tiny").version
+    settings = FAST.model_copy(update=overrides)
+    return Retrainer(settings, registry, EmbeddingSettings(model="tiny")), registry, base
+
+
+def test_fine_tuning_improves_retrieval_and_the_gate_rejects_a_harmful_update(
+    tmp_path: Path,
+) -> None:
+    retrainer, registry, base = _retrainer(tmp_path)
+    catalog, examples = toy_relevance(1500)
+    buffer = ReplayBuffer(recent_size=1000, reservoir_size=400)
+    buffer.add(examples)
+    split = buffer.split(0.15, 0.15)
+
+    good = retrainer.retrain(split, catalog, trigger="test")
+    assert good.accepted, good.reasons
+    assert good.manifest is not None and registry.current() == good.manifest.version != base
+    assert good.manifest.parent_version == base
+    served, tuned = good.decision.serving, good.decision.candidate  # type: ignore[union-attr]
+    assert served["recent"]["ndcg@10"] < 0.3 and tuned["recent"]["ndcg@10"] > 0.8
+    assert tuned["older"]["recall@10"] > served["older"]["recall@10"]
+    assert set(good.timings) == {"buffer", "train", "evaluate", "publish"}
+    assert good.counts["mined_negatives"] > 0  # hard negatives from the serving index
+
+    # Shuffled labels: trained on, judged on the same held-back (true) data -> rejected.
+    _, shuffled = toy_relevance(1500, seed=5, shuffled=True)
+    bad_buffer = ReplayBuffer(recent_size=1000, reservoir_size=400)
+    bad_buffer.add(shuffled)
+    harmful = BufferSplit(bad_buffer.split(0.15, 0.15).train, split.recent_eval, split.older_eval)
+    bad = retrainer.retrain(harmful, catalog, trigger="harmful")
+    assert not bad.accepted and bad.manifest is None
+    assert any("< serving" in r for r in bad.reasons), bad.reasons
+    assert registry.current() == good.manifest.version  # the old model keeps serving
+    assert len(registry.versions()) == 2
+
+
+def test_too_little_data_is_refused_before_training(tmp_path: Path) -> None:
+    retrainer, registry, base = _retrainer(tmp_path, min_examples=500)
+    catalog, examples = toy_relevance(200)
+    buffer = ReplayBuffer()
+    buffer.add(examples)
+    outcome = retrainer.retrain(buffer.split(0.15, 0.15), catalog, trigger="test")
+    assert not outcome.accepted and "need 500" in outcome.reasons[0]
+    assert outcome.fine_tune is None and registry.current() == base
+
+
+def test_lora_adapters_are_merged_into_a_plain_publishable_model(tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    retrainer, registry, base = _retrainer(tmp_path, lora=True, learning_rate=5e-3, epochs=4)
+    catalog, examples = toy_relevance(1500)
+    buffer = ReplayBuffer(recent_size=1000, reservoir_size=400)
+    buffer.add(examples)
+    outcome = retrainer.retrain(buffer.split(0.15, 0.15), catalog, trigger="lora")
+    assert outcome.candidate_version not in (None, base)
+    assert outcome.fine_tune is not None and outcome.fine_tune.steps > 0
+    assert outcome.decision is not None
+    served, tuned = outcome.decision.serving, outcome.decision.candidate
+    assert tuned["recent"]["ndcg@10"] > served["recent"]["ndcg@10"]
+    assert outcome.accepted, outcome.reasons
+    # merged: the registry's copy loads as a plain model whose weights hash to the version
+    loaded = registry.load(outcome.candidate_version or "")
+    assert weights_digest(loaded) == outcome.candidate_version
+    assert not any("lora" in k for k in loaded.state_dict())
