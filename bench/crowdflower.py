@@ -86,10 +86,12 @@ def simulate(
     *,
     seed: int = 0,
     swap_rate: float = 0.3,
+    start: datetime | None = None,
 ) -> SimulatedSessions:
-    """``n_sessions`` sessions over the queries of ``rankings`` (query -> ranked title ids)."""
+    """``n_sessions`` sessions over the queries of ``rankings`` (query -> ranked title ids),
+    one a minute from ``start``."""
     rng = random.Random(seed)
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    t0 = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
     queries = sorted(rankings)
     cands: list[RelevanceCandidate] = []
     for s in range(n_sessions):

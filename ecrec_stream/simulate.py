@@ -11,6 +11,8 @@ biased towards relevant items, as in real logs. The hidden grades are kept in
 from __future__ import annotations
 
 import csv
+import heapq
+import itertools
 import json
 import random
 from collections.abc import Iterator
@@ -425,20 +427,48 @@ class ShopSimulator:
         return sess
 
     def stream(
-        self, malformed_rate: float = 0.02, change_rate: float = 0.05, bot_rate: float = 0.01
+        self,
+        malformed_rate: float = 0.02,
+        change_rate: float = 0.05,
+        bot_rate: float = 0.01,
+        *,
+        in_event_time: bool = False,
     ) -> Iterator[tuple[str, str, bytes]]:
         """An endless stream of (kind, key, payload) records: sessions, catalog changes,
-        malformed records and a few bot sessions."""
+        malformed records and a few bot sessions.
+
+        A session is generated whole, its clicks and reviews seconds to a minute after its
+        search. By default they are sent at once (ahead of their event time, like a replayed
+        log); ``in_event_time`` holds each record until the wall clock reaches its event
+        time, as live traffic arrives (the demo uses it, so event-time merges downstream see
+        every input move forward together).
+        """
+        held: list[tuple[datetime, int, tuple[str, str, bytes]]] = []
+        order = itertools.count()
+        for kind, key, doc in self._records(malformed_rate, change_rate, bot_rate):
+            record = (kind, key, doc if isinstance(doc, bytes) else json.dumps(doc).encode())
+            if not in_event_time or isinstance(doc, bytes):
+                yield record
+                continue
+            now = utc_now()
+            ts = datetime.fromisoformat(doc["ts"])
+            if ts <= now:
+                yield record
+            else:
+                heapq.heappush(held, (ts, next(order), record))
+            while held and held[0][0] <= now:
+                yield heapq.heappop(held)[2]
+
+    def _records(
+        self, malformed_rate: float, change_rate: float, bot_rate: float
+    ) -> Iterator[tuple[str, str, dict[str, Any] | bytes]]:
         while True:
             roll = self.rng.random()
             if roll < malformed_rate:
                 yield self.malformed()
             elif roll < malformed_rate + bot_rate:
-                for kind, key, doc in self.bot_session().events:
-                    yield kind, key, json.dumps(doc).encode()
+                yield from self.bot_session().events
             elif roll < malformed_rate + bot_rate + change_rate:
-                kind, key, doc = self.catalog_change()
-                yield kind, key, json.dumps(doc).encode()
+                yield self.catalog_change()
             else:
-                for kind, key, doc in self.session().events:
-                    yield kind, key, json.dumps(doc).encode()
+                yield from self.session().events

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from ecrec_stream.registry import ModelPublication
 from streams.broker import free_port
 from streams.kafka import all_topics, ensure_topics
 from tests.helpers import isolated_env, produce, read_to_end, read_topic, unique, wait_until
@@ -173,6 +174,15 @@ def test_one_alert_after_the_shift_and_none_again_after_a_restart(
             ),
             timeout_s=90,
         )
+        # A published model rebases the references: they fill again from the traffic after it.
+        publication = ModelPublication(version="0123456789abcdef", name="test")
+        produce(broker.bootstrap, [(names.models, "test", publication.model_dump_json().encode())])
+        wait_until(
+            lambda: httpx.get(url).json()["model_version"] == publication.version, timeout_s=60
+        )
+        rebased = httpx.get(url).json()
+        assert not any(d["ready"] for d in rebased["detectors"].values())
+        assert rebased["stats"]["rebases"] == 1
     finally:
         restarted.stop()
     alerts = [m for m in read_to_end(broker.bootstrap, names.alerts, b"{}") if m.value() != b"{}"]

@@ -120,13 +120,18 @@ def demo(
         float | None,
         typer.Option(
             help="after this many seconds, traffic drifts (other departments, fewer clicks, "
-            "worse reviews): watch the drift detectors and the retraining alert"
+            "worse reviews): watch the drift detectors, the retraining alert, the trainer's "
+            "gated retrain and the replica's swap"
         ),
     ] = None,
+    retrain_wait: Annotated[
+        float,
+        typer.Option(help="with --shift-at: seconds to wait after the traffic for the retrain"),
+    ] = 240.0,
 ) -> None:
-    """Run everything on the embedded broker: worker, index replica, simulated shop traffic,
-    a live dashboard (ingest, index freshness, labels, drift detectors and alerts), then
-    example searches."""
+    """Run everything on the embedded broker: worker, index replica, trainer, simulated shop
+    traffic, a live dashboard (ingest, index freshness, labels, drift detectors and alerts,
+    retrains and model swaps), then example searches."""
     from workers.demo import DemoOptions, run_demo
 
     _setup_logging("warning")
@@ -140,6 +145,7 @@ def demo(
             seed=seed,
             live=live,
             shift_at=shift_at,
+            retrain_wait_s=retrain_wait,
         ),
         console,
     )

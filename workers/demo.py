@@ -26,7 +26,7 @@ from ecrec_stream.config import Settings
 from ecrec_stream.simulate import ShopSimulator, load_instacart_catalog, synthetic_catalog
 from streams.broker import EmbeddedBroker, free_port
 from streams.kafka import all_topics, ensure_topics, new_producer, resolve_bootstrap
-from workers.processes import indexer_process, worker_process
+from workers.processes import indexer_process, trainer_process, worker_process
 from workers.replay import topic_for
 
 
@@ -40,6 +40,7 @@ class DemoOptions:
     live: bool = True
     n_example_queries: int = 4
     shift_at: float | None = None
+    retrain_wait_s: float = 240.0
 
 
 class ExamplesReader(threading.Thread):
@@ -163,6 +164,7 @@ def _dashboard(
     index: dict[str, Any] | None,
     examples: ExamplesReader,
     drift: dict[str, Any] | None = None,
+    trainer: dict[str, Any] | None = None,
 ) -> Group:
     table = Table(title="ecrec-stream demo", show_header=False)
     table.add_column("metric", style="bold")
@@ -195,6 +197,13 @@ def _dashboard(
         table.add_row("index size", f"{index['items']:,} items ({index['tombstones']} deleted)")
         table.add_row("index freshness p50 / p99", f"{p50} / {p99}")
         table.add_row("item changes applied", f"{index['applied_events']:,}")
+        rebuild = index.get("rebuild")
+        serving = f"{index['model_version']} ({index['swaps']} swaps)"
+        if rebuild:
+            serving += (
+                f", re-embedding for {rebuild['version']}: {rebuild['done']}/{rebuild['total']}"
+            )
+        table.add_row("serving model", serving)
     else:
         table.add_row("index replica", "starting (loading the model)")
     c = examples.counts
@@ -204,6 +213,15 @@ def _dashboard(
         f"{c['relevance']:,} / {c['sentiment']:,} ({total / max(elapsed, 1e-9):,.0f}/s),"
         f" {c['augmented']:,} augmented",
     )
+    if trainer:
+        buffer = trainer["buffer"]
+        stats = trainer["stats"]
+        table.add_row(
+            "trainer: buffer (recent + reservoir) / triggers / published / rejected",
+            f"{buffer['recent']:,} + {sum(buffer['reservoir'].values()):,} /  / ".join(
+                str(stats.get(k, 0)) for k in ("triggers", "published", "rejected")
+            ),
+        )
     if not drift or not drift.get("enabled"):
         return Group(table)
     return Group(table, drift_table(drift), alerts_table(drift.get("alerts", [])))
@@ -239,8 +257,16 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> None
             "ECREC_DRIFT__WINDOW_EVENTS": "100",
         }
         extra = {k: v for k, v in demo_env.items() if k not in os.environ}
+        # A minute of demo traffic gives a few thousand examples: let the trainer work with them.
+        trainer_env = {
+            "ECREC_TRAINING__MIN_EXAMPLES": "100",
+            "ECREC_TRAINING__MIN_EVAL_QUERIES": "5",
+            "ECREC_TRAINING__EPOCHS": "1",
+        }
+        trainer_extra = {k: v for k, v in trainer_env.items() if k not in os.environ}
         worker = worker_process(broker_url, workdir, worker_port, extra_env=extra).start()
         indexer = indexer_process(broker_url, workdir, index_port).start()
+        trainer = trainer_process(broker_url, workdir, extra_env=trainer_extra).start()
         try:
             _drive(
                 settings,
@@ -250,9 +276,11 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> None
                 worker_port,
                 index_port,
                 lambda: stopping,
-                [worker, indexer],
+                [worker, indexer, trainer],
+                workdir,
             )
         finally:
+            trainer.stop()
             indexer.stop()
             worker.stop()
         console.print(f"logs and index snapshots: {workdir}")
@@ -271,6 +299,7 @@ def _drive(
     index_port: int,
     should_stop: Any,
     children: list[Any],
+    workdir: Path,
 ) -> None:
     index_url = f"http://127.0.0.1:{index_port}"
     worker_url = f"http://127.0.0.1:{worker_port}/ecrec/stats"
@@ -294,7 +323,7 @@ def _drive(
         f"sent a catalog of {len(catalog):,} items; streaming sessions at "
         f"{options.rate:.0f} events/s for {options.duration_s:.0f} s (Ctrl-C stops)"
     )
-    stream = sim.stream()
+    stream = sim.stream(in_event_time=True)
     examples = ExamplesReader(bootstrap, settings.topics.examples)
     examples.start()
     start = time.monotonic()
@@ -311,6 +340,7 @@ def _drive(
                 _get_json(f"{index_url}/stats"),
                 examples,
                 _get_json(drift_url),
+                _trainer_status(workdir),
             ),
             refresh=True,
         )
@@ -346,6 +376,8 @@ def _drive(
             producer.flush(30)
             time.sleep(2.0)  # let the last events through
             draw(live)
+            if options.shift_at is not None:
+                _await_retrain(workdir, index_url, options.retrain_wait_s, should_stop, draw, live)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
     finally:
@@ -354,7 +386,68 @@ def _drive(
     console.print()
     if examples.samples:
         console.print(samples_table(examples.samples))
+    status = _trainer_status(workdir)
+    if status and status.get("outcomes"):
+        console.print(retrain_table(status["outcomes"]))
     _example_searches(sim, options, console, index_url)
+
+
+def _trainer_status(workdir: Path) -> dict[str, Any] | None:
+    path = workdir / "trainer" / "status.json"
+    try:
+        body: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return body
+
+
+def _await_retrain(
+    workdir: Path,
+    index_url: str,
+    timeout_s: float,
+    should_stop: Any,
+    draw: Any,
+    live: Live,
+) -> None:
+    """After a shift, wait (up to ``timeout_s``) for the alert's retrain to finish and, if it
+    was published, for the replica to serve it."""
+    deadline = time.monotonic() + timeout_s
+    live.console.print(f"waiting up to {timeout_s:.0f} s for a retraining alert's retrain...")
+    while time.monotonic() < deadline and not should_stop():
+        status = _trainer_status(workdir) or {}
+        outcomes = status.get("outcomes", [])
+        if outcomes:
+            last = outcomes[-1]
+            index = _get_json(f"{index_url}/stats") or {}
+            if not last["accepted"] or index.get("model_version") == last["candidate_version"]:
+                draw(live)
+                return
+        draw(live)
+        time.sleep(1.0)
+
+
+def retrain_table(outcomes: list[dict[str, Any]]) -> Table:
+    """Before/after metrics of each retrain: serving vs candidate on held-back data."""
+    table = Table(title="retrains (nDCG@10 on held-back examples: serving -> candidate)")
+    for col in ("trigger", "verdict", "recent", "older", "train s", "why"):
+        table.add_column(col, overflow="fold")
+    for o in outcomes:
+
+        def pair(split: str, o: dict[str, Any] = o) -> str:
+            s, c = o["serving"].get(split, {}), o["candidate"].get(split, {})
+            if "ndcg@10" not in s:
+                return "-"
+            return f"{s['ndcg@10']:.3f} -> {c.get('ndcg@10', float('nan')):.3f}"
+
+        table.add_row(
+            o["trigger"][:40],
+            "[green]published[/]" if o["accepted"] else "[yellow]rejected[/]",
+            pair("recent"),
+            pair("older"),
+            f"{o['timings_s'].get('train', 0):.1f}",
+            "; ".join(o["reasons"]),
+        )
+    return table
 
 
 def _wait_ready(

@@ -131,9 +131,17 @@ def indexer_process(
 ) -> ManagedProcess:
     env = {
         "ECREC_BROKER": broker_url,
+        "ECREC_DATA_DIR": str(data_dir),  # the model registry is <data_dir>/models
         "ECREC_INDEX__DATA_DIR": str(data_dir / name),
         "ECREC_INDEX__PORT": str(port),
         "ECREC_INDEX__REPLICA_ID": name,
         **(extra_env or {}),
     }
     return ManagedProcess(name, ["indexer"], env, data_dir / "logs")
+
+
+def trainer_process(
+    broker_url: str, data_dir: Path, *, extra_env: dict[str, str] | None = None
+) -> ManagedProcess:
+    env = {"ECREC_BROKER": broker_url, "ECREC_DATA_DIR": str(data_dir), **(extra_env or {})}
+    return ManagedProcess("trainer", ["trainer"], env, data_dir / "logs")

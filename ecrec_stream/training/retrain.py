@@ -108,6 +108,7 @@ class Retrainer:
         self.base_model = base_model or EmbeddingSettings()
         self.device = resolve_device(settings.device)
         self._serving: tuple[str, Any] | None = None
+        self.last_candidate: Any = None  # the model the last retrain trained (kept or not)
         self._catalog_cache: dict[tuple[str, str], EmbeddedCatalog] = {}
 
     # -- the serving model -------------------------------------------------------------------
@@ -210,6 +211,7 @@ class Retrainer:
         """Fine-tune the serving model on ``split.train``, gate it on the held-back splits and
         publish it if it passes. ``catalog`` maps item ids to the texts the index embeds."""
         cfg = self.settings
+        self.last_candidate = None
         timings = {"buffer": buffer_s}
         t0 = time.perf_counter()
         version, serving_model = self.serving()
@@ -248,6 +250,7 @@ class Retrainer:
             on_step=on_step,
         )
         outcome.fine_tune = report
+        self.last_candidate = candidate
         timings["train"] = time.perf_counter() - t1
         candidate_version = weights_digest(candidate)
         outcome.candidate_version = candidate_version
