@@ -43,3 +43,21 @@ def test_instacart_catalog_loads_with_categories() -> None:
     items = load_instacart_catalog(Path(SHARED_DATA / "instacart_catalog"), limit=500)
     assert len(items) == 500 and all(len(i.category_path) == 2 for i in items)
     assert len({i.item_id for i in items}) == 500
+
+
+def test_in_event_time_holds_each_record_until_its_time() -> None:
+    import json
+
+    sim = ShopSimulator(synthetic_catalog(200, seed=3), seed=3)
+    stream = sim.stream(malformed_rate=0.0, in_event_time=True)
+    ahead = Counter()
+    for _ in range(400):
+        kind, _, payload = next(stream)
+        ts = datetime.fromisoformat(json.loads(payload)["ts"])
+        ahead[kind] += ts > datetime.now(timezone.utc)
+    assert sum(ahead.values()) == 0, ahead
+    # the default stream sends a session's future clicks at once
+    plain = ShopSimulator(synthetic_catalog(200, seed=3), seed=3).stream(malformed_rate=0.0)
+    now = datetime.now(timezone.utc)
+    future = [datetime.fromisoformat(json.loads(next(plain)[2])["ts"]) > now for _ in range(400)]
+    assert any(future)
