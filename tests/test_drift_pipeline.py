@@ -180,9 +180,9 @@ def test_one_alert_after_the_shift_and_none_again_after_a_restart(
         wait_until(
             lambda: httpx.get(url).json()["model_version"] == publication.version, timeout_s=60
         )
-        rebased = httpx.get(url).json()
-        assert not any(d["ready"] for d in rebased["detectors"].values())
-        assert rebased["stats"]["rebases"] == 1
+        # (what a rebase resets is unit-tested in test_drift; traffic still in flight may
+        # refill a reference at once, so the references themselves are not checked here)
+        assert httpx.get(url).json()["stats"]["rebases"] == 1
     finally:
         restarted.stop()
     alerts = [m for m in read_to_end(broker.bootstrap, names.alerts, b"{}") if m.value() != b"{}"]
