@@ -218,9 +218,8 @@ def _dashboard(
         stats = trainer["stats"]
         table.add_row(
             "trainer: buffer (recent + reservoir) / triggers / published / rejected",
-            f"{buffer['recent']:,} + {sum(buffer['reservoir'].values()):,} /  / ".join(
-                str(stats.get(k, 0)) for k in ("triggers", "published", "rejected")
-            ),
+            f"{buffer['recent']:,} + {sum(buffer['reservoir'].values()):,} / "
+            + " / ".join(str(stats.get(k, 0)) for k in ("triggers", "published", "rejected")),
         )
     if not drift or not drift.get("enabled"):
         return Group(table)
