@@ -17,6 +17,7 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
+    Message,
     Producer,
     TopicPartition,
 )
@@ -92,6 +93,19 @@ def topic_partitions(bootstrap: str, topic: str) -> list[int]:
     if meta.error is not None:
         raise KafkaException(meta.error)
     return sorted(meta.partitions)
+
+
+def fetch(consumer: Consumer, num_messages: int, timeout: float) -> list[Message]:
+    """Up to ``num_messages`` data messages: partition-EOF events are skipped, any other
+    consumer error raises (fail-stop: a reader must not skip what it could not read)."""
+    out = []
+    for message in consumer.consume(num_messages=num_messages, timeout=timeout):
+        err = message.error()
+        if err is None:
+            out.append(message)
+        elif err.code() != KafkaError._PARTITION_EOF:
+            raise RuntimeError(f"consume error: {err}")
+    return out
 
 
 def new_producer(bootstrap: str, **extra: Any) -> Producer:

@@ -19,8 +19,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import Message
 from pydantic import ValidationError
 
 from ecrec_stream.config import Settings
@@ -30,7 +31,7 @@ from ecrec_stream.exceptions import EcrecError
 from ecrec_stream.index import LiveItemIndex
 from ecrec_stream.index.persist import Offsets, snapshot_model
 from ecrec_stream.registry import ModelPublication, ModelRegistry
-from streams.kafka import ensure_topics, partition_reader
+from streams.kafka import ensure_topics, fetch, partition_reader
 
 LOG = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class IndexReplica:
         # publications wait here for the model thread, with their (partition, offset)
         self._models: queue.Queue[tuple[ModelPublication, int, int]] = queue.Queue()
         self._offsets_lock = threading.Lock()
-        self.model_stats: dict[str, object] = {"loaded": 0, "refused": 0, "last_error": None}
+        self.model_stats: dict[str, Any] = {"loaded": 0, "refused": 0, "last_error": None}
         self.restored_from_snapshot = False
         self.skipped_messages = 0
         self._stop = threading.Event()
@@ -100,9 +101,7 @@ class IndexReplica:
         try:
             last_snapshot = time.monotonic()
             while not self._stop.is_set():
-                messages = consumer.consume(
-                    num_messages=cfg.fetch_max_messages, timeout=cfg.batch_wait_s
-                )
+                messages = fetch(consumer, cfg.fetch_max_messages, cfg.batch_wait_s)
                 if messages:
                     self._apply(messages)
                 elif not self.caught_up.is_set():
@@ -129,11 +128,6 @@ class IndexReplica:
         events: list[ItemEvent] = []
         advanced = dict(self.offsets[self.topic])
         for message in messages:
-            err = message.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise RuntimeError(f"consume error: {err}")
             if message.topic() == self.models_topic:
                 self._queue_model(message)
                 continue
@@ -208,12 +202,12 @@ class IndexReplica:
             encoder: Encoder = self.registry.load_encoder(version, self.settings.embedding)
         except EcrecError as exc:
             LOG.error("refusing model %s, the old one keeps serving: %s", version, exc)
-            self.model_stats["refused"] = int(str(self.model_stats["refused"])) + 1
+            self.model_stats["refused"] += 1
             self.model_stats["last_error"] = str(exc)
             return False
         started = time.monotonic()
         embedded = self.live.swap_encoder(encoder, self.settings.index.batch_max)
-        self.model_stats["loaded"] = int(str(self.model_stats["loaded"])) + 1
+        self.model_stats["loaded"] += 1
         self.model_stats["last_swap_s"] = round(time.monotonic() - started, 3)
         LOG.warning("now serving model %s (%d items re-embedded)", version, embedded)
         self._dirty = True

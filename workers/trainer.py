@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import Message
 from pydantic import ValidationError
 
 from ecrec_stream.config import Settings
@@ -31,7 +31,7 @@ from ecrec_stream.index.store import ItemStore
 from ecrec_stream.labels.examples import ExampleBatch
 from ecrec_stream.registry import ModelPublication, ModelRegistry
 from ecrec_stream.training import ReplayBuffer, Retrainer, RetrainOutcome
-from streams.kafka import ensure_topics, new_producer, partition_reader
+from streams.kafka import ensure_topics, fetch, new_producer, partition_reader
 
 LOG = logging.getLogger(__name__)
 TRIGGER_KINDS = {"retrain", "retrain_request"}
@@ -138,12 +138,9 @@ class TrainerWorker:
     def catalog_texts(self) -> dict[str, str]:
         """What the index embeds per item; items seen only in examples by their title."""
         texts = {s.item.item_id: item_text(s.item) for s in self.catalog}
+        deleted = self.catalog.tombstones  # a copy per access: read it once
         for ex in self.buffer.examples():
-            if (
-                ex.item_id not in texts
-                and ex.text_pair
-                and ex.item_id not in self.catalog.tombstones
-            ):
+            if ex.item_id not in texts and ex.text_pair and ex.item_id not in deleted:
                 texts[ex.item_id] = ex.text_pair
         return texts
 
@@ -251,13 +248,8 @@ class TrainerWorker:
         caught_up = False
         try:
             while not self.stop_event.is_set():
-                messages = consumer.consume(500, timeout=0.2)
+                messages = fetch(consumer, 500, 0.2)
                 for message in messages:
-                    err = message.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            continue
-                        raise RuntimeError(f"consume error: {err}")
                     self._handle(message)
                 caught_up = caught_up or not messages
                 due = time.monotonic() - self._last_retrain >= cfg.min_interval_s

@@ -170,6 +170,18 @@ class Retrainer:
                 skip = self.settings.hard_negative_skip
                 ranked = serving_catalog.top_k(model_encoder(serving_model)(need), skip + 10)
                 mined = dict(zip(need, [r[skip:] for r in ranked], strict=True))
+
+        def first_negative(query: str, candidates: list[str]) -> str | None:
+            """The text of the first candidate not known to be relevant to ``query``."""
+            return next(
+                (
+                    text
+                    for item_id in candidates
+                    if item_id not in positives[query] and (text := catalog.get(item_id))
+                ),
+                None,
+            )
+
         pairs = []
         for ex in split.train:
             if ex.label != 1:
@@ -179,19 +191,12 @@ class Retrainer:
                 continue
             negative = None
             if self.settings.hard_negatives:
-                for item_id in negatives.get(ex.text, []):
-                    if item_id not in positives[ex.text] and (t := catalog.get(item_id)):
-                        negative = t
-                        counts["labelled_negatives"] += 1
-                        break
-                else:
-                    for item_id in mined.get(ex.text, []):
-                        if item_id not in positives[ex.text] and (t := catalog.get(item_id)):
-                            negative = t
-                            counts["mined_negatives"] += 1
-                            break
-                    else:
-                        counts["no_negative"] += 1
+                negative = first_negative(ex.text, negatives.get(ex.text, []))
+                source = "labelled_negatives"
+                if negative is None:
+                    negative = first_negative(ex.text, mined.get(ex.text, []))
+                    source = "mined_negatives" if negative else "no_negative"
+                counts[source] += 1
             grade = max(ex.grade or 1, 1)
             pairs.append(TrainPair(ex.text, positive, ex.weight * (1 + grade) / 2, negative))
         counts["pairs"] = len(pairs)
