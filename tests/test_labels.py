@@ -305,3 +305,18 @@ def test_an_impression_with_only_a_content_vote_yields_no_example() -> None:
     examples = labeler.label_many(cands)
     assert [e.item_id for e in examples] == ["i0"]
     assert labeler.counts["no_evidence"] == 1 and labeler.counts["all_abstained"] == 0
+
+
+def test_a_skip_contradicted_by_the_content_function_yields_no_example() -> None:
+    labeler = RelevanceLabeler(None, LabelSettings(augment_variants=0))  # lexical content
+    cands = [
+        _cand(0, skipped=True, title="trail running shoes"),  # skipped, but the title matches
+        _cand(1, skipped=True, title="garden hose"),  # skipped, and nothing matches
+        _cand(2, "click", dwell=40_000, title="trail running shoes, blue"),
+    ]
+    examples = labeler.label_many(cands)
+    assert sorted(e.item_id for e in examples) == ["i1", "i2"]
+    assert labeler.counts["conflicting_skip"] == 1 and labeler.counts["no_evidence"] == 0
+    # with the content function off, the skip is the evidence and gives an example
+    plain = RelevanceLabeler(None, LabelSettings(augment_variants=0, content="off"))
+    assert sorted(e.item_id for e in plain.label_many(cands)) == ["i0", "i1", "i2"]
