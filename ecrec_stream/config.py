@@ -106,6 +106,17 @@ class IndexSettings(BaseModel):
     port: int = Field(8080, ge=0, le=65_535)
     max_query_chars: int = Field(512, ge=1)
     max_k: int = Field(100, ge=1)
+    # Hybrid retrieval: BM25 (SQLite FTS5) beside the vectors, changed in the same
+    # micro-batches. "hybrid" fuses both result lists; "dense" / "lexical" use one.
+    search_mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    rrf_k: float = Field(60.0, gt=0, le=10_000)
+    dense_weight: float = Field(0.5, ge=0, le=1, description="weighted fusion only")
+    hybrid_depth: int = Field(50, ge=1, le=10_000, description="results fused from each list")
+    lexical: bool = Field(True, description="keep the lexical index (off: dense only)")
+    lexical_weights: tuple[float, float, float] = Field(
+        (1.0, 0.5, 0.3), description="BM25 column weights: title, brand, category"
+    )
 
 
 class LabelSettings(BaseModel):

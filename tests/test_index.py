@@ -15,7 +15,8 @@ from ecrec_stream.config import IndexSettings
 from ecrec_stream.embedding import item_text
 from ecrec_stream.exceptions import IndexError_, SnapshotError
 from ecrec_stream.index import FaissItemIndex, LiveItemIndex
-from ecrec_stream.index.persist import CURRENT, read_snapshot
+from ecrec_stream.index.lexical import Fts5Index, LexicalDoc
+from ecrec_stream.index.persist import CURRENT, LEXICAL_FILE, read_snapshot
 from tests.helpers import HashEncoder, item
 
 
@@ -167,7 +168,7 @@ def test_hot_swap_under_searches_and_updates_mixes_no_models_and_loses_nothing()
         try:
             while not stop.is_set():
                 query = f"product {rng.integers(97)} colour {rng.integers(13)}"
-                results = live.search(query, 10)
+                results = live.search(query, 10, "dense")
                 assert len({r.model_version for r in results}) <= 1
                 for r in results:  # each score is that one model's query . item vectors
                     enc = encoders[r.model_version]
@@ -211,6 +212,10 @@ def test_hot_swap_under_searches_and_updates_mixes_no_models_and_loses_nothing()
     for item_id, it in stored.items():
         assert np.allclose(live.index.vector(item_id), new.encode([item_text(it)])[0], atol=1e-5)
     assert live.stats()["rebuild"] is None and live.stats()["swaps"] == 1
+    # the lexical index (model-independent, kept across the swap) agrees with the store too
+    assert live.lexical is not None and len(live.lexical) == len(stored)
+    newest = max((i for i in stored if i.startswith("new")), key=lambda i: int(i[3:]))
+    assert live.search(stored[newest].title or "", 1, "lexical")[0].item.item_id == newest
 
 
 def test_snapshots_are_atomic_pruned_and_checked(tmp_path: Path) -> None:
@@ -285,3 +290,89 @@ def test_replica_embeds_a_bulk_load_in_bounded_steps() -> None:
     assert [n for n, _ in steps] == [100] * 10
     assert [before for _, before in steps] == list(range(0, 1000, 100))
     assert len(live) == 1000 and replica.offsets[replica.topic] == {0: 2}
+
+
+# -- lexical index and hybrid search ----------------------------------------------------------
+def test_lexical_index_keeps_sizes_and_model_numbers_and_changes_in_place() -> None:
+    lex = Fts5Index()
+    lex.upsert_many(
+        ["pipe", "spray", "hose"],
+        [
+            LexicalDoc("Copper pipe 3/4 in. x 10 ft.", "Everbilt", "plumbing pipes"),
+            LexicalDoc("WD-40 multi-use spray 11 oz.", "WD-40", "lubricants"),
+            LexicalDoc("Garden hose 50 ft", "Flexzilla", "garden"),
+        ],
+    )
+
+    def ids(query: str) -> list[str]:
+        return [h.item_id for h in lex.search(query, 5)]
+
+    assert ids("3/4 pipe")[0] == "pipe" and ids("wd40 spray")[0] == "spray"
+    assert ids("wd 40") == ["spray"] and ids("hoses") == ["hose"]  # parts; plural stemmed
+    assert ids("flexzilla") == ["hose"]  # brand is indexed
+    # query text is never read as FTS5 syntax
+    for hostile in ['"', "NEAR(a b", "a AND", "*", "x:y", "-", "''", "(((", "é ü"]:
+        lex.search(hostile, 5)
+    # replace in place, then delete: no stale text left behind
+    lex.upsert_many(["hose"], [LexicalDoc("Soaker hose 25 ft", "Melnor", "garden")])
+    assert ids("flexzilla") == [] and ids("soaker") == ["hose"] and len(lex) == 3
+    assert lex.delete_many(["hose", "unknown"]) == 1 and ids("soaker") == [] and len(lex) == 2
+    restored = Fts5Index.from_state(lex.to_state())
+    assert len(restored) == 2 and [h.item_id for h in restored.search("copper", 3)] == ["pipe"]
+
+
+def test_hybrid_search_finds_by_either_retriever_and_says_which() -> None:
+    live = LiveItemIndex(HashEncoder())
+    live.apply_many(
+        [
+            item("drill", "cordless drill driver GSR-12V", 1),
+            item("bits", "drill bit set", 1),
+            item("saw", "circular saw", 1, brand="Makita"),
+        ]
+    )
+    lexical = live.search("gsr 12v", 3, "lexical")  # the hashed bag of words has no "gsr"
+    assert [r.item.item_id for r in lexical] == ["drill"] and lexical[0].lexical_rank == 1
+    assert lexical[0].dense_rank is None
+    hybrid = live.search("drill gsr-12v", 3, "hybrid")
+    assert hybrid[0].item.item_id == "drill"
+    assert hybrid[0].dense_rank is not None and hybrid[0].lexical_rank == 1
+    assert all(r.lexical_rank is None for r in live.search("drill", 3, "dense"))
+    assert live.search("makita", 1, "lexical")[0].item.item_id == "saw"
+    # deletes and the event-time guard apply to the lexical side too
+    live.apply_many([item("drill", op="delete", ts=5)])
+    live.apply_many([item("drill", "cordless drill driver GSR-12V", 3)])  # stale redelivery
+    assert live.search("gsr 12v", 3, "lexical") == [] and live.get("drill") is None
+    with pytest.raises(IndexError_, match="unknown search mode"):
+        live.search("drill", 3, "fuzzy")  # type: ignore[arg-type]
+    dense_only = LiveItemIndex(HashEncoder(), IndexSettings(lexical=False, search_mode="dense"))
+    dense_only.apply_many([item("a", "tea", 1)])
+    assert dense_only.search("tea", 1)[0].item.item_id == "a"
+    with pytest.raises(IndexError_, match="needs the lexical index"):
+        dense_only.search("tea", 1, "hybrid")
+
+
+def test_snapshot_restores_the_lexical_index_or_rebuilds_it(tmp_path: Path) -> None:
+    live = LiveItemIndex(HashEncoder())
+    live.apply_many(
+        [item(f"i{i}", f"widget model AB-{i}", 1) for i in range(30)]
+        + [item("i4", op="delete", ts=2)]
+    )
+    live.save_snapshot(tmp_path, {})
+    snap_dir = tmp_path / (tmp_path / CURRENT).read_text().strip()
+    assert (snap_dir / LEXICAL_FILE).exists()
+    restored = LiveItemIndex(HashEncoder())
+    restored.load_snapshot(tmp_path)
+    assert restored.lexical is not None and len(restored.lexical) == 29
+    assert [r.item.item_id for r in restored.search("ab-7", 1, "lexical")] == ["i7"]
+    assert restored.search("ab-4", 1, "lexical") == [] or (
+        restored.search("ab-4", 1, "lexical")[0].item.item_id != "i4"
+    )
+    # a snapshot from before the lexical index (no lexical file): rebuilt from its items
+    manifest = json.loads((snap_dir / "manifest.json").read_text())
+    del manifest["sha256"][LEXICAL_FILE]
+    (snap_dir / "manifest.json").write_text(json.dumps(manifest))
+    (snap_dir / LEXICAL_FILE).unlink()
+    older = LiveItemIndex(HashEncoder())
+    older.load_snapshot(tmp_path)
+    assert older.lexical is not None and len(older.lexical) == 29
+    assert [r.item.item_id for r in older.search("ab-7", 1, "lexical")] == ["i7"]

@@ -156,8 +156,8 @@ def test_bad_input_goes_to_the_dlq_and_valid_neighbours_survive(broker: Any, wor
     assert reviews == [f"{tag}-r-ok", f"{tag}-r-2"]
 
 
-def _search_ids(base: str, q: str, k: int = 5) -> list[str]:
-    response = httpx.get(f"{base}/search", params={"q": q, "k": k}, timeout=10)
+def _search_ids(base: str, q: str, k: int = 5, mode: str = "hybrid") -> list[str]:
+    response = httpx.get(f"{base}/search", params={"q": q, "k": k, "mode": mode}, timeout=10)
     assert response.status_code == 200, response.text
     return [hit["item_id"] for hit in response.json()["results"]]
 
@@ -181,6 +181,19 @@ def test_upserted_items_become_searchable_and_deleted_ones_vanish(
         latencies.append(time.monotonic() - sent)
     # generous bound: the benchmark measures p99; this only catches a broken pipeline
     assert max(latencies) < 15, latencies
+    # the lexical index changed in the same micro-batches: a model number finds its item,
+    # and a hybrid result says which retrievers found it
+    model_no = f"{tag}-model"
+    produce(
+        broker.bootstrap,
+        [(TOPICS.items, model_no, json.dumps(_item_doc(model_no, "Drill XQ-7731 kit")).encode())],
+    )
+    wait_until(lambda: model_no in _search_ids(indexer, "xq 7731", 3, "lexical"), timeout_s=30)
+    hits = httpx.get(
+        f"{indexer}/search", params={"q": "XQ-7731 drill", "k": 5, "mode": "hybrid"}, timeout=10
+    ).json()["results"]
+    hit = next(h for h in hits if h["item_id"] == model_no)
+    assert hit["lexical_rank"] == 1 and hit["dense_rank"] is not None, hit
     gone = f"{tag}-1"
     produce(
         broker.bootstrap,
@@ -188,6 +201,7 @@ def test_upserted_items_become_searchable_and_deleted_ones_vanish(
     )
     wait_until(lambda: httpx.get(f"{indexer}/items/{gone}").status_code == 404, timeout_s=30)
     assert gone not in _search_ids(indexer, titles[gone], 10)
+    assert gone not in _search_ids(indexer, titles[gone], 10, "lexical")
     # an old upsert replayed after the delete does not resurrect the item
     old = utc_now() - timedelta(hours=1)
     marker = f"{tag}-marker"
@@ -212,7 +226,10 @@ def test_upserted_items_become_searchable_and_deleted_ones_vanish(
         ({"q": "tea", "k": 0}, 422),
         ({"q": "tea", "k": 101}, 422),
         ({"q": "tea", "k": "ten"}, 422),
+        ({"q": "tea", "k": 3, "mode": "fuzzy"}, 422),
         ({"q": "tea", "k": 3}, 200),
+        ({"q": "tea", "k": 3, "mode": "lexical"}, 200),
+        ({"q": 'tea" OR NEAR(x*', "k": 3, "mode": "hybrid"}, 200),  # no FTS5 syntax leaks
     ],
 )
 def test_search_input_bounds(indexer: str, params: dict[str, Any], status: int) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
@@ -13,7 +13,9 @@ from ecrec_stream.config import Settings
 from workers.indexer import IndexReplica
 
 SEARCHES = Counter("ecrec_search_requests_total", "Search requests served")
-SEARCH_SECONDS = Histogram("ecrec_search_seconds", "Search latency (embed + FAISS)")
+SEARCH_SECONDS = Histogram(
+    "ecrec_search_seconds", "Search latency (embed + FAISS and/or BM25 + fusion)", ["mode"]
+)
 
 
 class SearchResult(BaseModel):
@@ -23,11 +25,17 @@ class SearchResult(BaseModel):
     brand: str
     category_path: list[str]
     price: float | None
+    # which retriever found it: 1-based rank and score in each list (null: not found there)
+    dense_rank: int | None
+    dense_score: float | None
+    lexical_rank: int | None
+    lexical_score: float | None
 
 
 class SearchResponse(BaseModel):
     query: str
     k: int
+    mode: str
     index_size: int
     model_version: str  # the encoder (content digest) whose vectors answered, one per search
     results: list[SearchResult]
@@ -46,17 +54,24 @@ def create_api(settings: Settings, replica: IndexReplica) -> FastAPI:
             ..., min_length=1, max_length=cfg.max_query_chars, description="free-text query"
         ),
         k: int = Query(10, ge=1, le=cfg.max_k, description="number of results"),
+        mode: Literal["hybrid", "dense", "lexical"] | None = Query(
+            None, description=f"retriever(s); default {cfg.search_mode}"
+        ),
     ) -> SearchResponse:
         query = q.strip()
         if not query:
             raise HTTPException(status_code=422, detail="q must contain non-space characters")
+        mode = mode or cfg.search_mode
+        if mode != "dense" and live.lexical is None:
+            raise HTTPException(status_code=422, detail=f"mode {mode!r}: the lexical index is off")
         SEARCHES.inc()
-        with SEARCH_SECONDS.time():
+        with SEARCH_SECONDS.labels(mode).time():
             # Embedding is CPU work: run it off the event loop (../shared/MODELS.md).
-            results = await run_in_threadpool(live.search, query, k)
+            results = await run_in_threadpool(live.search, query, k, mode)
         return SearchResponse(
             query=query,
             k=k,
+            mode=mode,
             index_size=len(live),
             model_version=results[0].model_version if results else live.serving.version,
             results=[
@@ -67,6 +82,10 @@ def create_api(settings: Settings, replica: IndexReplica) -> FastAPI:
                     brand=r.item.brand,
                     category_path=r.item.category_path,
                     price=r.item.price,
+                    dense_rank=r.dense_rank,
+                    dense_score=r.dense_score,
+                    lexical_rank=r.lexical_rank,
+                    lexical_score=r.lexical_score,
                 )
                 for r in results
             ],

@@ -249,11 +249,22 @@ def search(
     query: Annotated[str, typer.Argument(help="free-text query")],
     k: Annotated[int, typer.Option(help="number of results")] = 10,
     url: Annotated[str, typer.Option(help="index replica base URL")] = "http://127.0.0.1:8080",
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="hybrid (BM25 + vectors, fused), dense or lexical; default: the replica's "
+            "ECREC_INDEX__SEARCH_MODE"
+        ),
+    ] = None,
 ) -> None:
-    """Query a running index replica and print the results."""
+    """Query a running index replica and print the results (with the rank each retriever
+    gave them)."""
     import httpx
 
-    response = httpx.get(f"{url.rstrip('/')}/search", params={"q": query, "k": k}, timeout=10)
+    params: dict[str, str | int] = {"q": query, "k": k}
+    if mode:
+        params["mode"] = mode
+    response = httpx.get(f"{url.rstrip('/')}/search", params=params, timeout=10)
     if response.status_code != 200:
         console.print(f"[red]{response.status_code}[/] {response.text}")
         raise typer.Exit(1)

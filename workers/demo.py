@@ -96,14 +96,19 @@ def samples_table(samples: list[tuple[str, str, str, str, int]]) -> Table:
 
 def results_table(payload: dict[str, Any]) -> Table:
     """A rich table of one ``/search`` response."""
-    table = Table(title=f"search: {payload['query']!r} (index holds {payload['index_size']})")
-    for col in ("#", "score", "item", "title", "category", "price"):
+    table = Table(
+        title=f"search ({payload.get('mode', 'dense')}): {payload['query']!r} "
+        f"(index holds {payload['index_size']})"
+    )
+    for col in ("#", "score", "dense #", "BM25 #", "item", "title", "category", "price"):
         table.add_column(col)
     for rank, hit in enumerate(payload["results"], 1):
         price = hit["price"]
         table.add_row(
             str(rank),
             f"{hit['score']:.3f}",
+            str(hit.get("dense_rank") or "-"),
+            str(hit.get("lexical_rank") or "-"),
             hit["item_id"],
             hit["title"] or "",
             " > ".join(hit["category_path"]),

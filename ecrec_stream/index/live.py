@@ -17,14 +17,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from ecrec_stream.config import IndexSettings
 from ecrec_stream.embedding import Encoder, item_text
 from ecrec_stream.events import ItemEvent, utc_now
-from ecrec_stream.index.faiss_index import FaissItemIndex
+from ecrec_stream.exceptions import IndexError_
+from ecrec_stream.index.faiss_index import FaissItemIndex, SearchHit
+from ecrec_stream.index.fusion import fuse
+from ecrec_stream.index.lexical import Fts5Index, LexicalDoc
 from ecrec_stream.index.persist import Offsets, SnapshotData, read_snapshot, write_snapshot
 from ecrec_stream.index.store import ItemStore, StoredItem
 
@@ -44,9 +47,24 @@ class ApplyStats:
 
 @dataclass(frozen=True, slots=True)
 class ItemResult:
+    """One search result: ``score`` is the mode's (cosine, BM25 or fused); the ranks (1-based)
+    and scores in the dense and lexical lists say which retriever found it."""
+
     item: ItemEvent
     score: float
     model_version: str = ""
+    dense_rank: int | None = None
+    dense_score: float | None = None
+    lexical_rank: int | None = None
+    lexical_score: float | None = None
+
+
+SearchMode = Literal["hybrid", "dense", "lexical"]
+
+
+def lexical_doc(item: ItemEvent) -> LexicalDoc:
+    """The fields the lexical index holds: title, brand, category path."""
+    return LexicalDoc(item.title or "", item.brand, " ".join(item.category_path))
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +129,8 @@ class LiveItemIndex:
         self.settings = settings or IndexSettings()
         self._pair = ServingPair(encoder, self._new_faiss(encoder.dim))
         self.store = ItemStore()
+        # Lexical matches do not depend on the model: one lexical index outlives every swap.
+        self.lexical: Fts5Index | None = self._new_lexical()
         self._lock = threading.RLock()
         self._lags_s: deque[tuple[float, float]] = deque(maxlen=FRESHNESS_WINDOW)
         self._rebuild: RebuildProgress | None = None
@@ -126,6 +146,9 @@ class LiveItemIndex:
             nlist=self.settings.ivf_nlist,
             nprobe=self.settings.ivf_nprobe,
         )
+
+    def _new_lexical(self) -> Fts5Index | None:
+        return Fts5Index(self.settings.lexical_weights) if self.settings.lexical else None
 
     @property
     def serving(self) -> ServingPair:
@@ -162,6 +185,11 @@ class LiveItemIndex:
                     self.store.put(event, now)
                     self._lags_s.append((time.monotonic(), (now - event.ts).total_seconds()))
                 pair.index.delete_many([e.item_id for e in deletes])
+                if self.lexical is not None:
+                    self.lexical.upsert_many(
+                        [e.item_id for e in upserts], [lexical_doc(e) for e in upserts]
+                    )
+                    self.lexical.delete_many([e.item_id for e in deletes])
                 for event in deletes:
                     self.store.remove(event.item_id, event.ts)
                 if self._rebuild is not None:  # the rebuild catches these up before its swap
@@ -171,17 +199,48 @@ class LiveItemIndex:
                 self.last_applied_at = now
             return ApplyStats(len(upserts), len(deletes), stale, len(upserts))
 
-    def search(self, query: str, k: int) -> list[ItemResult]:
-        """The ``k`` items closest to ``query``, best first (all from one model version)."""
+    def search(self, query: str, k: int, mode: SearchMode | None = None) -> list[ItemResult]:
+        """The ``k`` best items for ``query``, best first: by the vectors (``dense``), BM25
+        (``lexical``) or both fused (``hybrid``); default ``settings.search_mode``. Dense
+        results all come from one model version."""
+        mode = mode or self.settings.search_mode
+        if mode not in ("hybrid", "dense", "lexical"):
+            raise IndexError_(f"unknown search mode {mode!r} (hybrid, dense or lexical)")
+        if mode != "dense" and self.lexical is None:
+            raise IndexError_(f"search mode {mode!r} needs the lexical index (index.lexical)")
+        depth = k if mode != "hybrid" else max(k, self.settings.hybrid_depth)
         pair = self._pair
-        vector = pair.encoder.encode([query])
+        vector = pair.encoder.encode([query]) if mode != "lexical" else None
         with self._lock:
-            hits = pair.index.search(vector, k)[0]
+            dense: list[SearchHit] = [] if vector is None else pair.index.search(vector, depth)[0]
+            lexical = self.lexical.search(query, depth) if mode != "dense" and self.lexical else []
+            fused = fuse(
+                dense,
+                lexical,
+                k,
+                method=self.settings.fusion,
+                rrf_k=self.settings.rrf_k,
+                dense_weight=self.settings.dense_weight,
+            )
             results = []
-            for hit in hits:
+            for hit in fused:
                 stored = self.store.get(hit.item_id)
-                if stored is not None:
-                    results.append(ItemResult(stored.item, hit.score, pair.version))
+                if stored is None:
+                    continue
+                score = {"dense": hit.dense_score, "lexical": hit.lexical_score}.get(
+                    mode, hit.score
+                )
+                results.append(
+                    ItemResult(
+                        stored.item,
+                        float(score if score is not None else hit.score),
+                        pair.version,
+                        hit.dense_rank,
+                        hit.dense_score,
+                        hit.lexical_rank,
+                        hit.lexical_score,
+                    )
+                )
         return results
 
     def get(self, item_id: str) -> StoredItem | None:
@@ -269,6 +328,7 @@ class LiveItemIndex:
                 tombstones=self.store.tombstones,
                 offsets={t: dict(p) for t, p in offsets.items()},
                 created_at=utc_now(),
+                lexical_blob=None if self.lexical is None else self.lexical.to_state(),
             )
         return write_snapshot(data_dir, snap, keep=self.settings.snapshot_keep)
 
@@ -286,6 +346,7 @@ class LiveItemIndex:
             self.store.restore_tombstones(snap.tombstones)
             for item, indexed_at in snap.items:
                 self.store.put(item, indexed_at)
+            self.lexical = self._restore_lexical(snap)
             encoder = self._pair.encoder
             same_model = snap.model == encoder.version and snap.index_meta.get("dim") == encoder.dim
             index = (
@@ -297,6 +358,19 @@ class LiveItemIndex:
         if not same_model:
             self.reembed_all()
         return snap.offsets
+
+    def _restore_lexical(self, snap: SnapshotData) -> Fts5Index | None:
+        """The snapshot's lexical index, or one built from its items (a snapshot written
+        with the lexical index off, or before it existed)."""
+        if not self.settings.lexical:
+            return None
+        if snap.lexical_blob is not None:
+            return Fts5Index.from_state(snap.lexical_blob, self.settings.lexical_weights)
+        lexical = Fts5Index(self.settings.lexical_weights)
+        lexical.upsert_many(
+            [item.item_id for item, _ in snap.items], [lexical_doc(item) for item, _ in snap.items]
+        )
+        return lexical
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -313,5 +387,7 @@ class LiveItemIndex:
                 "model": pair.encoder.name,
                 "model_version": pair.version,
                 "swaps": self.swaps,
+                "lexical_items": None if self.lexical is None else len(self.lexical),
+                "search_mode": self.settings.search_mode,
                 "rebuild": None if self._rebuild is None else self._rebuild.as_dict(),
             }

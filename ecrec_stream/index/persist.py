@@ -8,6 +8,7 @@ Layout under the replica's data directory::
         index.faiss            serialised FAISS index
         items.jsonl            one stored item per line
         tombstones.json        item id -> event time of its delete
+        lexical.sqlite         the lexical (FTS5) index, serialised (absent if it is off)
 
 A snapshot is written into ``snap-N.tmp``, fsynced, renamed to ``snap-N`` and only then named
 in ``CURRENT`` (write-then-rename twice), so a crash at any point leaves the previous snapshot
@@ -33,6 +34,7 @@ MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.jsonl"
 TOMBSTONES_FILE = "tombstones.json"
+LEXICAL_FILE = "lexical.sqlite"
 FORMAT_VERSION = 1
 
 Offsets = dict[str, dict[int, int]]
@@ -49,6 +51,7 @@ class SnapshotData:
     tombstones: dict[str, datetime]
     offsets: Offsets
     created_at: datetime
+    lexical_blob: bytes | None = None  # None: no lexical index (off, or an older snapshot)
 
 
 def _fsync_file(path: Path, data: bytes) -> str:
@@ -86,6 +89,8 @@ def write_snapshot(data_dir: Path, snap: SnapshotData, *, keep: int = 2) -> Path
         ITEMS_FILE: _fsync_file(tmp / ITEMS_FILE, items_blob),
         TOMBSTONES_FILE: _fsync_file(tmp / TOMBSTONES_FILE, tomb_blob),
     }
+    if snap.lexical_blob is not None:
+        files[LEXICAL_FILE] = _fsync_file(tmp / LEXICAL_FILE, snap.lexical_blob)
     manifest = {
         "format": FORMAT_VERSION,
         "created_at": snap.created_at.isoformat(),
@@ -161,6 +166,7 @@ def read_snapshot(data_dir: Path) -> SnapshotData | None:
         tombstones=tombstones,
         offsets=offsets,
         created_at=datetime.fromisoformat(manifest["created_at"]),
+        lexical_blob=blobs.get(LEXICAL_FILE),
     )
 
 
