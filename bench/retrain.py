@@ -15,7 +15,7 @@ Timing (``--timing``): 10k examples and a 50k-item catalog with a tiny model on 
 buffer read, training, evaluation, publication, re-embedding and swap in a live index, and
 search latency p50/p99 during the swap against steady state.
 
-    python -m bench.retrain [--sessions 1500] [--epochs 2] [--timing-only]
+    python -m bench.retrain [--sessions 800] [--epochs 3] [--timing-only]
 """
 
 from __future__ import annotations
@@ -132,8 +132,9 @@ def quality(n_sessions: int, epochs: int, workdir: Path) -> tuple[list[list[Any]
         "test dept B": human_judgments(judg, [q for q in test_q if department[q] == 1]),
     }
 
-    def measure(model: Any, ver: str) -> dict[str, dict[str, float]]:
-        emb = embed_catalog(model_encoder(model), ver, catalog)
+    def measure(model: Any, ver: str, emb: Any = None) -> dict[str, dict[str, float]]:
+        # the catalog vectors the retrainer computed for the gate, where there are some
+        emb = emb or embed_catalog(model_encoder(model), ver, catalog)
         return {
             name: retrieval_metrics(model_encoder(model), emb, j, K) for name, j in tests.items()
         }
@@ -154,7 +155,7 @@ def quality(n_sessions: int, epochs: int, workdir: Path) -> tuple[list[list[Any]
         data[name] = metrics
 
     add("BM25 (SQLite FTS5)", {n: bm25_metrics(judg.titles, j) for n, j in tests.items()})
-    add("base all-MiniLM-L6-v2", measure(base, version))
+    add("base all-MiniLM-L6-v2", measure(base, version, base_catalog))
 
     labeler = RelevanceLabeler(None, LabelSettings(augment_variants=0))
     buffer = ReplayBuffer(settings.recent_size, settings.reservoir_size)
@@ -181,7 +182,11 @@ def quality(n_sessions: int, epochs: int, workdir: Path) -> tuple[list[list[Any]
         verdict = "published" if outcome.accepted else "rejected: " + "; ".join(outcome.reasons)
         add(
             f"retrain {round_no} (dept {'AB'[dept_id]} traffic), label model",
-            measure(outcome_model(retrainer, outcome, new_model), outcome.candidate_version or ""),
+            measure(
+                outcome_model(retrainer, outcome, new_model),
+                outcome.candidate_version or "",
+                retrainer.last_candidate_catalog,
+            ),
             verdict,
         )
         data["rounds"].append(
@@ -196,7 +201,11 @@ def quality(n_sessions: int, epochs: int, workdir: Path) -> tuple[list[list[Any]
             raw_outcome = raw.retrain(raw_split, catalog, trigger="raw clicks")
             add(
                 "retrain 1 on raw clicks (baseline)",
-                measure(outcome_model(raw, raw_outcome, None), raw_outcome.candidate_version or ""),
+                measure(
+                    outcome_model(raw, raw_outcome, None),
+                    raw_outcome.candidate_version or "",
+                    raw.last_candidate_catalog,
+                ),
                 "published" if raw_outcome.accepted else "rejected",
             )
             data["raw_clicks_outcome"] = raw_outcome.summary()
@@ -335,8 +344,8 @@ def timing(workdir: Path, n_items: int = 50_000, n_examples: int = 10_000) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sessions", type=int, default=1500, help="simulated sessions per round")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--sessions", type=int, default=800, help="simulated sessions per round")
+    parser.add_argument("--epochs", type=int, default=3, help="the trainer's default")
     parser.add_argument("--timing-only", action="store_true")
     parser.add_argument("--quality-only", action="store_true")
     args = parser.parse_args()

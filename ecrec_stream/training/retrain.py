@@ -109,6 +109,7 @@ class Retrainer:
         self.device = resolve_device(settings.device)
         self._serving: tuple[str, Any] | None = None
         self.last_candidate: Any = None  # the model the last retrain trained (kept or not)
+        self.last_candidate_catalog: EmbeddedCatalog | None = None  # ... and its catalog vectors
         self._catalog_cache: dict[tuple[str, str], EmbeddedCatalog] = {}
 
     # -- the serving model -------------------------------------------------------------------
@@ -217,6 +218,7 @@ class Retrainer:
         publish it if it passes. ``catalog`` maps item ids to the texts the index embeds."""
         cfg = self.settings
         self.last_candidate = None
+        self.last_candidate_catalog = None
         timings = {"buffer": buffer_s}
         t0 = time.perf_counter()
         version, serving_model = self.serving()
@@ -265,6 +267,7 @@ class Retrainer:
 
         t2 = time.perf_counter()
         candidate_catalog = embed_catalog(model_encoder(candidate), candidate_version, catalog)
+        self.last_candidate_catalog = candidate_catalog
         k = cfg.eval_k
         splits = {
             "recent": judgments_from_examples(split.recent_eval),
