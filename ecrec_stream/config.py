@@ -271,6 +271,10 @@ class TrainingSettings(BaseModel):
     # Gate: publish only if nDCG@k on recent held-back data is not lower than the serving
     # model's and on older data at most this much lower.
     tolerance: float = Field(0.01, ge=0, le=1)
+    # How the gate scores a model on held-back logged examples: re-rank each query's logged
+    # items ("logged_rerank", fair to a candidate) or retrieve from the whole catalog
+    # ("catalog", which favours the serving model that chose what was logged).
+    gate_eval: Literal["logged_rerank", "catalog"] = "logged_rerank"
     min_interval_s: float = Field(60.0, ge=0, description="wall time between two retrains")
     save_interval_s: float = Field(5.0, gt=0)
 

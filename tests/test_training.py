@@ -5,12 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ecrec_stream.config import EmbeddingSettings, TrainingSettings
 from ecrec_stream.embedding import weights_digest
 from ecrec_stream.registry import ModelRegistry
 from ecrec_stream.training import BufferSplit, ReplayBuffer, Retrainer, query_bucket
+from ecrec_stream.training.evaluate import (
+    EmbeddedCatalog,
+    logged_rerank_metrics,
+    retrieval_metrics,
+)
 from tests.helpers import tiny_sentence_model, toy_relevance
 
 FAST = TrainingSettings(
@@ -124,3 +130,35 @@ def test_lora_adapters_are_merged_into_a_plain_publishable_model(tmp_path: Path)
     loaded = registry.load(outcome.candidate_version or "")
     assert weights_digest(loaded) == outcome.candidate_version
     assert not any("lora" in k for k in loaded.state_dict())
+
+
+def test_logged_rerank_does_not_favour_the_model_that_chose_the_logged_items() -> None:
+    # The serving model showed b then a; the shopper judged a relevant, b not. A candidate
+    # that ranks a above b but retrieves two never-shown (unjudged) items first loses on
+    # catalog retrieval, where unjudged counts as irrelevant, and wins on re-ranking what
+    # was logged.
+    ids = ["a", "b", "c", "d"]
+    serving = EmbeddedCatalog(
+        "s", ids, np.array([[0.8, 0.6, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
+    )
+    candidate = EmbeddedCatalog(
+        "c", ids, np.array([[0, 1, 0], [1, 0, 0], [0, 0.6, 0.8], [0, 0, 1]], dtype=np.float32)
+    )
+    judged = {"milk": {"a": 1.0, "b": 0.0}}
+
+    def serving_query(q: list[str]) -> np.ndarray:
+        return np.array([[1, 0, 0]] * len(q), dtype=np.float32)
+
+    def candidate_query(q: list[str]) -> np.ndarray:
+        return np.array([[0, 0.6, 0.8]] * len(q), dtype=np.float32)
+
+    assert serving.top_k(serving_query(["milk"]), 2) == [["b", "a"]]
+    catalog_s = retrieval_metrics(serving_query, serving, judged, 2)["ndcg@2"]
+    catalog_c = retrieval_metrics(candidate_query, candidate, judged, 2)["ndcg@2"]
+    assert catalog_c == 0.0 < catalog_s < 1.0
+    rerank_s = logged_rerank_metrics(serving_query, serving, judged, 2)["ndcg@2"]
+    rerank_c = logged_rerank_metrics(candidate_query, candidate, judged, 2)["ndcg@2"]
+    assert rerank_s == pytest.approx(catalog_s) and rerank_c == 1.0
+    # a query whose logged items all have one gain says nothing about order
+    only_positive = {"milk": {"a": 1.0, "b": 1.0}}
+    assert logged_rerank_metrics(serving_query, serving, only_positive, 2)["queries"] == 0

@@ -115,3 +115,46 @@ def retrieval_metrics(
         f"recall@{k}": float(np.mean(recall)),
         "queries": float(len(queries)),
     }
+
+
+def logged_rerank_metrics(
+    encode_queries: Callable[[list[str]], np.ndarray],
+    catalog: EmbeddedCatalog,
+    judgments: Judgments,
+    k: int = 10,
+) -> dict[str, float]:
+    """Mean nDCG@k and recall@k when a model re-ranks only each query's judged items.
+
+    Judgments built from logged examples only cover items the serving model showed, so
+    retrieval over the whole catalog favours the serving model (its recall of its own
+    impressions is 1 by construction). Re-ranking the same logged items with each model
+    compares them on equal terms. Queries whose judged items all have the same gain say
+    nothing about order and are left out.
+
+    >>> cat = EmbeddedCatalog("v", ["a", "b"], np.array([[1, 0], [0, 1]], dtype=np.float32))
+    >>> enc = lambda qs: np.array([[0.2, 0.9]] * len(qs), dtype=np.float32)
+    >>> logged_rerank_metrics(enc, cat, {"milk": {"a": 0.0, "b": 2.0}}, 10)["ndcg@10"]
+    1.0
+    """
+    position = {item_id: i for i, item_id in enumerate(catalog.item_ids)}
+    informative = {
+        q: {i: g for i, g in gains.items() if i in position}
+        for q, gains in judgments.items()
+        if len({g for i, g in gains.items() if i in position}) > 1
+    }
+    queries = sorted(informative)
+    if not queries:
+        return {f"ndcg@{k}": 0.0, f"recall@{k}": 0.0, "queries": 0.0}
+    query_vectors = encode_queries(queries)
+    ndcg, recall = [], []
+    for q, vector in zip(queries, query_vectors, strict=True):
+        items = sorted(informative[q])
+        scores = catalog.vectors[[position[i] for i in items]] @ vector
+        ranked = [items[j] for j in np.argsort(-scores, kind="stable")]
+        ndcg.append(ndcg_at_k(ranked, informative[q], k))
+        recall.append(recall_at_k(ranked, informative[q], k))
+    return {
+        f"ndcg@{k}": float(np.mean(ndcg)),
+        f"recall@{k}": float(np.mean(recall)),
+        "queries": float(len(queries)),
+    }

@@ -26,6 +26,7 @@ from ecrec_stream.training.evaluate import (
     EmbeddedCatalog,
     embed_catalog,
     judgments_from_examples,
+    logged_rerank_metrics,
     retrieval_metrics,
 )
 from ecrec_stream.training.finetune import FineTuneConfig, FineTuneReport, TrainPair, fine_tune
@@ -273,12 +274,28 @@ class Retrainer:
             "recent": judgments_from_examples(split.recent_eval),
             "older": judgments_from_examples(split.older_eval),
         }
+        notes: list[str] = []
+        metrics = logged_rerank_metrics if cfg.gate_eval == "logged_rerank" else retrieval_metrics
         serving_metrics = {
-            name: retrieval_metrics(model_encoder(serving_model), serving_catalog, j, k)
+            name: metrics(model_encoder(serving_model), serving_catalog, j, k)
             for name, j in splits.items()
         }
+        if (
+            metrics is logged_rerank_metrics
+            and serving_metrics["recent"]["queries"] < cfg.min_eval_queries
+        ):
+            # too few held-back queries with both relevant and non-relevant logged items
+            notes.append(
+                f"gate on catalog retrieval: {int(serving_metrics['recent']['queries'])} "
+                "recent queries have graded logged items to re-rank"
+            )
+            metrics = retrieval_metrics
+            serving_metrics = {
+                name: metrics(model_encoder(serving_model), serving_catalog, j, k)
+                for name, j in splits.items()
+            }
         candidate_metrics = {
-            name: retrieval_metrics(model_encoder(candidate), candidate_catalog, j, k)
+            name: metrics(model_encoder(candidate), candidate_catalog, j, k)
             for name, j in splits.items()
         }
         decision = evaluation_gate(
@@ -290,7 +307,7 @@ class Retrainer:
         )
         outcome.decision = decision
         outcome.accepted = decision.accepted
-        outcome.reasons = decision.reasons
+        outcome.reasons = [*notes, *decision.reasons]
         timings["evaluate"] = time.perf_counter() - t2
         if not decision.accepted:
             return outcome
