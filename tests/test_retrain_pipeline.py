@@ -128,6 +128,9 @@ def test_alert_to_new_model_serving_then_restart_and_a_refused_artifact(
         publication = ModelPublication.model_validate_json(published[0].value())
         assert request["alert_id"] in (publication.trigger or "")
         wait_until(lambda: live.serving.version == publication.version, timeout_s=120)
+        # keep searching until one search was answered by the new pair (a loaded machine may
+        # not schedule the searcher between the swap and the stop)
+        wait_until(lambda: bool(searched) and searched[-1] == publication.version, timeout_s=30)
     finally:
         stop.set()
         searcher.join(timeout=10)
