@@ -14,6 +14,7 @@ variants), each size and engine in its own process so that its memory reading is
 
     pip install -e '.[bench]'   # tantivy, bm25s (and datasets for bench.finetune_loops)
     python -m bench.retrieval [--sizes 10000,100000,1000000] [--skip-engines] [--skip-quality]
+                              [--skip-finetune]
 """
 
 from __future__ import annotations
@@ -106,7 +107,9 @@ def fine_tuned_encoder(judg: cf.Judgments, workdir: Path) -> tuple[Any, int]:
     return registry.load_encoder(manifest.version, EmbeddingSettings()), len(pairs)
 
 
-def quality_and_cost(workdir: Path) -> tuple[list[list[Any]], list[list[Any]], dict[str, Any]]:
+def quality_and_cost(
+    workdir: Path, fine_tune: bool = True
+) -> tuple[list[list[Any]], list[list[Any]], dict[str, Any]]:
     from ecrec_stream.embedding import SentenceTransformerEncoder
 
     judg = cf.load()
@@ -141,16 +144,27 @@ def quality_and_cost(workdir: Path) -> tuple[list[list[Any]], list[list[Any]], d
     }
     del dense_only
 
-    rows: list[list[Any]] = []
     q_base = mode_quality(live, tests)
-    tuned, n_pairs = fine_tuned_encoder(judg, workdir)
-    live.swap_encoder(tuned)  # the replica's own swap; the lexical side is kept
-    q_tuned = mode_quality(live, tests)
-    for label, q in (("all-MiniLM-L6-v2", q_base), (f"fine-tuned ({n_pairs} pairs)", q_tuned)):
+    rows: list[list[Any]] = [
+        [
+            "all-MiniLM-L6-v2",
+            *[q_base[m][f"ndcg@{K}"] for m in MODES],
+            *[q_base[m][f"recall@{K}"] for m in MODES],
+        ]
+    ]
+    data["quality"] = {"base": q_base}
+    if fine_tune:
+        tuned, n_pairs = fine_tuned_encoder(judg, workdir)
+        live.swap_encoder(tuned)  # the replica's own swap; the lexical side is kept
+        q = mode_quality(live, tests)
         rows.append(
-            [label, *[q[m][f"ndcg@{K}"] for m in MODES], *[q[m][f"recall@{K}"] for m in MODES]]
+            [
+                f"fine-tuned ({n_pairs} pairs)",
+                *[q[m][f"ndcg@{K}"] for m in MODES],
+                *[q[m][f"recall@{K}"] for m in MODES],
+            ]
         )
-    data["quality"] = {"base": q_base, "fine_tuned": q_tuned, "fine_tune_pairs": n_pairs}
+        data["quality"].update(fine_tuned=q, fine_tune_pairs=n_pairs)
     return rows, cost_rows, data
 
 
@@ -303,11 +317,14 @@ def main() -> None:
     parser.add_argument("--engines", default="fts5,tantivy,bm25s")
     parser.add_argument("--skip-engines", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument(
+        "--skip-finetune", action="store_true", help="quality with the packaged encoder only"
+    )
     args = parser.parse_args()
     data: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_quality:
-            rows, cost_rows, data["quality"] = quality_and_cost(Path(tmp))
+            rows, cost_rows, data["quality"] = quality_and_cost(Path(tmp), not args.skip_finetune)
             report(
                 "retrieval_quality",
                 f"nDCG@{K} / recall@{K} on {data['quality']['test_queries']} never-trained "
