@@ -85,6 +85,9 @@ class EmbeddingSettings(BaseModel):
     allow_downloads: bool = False
 
 
+SearchMode = Literal["hybrid", "dense", "lexical"]
+
+
 class IndexSettings(BaseModel):
     """The live FAISS item index of one replica."""
 
@@ -108,7 +111,7 @@ class IndexSettings(BaseModel):
     max_k: int = Field(100, ge=1)
     # Hybrid retrieval: BM25 (SQLite FTS5) beside the vectors, changed in the same
     # micro-batches. "hybrid" fuses both result lists; "dense" / "lexical" use one.
-    search_mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
+    search_mode: SearchMode = "hybrid"
     fusion: Literal["rrf", "weighted"] = "rrf"
     rrf_k: float = Field(60.0, gt=0, le=10_000)
     dense_weight: float = Field(0.5, ge=0, le=1, description="weighted fusion only")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import Counter, Histogram, make_asgi_app
 from pydantic import BaseModel
 
-from ecrec_stream.config import Settings
+from ecrec_stream.config import SearchMode, Settings
+from ecrec_stream.exceptions import IndexError_
 from workers.indexer import IndexReplica
 
 SEARCHES = Counter("ecrec_search_requests_total", "Search requests served")
@@ -54,16 +55,17 @@ def create_api(settings: Settings, replica: IndexReplica) -> FastAPI:
             ..., min_length=1, max_length=cfg.max_query_chars, description="free-text query"
         ),
         k: int = Query(10, ge=1, le=cfg.max_k, description="number of results"),
-        mode: Literal["hybrid", "dense", "lexical"] | None = Query(
-            None, description=f"retriever(s); default {cfg.search_mode}"
-        ),
+        mode: Annotated[
+            SearchMode | None, Query(description=f"retriever(s); default {cfg.search_mode}")
+        ] = None,
     ) -> SearchResponse:
         query = q.strip()
         if not query:
             raise HTTPException(status_code=422, detail="q must contain non-space characters")
-        mode = mode or cfg.search_mode
-        if mode != "dense" and live.lexical is None:
-            raise HTTPException(status_code=422, detail=f"mode {mode!r}: the lexical index is off")
+        try:
+            mode = live.resolve_mode(mode)
+        except IndexError_ as exc:  # e.g. a lexical mode on a replica without the lexical index
+            raise HTTPException(status_code=422, detail=str(exc)) from exc
         SEARCHES.inc()
         with SEARCH_SECONDS.labels(mode).time():
             # Embedding is CPU work: run it off the event loop (../shared/MODELS.md).

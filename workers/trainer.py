@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from ecrec_stream.config import Settings
 from ecrec_stream.embedding import item_text
 from ecrec_stream.events import EventBatch, ItemEvent
-from ecrec_stream.index.store import ItemStore
+from ecrec_stream.index.store import ItemStore, plan_batch
 from ecrec_stream.labels.examples import ExampleBatch
 from ecrec_stream.registry import ModelPublication, ModelRegistry
 from ecrec_stream.training import ReplayBuffer, Retrainer, RetrainOutcome
@@ -103,14 +103,12 @@ class TrainerWorker:
             except ValidationError:
                 self.stats["malformed_messages"] += 1
                 events = []
-            for event in events:
-                if isinstance(event, ItemEvent) and not self.catalog.is_stale(
-                    event.item_id, event.ts
-                ):
-                    if event.op == "delete":
-                        self.catalog.remove(event.item_id, event.ts)
-                    else:
-                        self.catalog.put(event, event.ts)
+            plan, _ = plan_batch([e for e in events if isinstance(e, ItemEvent)], self.catalog)
+            for event in plan.values():
+                if event.is_delete:
+                    self.catalog.remove(event.item_id, event.ts)
+                else:
+                    self.catalog.put(event, event.ts)
             return  # the catalog is rebuilt from the topic at start: no offsets kept
         if topic is not None and partition is not None and offset is not None:
             self.buffer.offsets.setdefault(topic, {})[partition] = offset + 1

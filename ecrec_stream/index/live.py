@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
 import numpy as np
 
-from ecrec_stream.config import IndexSettings
+from ecrec_stream.config import IndexSettings, SearchMode
 from ecrec_stream.embedding import Encoder, item_text
 from ecrec_stream.events import ItemEvent, utc_now
 from ecrec_stream.exceptions import IndexError_
@@ -29,7 +29,7 @@ from ecrec_stream.index.faiss_index import FaissItemIndex, SearchHit
 from ecrec_stream.index.fusion import fuse
 from ecrec_stream.index.lexical import Fts5Index, LexicalDoc
 from ecrec_stream.index.persist import Offsets, SnapshotData, read_snapshot, write_snapshot
-from ecrec_stream.index.store import ItemStore, StoredItem
+from ecrec_stream.index.store import ItemStore, StoredItem, plan_batch
 
 FRESHNESS_WINDOW = 2_000  # at most this many recent upserts...
 FRESHNESS_WINDOW_S = 30.0  # ...applied in the last 30 s
@@ -57,9 +57,6 @@ class ItemResult:
     dense_score: float | None = None
     lexical_rank: int | None = None
     lexical_score: float | None = None
-
-
-SearchMode = Literal["hybrid", "dense", "lexical"]
 
 
 def lexical_doc(item: ItemEvent) -> LexicalDoc:
@@ -101,25 +98,6 @@ class RebuildProgress:
 # A rebuild's last catch-up (items changed during it) runs under the lock when at most this
 # many are left: writers wait for that many embeddings at most; more are caught up outside it.
 CATCH_UP_UNDER_LOCK = 64
-
-
-def plan_batch(events: Sequence[ItemEvent], store: ItemStore) -> tuple[dict[str, ItemEvent], int]:
-    """Collapse a batch to the last effective event per item, skipping stale ones.
-
-    An event older (by event time) than what the store or an earlier event of the same batch
-    already applied is stale: redelivered or reordered data never goes back in time.
-    """
-    latest: dict[str, ItemEvent] = {}
-    stale = 0
-    for event in events:
-        seen = latest.get(event.item_id)
-        if (seen is not None and event.ts < seen.ts) or (
-            seen is None and store.is_stale(event.item_id, event.ts)
-        ):
-            stale += 1
-            continue
-        latest[event.item_id] = event
-    return latest, stale
 
 
 class LiveItemIndex:
@@ -199,15 +177,21 @@ class LiveItemIndex:
                 self.last_applied_at = now
             return ApplyStats(len(upserts), len(deletes), stale, len(upserts))
 
+    def resolve_mode(self, mode: str | None) -> SearchMode:
+        """``mode``, or ``settings.search_mode`` when ``None``, checked against what this
+        index holds (raises :class:`IndexError_` with the reason)."""
+        mode = mode or self.settings.search_mode
+        if mode not in get_args(SearchMode):
+            raise IndexError_(f"unknown search mode {mode!r} (hybrid, dense or lexical)")
+        if mode != "dense" and self.lexical is None:
+            raise IndexError_(f"search mode {mode!r} needs the lexical index (index.lexical)")
+        return mode  # type: ignore[return-value]  # checked against SearchMode above
+
     def search(self, query: str, k: int, mode: SearchMode | None = None) -> list[ItemResult]:
         """The ``k`` best items for ``query``, best first: by the vectors (``dense``), BM25
         (``lexical``) or both fused (``hybrid``); default ``settings.search_mode``. Dense
         results all come from one model version."""
-        mode = mode or self.settings.search_mode
-        if mode not in ("hybrid", "dense", "lexical"):
-            raise IndexError_(f"unknown search mode {mode!r} (hybrid, dense or lexical)")
-        if mode != "dense" and self.lexical is None:
-            raise IndexError_(f"search mode {mode!r} needs the lexical index (index.lexical)")
+        mode = self.resolve_mode(mode)
         depth = k if mode != "hybrid" else max(k, self.settings.hybrid_depth)
         pair = self._pair
         vector = pair.encoder.encode([query]) if mode != "lexical" else None
@@ -227,13 +211,12 @@ class LiveItemIndex:
                 stored = self.store.get(hit.item_id)
                 if stored is None:
                     continue
-                score = {"dense": hit.dense_score, "lexical": hit.lexical_score}.get(
-                    mode, hit.score
-                )
+                # a single-list mode reports that list's own score (cosine or BM25)
+                own = {"dense": hit.dense_score, "lexical": hit.lexical_score}.get(mode)
                 results.append(
                     ItemResult(
                         stored.item,
-                        float(score if score is not None else hit.score),
+                        hit.score if own is None else own,
                         pair.version,
                         hit.dense_rank,
                         hit.dense_score,

@@ -7,7 +7,7 @@ upsert cannot resurrect a deleted item).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -75,3 +75,22 @@ class ItemStore:
 
     def restore_tombstones(self, tombstones: dict[str, datetime]) -> None:
         self._tombstones.update(tombstones)
+
+
+def plan_batch(events: Sequence[ItemEvent], store: ItemStore) -> tuple[dict[str, ItemEvent], int]:
+    """Collapse a batch to the last effective event per item, skipping stale ones.
+
+    An event older (by event time) than what the store or an earlier event of the same batch
+    already applied is stale: redelivered or reordered data never goes back in time.
+    """
+    latest: dict[str, ItemEvent] = {}
+    stale = 0
+    for event in events:
+        seen = latest.get(event.item_id)
+        if (seen is not None and event.ts < seen.ts) or (
+            seen is None and store.is_stale(event.item_id, event.ts)
+        ):
+            stale += 1
+            continue
+        latest[event.item_id] = event
+    return latest, stale

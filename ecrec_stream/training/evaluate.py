@@ -106,14 +106,19 @@ def retrieval_metrics(
     """Mean nDCG@k and recall@k over the judged queries (and how many there were)."""
     queries = sorted(judgments)
     if not queries:
-        return {f"ndcg@{k}": 0.0, f"recall@{k}": 0.0, "queries": 0.0}
+        return _means([], [], k)
     ranked = catalog.top_k(encode_queries(queries), k)
     ndcg = [ndcg_at_k(r, judgments[q], k) for q, r in zip(queries, ranked, strict=True)]
     recall = [recall_at_k(r, judgments[q], k) for q, r in zip(queries, ranked, strict=True)]
+    return _means(ndcg, recall, k)
+
+
+def _means(ndcg: list[float], recall: list[float], k: int) -> dict[str, float]:
+    """Per-query figures -> their means and the query count (zeros when there are none)."""
     return {
-        f"ndcg@{k}": float(np.mean(ndcg)),
-        f"recall@{k}": float(np.mean(recall)),
-        "queries": float(len(queries)),
+        f"ndcg@{k}": float(np.mean(ndcg)) if ndcg else 0.0,
+        f"recall@{k}": float(np.mean(recall)) if recall else 0.0,
+        "queries": float(len(ndcg)),
     }
 
 
@@ -144,7 +149,7 @@ def logged_rerank_metrics(
     }
     queries = sorted(informative)
     if not queries:
-        return {f"ndcg@{k}": 0.0, f"recall@{k}": 0.0, "queries": 0.0}
+        return _means([], [], k)
     query_vectors = encode_queries(queries)
     ndcg, recall = [], []
     for q, vector in zip(queries, query_vectors, strict=True):
@@ -153,8 +158,4 @@ def logged_rerank_metrics(
         ranked = [items[j] for j in np.argsort(-scores, kind="stable")]
         ndcg.append(ndcg_at_k(ranked, informative[q], k))
         recall.append(recall_at_k(ranked, informative[q], k))
-    return {
-        f"ndcg@{k}": float(np.mean(ndcg)),
-        f"recall@{k}": float(np.mean(recall)),
-        "queries": float(len(queries)),
-    }
+    return _means(ndcg, recall, k)

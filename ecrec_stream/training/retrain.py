@@ -274,12 +274,17 @@ class Retrainer:
             "recent": judgments_from_examples(split.recent_eval),
             "older": judgments_from_examples(split.older_eval),
         }
+
+        def scores(
+            metrics: Callable[..., dict[str, float]], model: Any, embedded: EmbeddedCatalog
+        ) -> dict[str, dict[str, float]]:
+            return {
+                name: metrics(model_encoder(model), embedded, j, k) for name, j in splits.items()
+            }
+
         notes: list[str] = []
         metrics = logged_rerank_metrics if cfg.gate_eval == "logged_rerank" else retrieval_metrics
-        serving_metrics = {
-            name: metrics(model_encoder(serving_model), serving_catalog, j, k)
-            for name, j in splits.items()
-        }
+        serving_metrics = scores(metrics, serving_model, serving_catalog)
         if (
             metrics is logged_rerank_metrics
             and serving_metrics["recent"]["queries"] < cfg.min_eval_queries
@@ -290,14 +295,8 @@ class Retrainer:
                 "recent queries have graded logged items to re-rank"
             )
             metrics = retrieval_metrics
-            serving_metrics = {
-                name: metrics(model_encoder(serving_model), serving_catalog, j, k)
-                for name, j in splits.items()
-            }
-        candidate_metrics = {
-            name: metrics(model_encoder(candidate), candidate_catalog, j, k)
-            for name, j in splits.items()
-        }
+            serving_metrics = scores(metrics, serving_model, serving_catalog)
+        candidate_metrics = scores(metrics, candidate, candidate_catalog)
         decision = evaluation_gate(
             serving_metrics,
             candidate_metrics,
