@@ -319,6 +319,11 @@ def test_lexical_index_keeps_sizes_and_model_numbers_and_changes_in_place() -> N
     assert lex.delete_many(["hose", "unknown"]) == 1 and ids("soaker") == [] and len(lex) == 2
     restored = Fts5Index.from_state(lex.to_state())
     assert len(restored) == 2 and [h.item_id for h in restored.search("copper", 3)] == ["pipe"]
+    # column weights come from the settings in force, not from the snapshot
+    lex.upsert_many(["brand-hit"], [LexicalDoc("spray nozzle", "Copper King", "garden")])
+    assert [h.item_id for h in lex.search("copper", 2)] == ["pipe", "brand-hit"]
+    brand_first = Fts5Index.from_state(lex.to_state(), weights=(1.0, 20.0, 0.3))
+    assert [h.item_id for h in brand_first.search("copper", 2)] == ["brand-hit", "pipe"]
 
 
 def test_hybrid_search_finds_by_either_retriever_and_says_which() -> None:

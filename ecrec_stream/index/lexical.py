@@ -101,7 +101,6 @@ class Fts5Index:
         # check_same_thread=False: the replica's consumer thread writes, web threads search;
         # the replica's lock serialises them.
         self._db = sqlite3.connect(":memory:", check_same_thread=False)
-        self.weights = weights
         self._db.executescript(
             f"""
             CREATE TABLE IF NOT EXISTS ids(rid INTEGER PRIMARY KEY, item_id TEXT UNIQUE NOT NULL);
@@ -110,8 +109,12 @@ class Fts5Index:
             );
             """
         )
-        # The rank function with the column weights, stored in the table (and its snapshot):
-        # "ORDER BY rank" lets FTS5 rank and cut at k itself.
+        self._set_rank(weights)
+
+    def _set_rank(self, weights: tuple[float, float, float]) -> None:
+        """Store the rank function with the column weights in the table: "ORDER BY rank" then
+        lets FTS5 rank and cut at k itself."""
+        self.weights = weights
         w_title, w_brand, w_category = weights
         # committed at once: deserialize() over a connection left inside a transaction
         # crashed the interpreter later (on garbage collection)
@@ -125,8 +128,11 @@ class Fts5Index:
     def from_state(
         cls, blob: bytes, weights: tuple[float, float, float] = (1.0, 0.5, 0.3)
     ) -> Fts5Index:
+        """An index from :meth:`to_state` bytes, ranking with ``weights`` (the snapshot's
+        stored rank function is replaced: the settings in force win)."""
         index = cls(weights)
         index._db.deserialize(blob)
+        index._set_rank(weights)
         return index
 
     def to_state(self) -> bytes:
