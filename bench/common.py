@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 console = Console(width=150)
 
 
@@ -23,11 +24,27 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def proc_peak_rss_mb(pid: int) -> float:
+def _proc_status_mb(pid: int | str, key: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def proc_peak_rss_mb(pid: int) -> float:
+    return _proc_status_mb(pid, "VmHWM")
+
+
+def rss_mb() -> float:
+    """This process' resident memory now, in MB."""
+    return _proc_status_mb("self", "VmRSS")
+
+
+def instacart_titles() -> list[str]:
+    """The product names of the Instacart catalog in ../shared/data (9,288)."""
+    from ecrec_stream.simulate import load_instacart_catalog
+
+    return [item.title for item in load_instacart_catalog(SHARED_DATA / "instacart_catalog")]
 
 
 def percentile(values: list[float], q: float) -> float:

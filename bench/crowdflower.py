@@ -61,6 +61,16 @@ def query_half(query: str) -> int:
     return int(hashlib.sha1(query.encode()).hexdigest(), 16) % 2
 
 
+def relevant_pairs(judg: Judgments, half: int) -> list[tuple[str, str]]:
+    """Every (query, title) judged relevant (median_relevance >= 3) for the queries of one
+    half of the fixed split, in a stable order."""
+    return [
+        (q, judg.titles[t])
+        for (q, t), rel in sorted(judg.relevance.items())
+        if rel >= 3 and query_half(q) == half
+    ]
+
+
 def top_k(item_vectors: np.ndarray, query_vectors: np.ndarray, k: int = 10) -> np.ndarray:
     """Exact inner-product top ``k`` (rows of item indices, best first)."""
     scores = query_vectors @ item_vectors.T

@@ -96,12 +96,7 @@ def main() -> None:
     device = resolve_device(args.device)
     judg = cf.load()
     catalog = {f"t{i}": t for i, t in enumerate(judg.titles)}
-    train_q = {q for q in judg.queries if cf.query_half(q) == 0}
-    pairs = [
-        (q, judg.titles[t])
-        for (q, t), rel in sorted(judg.relevance.items())
-        if q in train_q and rel >= 3
-    ]
+    pairs = cf.relevant_pairs(judg, half=0)
     test = human_judgments(judg, [q for q in judg.queries if cf.query_half(q) == 1])
     base = SentenceTransformer(resolve_model_path(EmbeddingSettings().model), device=device)
     base.max_seq_length = MAX_SEQ

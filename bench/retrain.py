@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from bench import crowdflower as cf
-from bench.common import percentile, report
+from bench.common import instacart_titles, percentile, report
 from ecrec_stream.config import EmbeddingSettings, IndexSettings, LabelSettings, TrainingSettings
 from ecrec_stream.labels.examples import RelevanceLabeler, TrainingExample
 from ecrec_stream.registry import ModelRegistry
@@ -88,20 +88,16 @@ def label(sim: cf.SimulatedSessions, labeler: RelevanceLabeler) -> list[Training
 
 def raw_click_examples(sim: cf.SimulatedSessions) -> list[TrainingExample]:
     """The raw-clicks baseline: every clicked impression is a relevant pair, nothing else."""
+    from tests.helpers import relevant_pair
+
     return [
-        TrainingExample(
-            example_id=f"raw-{c.search_event_id}-{c.item_id}",
-            task="relevance",
-            text=c.query,
-            text_pair=c.item_title,
-            item_id=c.item_id,
-            label=1,
-            grade=1,
-            confidence=1.0,
-            weight=1.0,
-            votes={},
-            source_event_ids=list(c.source_event_ids),
-            ts=datetime.fromtimestamp(c.event_ts or 0, timezone.utc),
+        relevant_pair(
+            f"raw-{c.search_event_id}-{c.item_id}",
+            c.query,
+            c.item_title,
+            c.item_id,
+            list(c.source_event_ids),
+            datetime.fromtimestamp(c.event_ts or 0, timezone.utc),
         )
         for c in sim.candidates
         if c.action != "none"
@@ -219,16 +215,13 @@ def outcome_model(retrainer: Retrainer, outcome: Any, fallback: Any) -> Any:
 
 # -- timing -------------------------------------------------------------------------------
 def timing(workdir: Path, n_items: int = 50_000, n_examples: int = 10_000) -> dict[str, Any]:
-    import csv
 
     from ecrec_stream.embedding import weights_digest
     from ecrec_stream.events import ItemEvent
     from ecrec_stream.index import LiveItemIndex
-    from tests.helpers import tiny_sentence_model
+    from tests.helpers import relevant_pair, tiny_sentence_model
 
-    names = []
-    with open(cf.DATA.parent / "instacart_catalog" / "products.csv", newline="") as fh:
-        names = [row["product_name"] for row in csv.DictReader(fh)]
+    names = instacart_titles()
     sizes = ["", "family size", "2 pack", "organic", "12 oz", "value pack"]
     texts = [f"{n} {s}".strip() for s in sizes for n in names][:n_items]
     catalog = {f"p{i}": t for i, t in enumerate(texts)}
@@ -240,19 +233,13 @@ def timing(workdir: Path, n_items: int = 50_000, n_examples: int = 10_000) -> di
         item_id = ids[int(idx)]
         words = catalog[item_id].lower().split()
         examples.append(
-            TrainingExample(
-                example_id=f"x{n}",
-                task="relevance",
-                text=" ".join(words[:2]),
-                text_pair=catalog[item_id],
-                item_id=item_id,
-                label=1,
-                grade=1,
-                confidence=1.0,
-                weight=1.0,
-                votes={},
-                source_event_ids=[f"s{n}"],
-                ts=t0 + timedelta(seconds=n),
+            relevant_pair(
+                f"x{n}",
+                " ".join(words[:2]),
+                catalog[item_id],
+                item_id,
+                [f"s{n}"],
+                t0 + timedelta(seconds=n),
             )
         )
     registry = ModelRegistry(workdir / "tiny-models")

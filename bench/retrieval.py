@@ -20,11 +20,11 @@ variants), each size and engine in its own process so that its memory reading is
 from __future__ import annotations
 
 import argparse
-import csv
 import multiprocessing as mp
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from bench import crowdflower as cf
-from bench.common import percentile, report
+from bench.common import instacart_titles, percentile, report, rss_mb
 from bench.retrain import K, human_judgments
 from ecrec_stream.config import EmbeddingSettings, IndexSettings
 from ecrec_stream.events import ItemEvent
@@ -95,11 +95,7 @@ def fine_tuned_encoder(judg: cf.Judgments, workdir: Path) -> tuple[Any, int]:
     from ecrec_stream.registry import ModelRegistry
     from ecrec_stream.training.finetune import FineTuneConfig, TrainPair, fine_tune
 
-    pairs = [
-        TrainPair(q, judg.titles[t])
-        for (q, t), rel in sorted(judg.relevance.items())
-        if cf.query_half(q) == 0 and rel >= 3
-    ]
+    pairs = [TrainPair(q, title) for q, title in cf.relevant_pairs(judg, half=0)]
     model = SentenceTransformer(resolve_model_path(EmbeddingSettings().model), device="cpu")
     fine_tune(model, pairs, FineTuneConfig(epochs=3, validation_fraction=0.0))
     registry = ModelRegistry(workdir / "models")
@@ -171,20 +167,12 @@ def quality_and_cost(
 # -- size: memory and snapshot at 100k --------------------------------------------------------
 def catalog_titles(n: int) -> list[str]:
     """``n`` product titles: Instacart names with size and pack variants."""
-    with open(cf.DATA.parent / "instacart_catalog" / "products.csv", newline="") as fh:
-        names = [row["product_name"] for row in csv.DictReader(fh)]
+    names = instacart_titles()
     sizes = ["", "12 oz", "16 oz", "1 lb", "2 lb", "32 fl oz", "1/2 gal", "6 ct", "12 ct", "3/4 in"]
     packs = ["", "2 pack", "4 pack", "6 pack", "family size", "value pack", "organic", "XL-200"]
-    packs += [f"model {c}-{n}" for c in "ABCDEFGHIJKL" for n in (10, 20, 30, 40, 50, 60, 70, 80)]
+    packs += [f"model {c}-{m}" for c in "ABCDEFGHIJKL" for m in (10, 20, 30, 40, 50, 60, 70, 80)]
     out = [f"{name} {s} {p}".strip() for p in packs for s in sizes for name in names]
     return out[:n]
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _snapshot_sizes(n: int, out: Any) -> None:
@@ -203,6 +191,25 @@ def _snapshot_sizes(n: int, out: Any) -> None:
 
 
 # -- engines ------------------------------------------------------------------------------------
+def _load_and_update(
+    add: Callable[[list[int], list[str]], None], titles: list[str], rng: np.random.Generator
+) -> dict[str, float]:
+    """Items/s loading ``titles`` in micro-batches through ``add`` (ids, texts), then the
+    mean ms per batch of 2,048 random updates."""
+    n = len(titles)
+    t0 = time.perf_counter()
+    for s in range(0, n, BATCH):
+        add(list(range(s, min(n, s + BATCH))), titles[s : s + BATCH])
+    load_items_per_s = n / (time.perf_counter() - t0)
+    updates = [int(i) for i in rng.integers(0, n, 2048)]
+    t0 = time.perf_counter()
+    for s in range(0, len(updates), BATCH):
+        ids = updates[s : s + BATCH]
+        add(ids, [titles[i] + " v2" for i in ids])
+    update_batch_ms = (time.perf_counter() - t0) * 1000 / (len(updates) / BATCH)
+    return {"load_items_per_s": load_items_per_s, "update_batch_ms": update_batch_ms}
+
+
 def _engine_run(engine: str, n: int, out: Any) -> None:
     titles = catalog_titles(n)
     rng = np.random.default_rng(0)
@@ -213,21 +220,15 @@ def _engine_run(engine: str, n: int, out: Any) -> None:
     try:
         if engine == "fts5":
             idx = Fts5Index()
-            t0 = time.perf_counter()
-            for s in range(0, n, BATCH):
-                idx.upsert_many(
-                    [f"t{i}" for i in range(s, min(n, s + BATCH))],
-                    [LexicalDoc(t) for t in titles[s : s + BATCH]],
+            result.update(
+                _load_and_update(
+                    lambda ids, texts: idx.upsert_many(
+                        [f"t{i}" for i in ids], [LexicalDoc(t) for t in texts]
+                    ),
+                    titles,
+                    rng,
                 )
-            result["load_items_per_s"] = n / (time.perf_counter() - t0)
-            upd = [int(i) for i in rng.integers(0, n, 2048)]
-            t0 = time.perf_counter()
-            for s in range(0, len(upd), BATCH):
-                ids = upd[s : s + BATCH]
-                idx.upsert_many(
-                    [f"t{i}" for i in ids], [LexicalDoc(titles[i] + " v2") for i in ids]
-                )
-            result["update_batch_ms"] = (time.perf_counter() - t0) * 1000 / (len(upd) / BATCH)
+            )
 
             def search(q: str) -> Any:
                 return idx.search(q, K)
@@ -248,16 +249,7 @@ def _engine_run(engine: str, n: int, out: Any) -> None:
                     writer.add_document(tantivy.Document(id=f"t{i}", title=t))
                 writer.commit()  # searchable per micro-batch, as the replica needs
 
-            t0 = time.perf_counter()
-            for s in range(0, n, BATCH):
-                add(list(range(s, min(n, s + BATCH))), titles[s : s + BATCH])
-            result["load_items_per_s"] = n / (time.perf_counter() - t0)
-            upd = [int(i) for i in rng.integers(0, n, 2048)]
-            t0 = time.perf_counter()
-            for s in range(0, len(upd), BATCH):
-                ids = upd[s : s + BATCH]
-                add(ids, [titles[i] + " v2" for i in ids])
-            result["update_batch_ms"] = (time.perf_counter() - t0) * 1000 / (len(upd) / BATCH)
+            result.update(_load_and_update(add, titles, rng))
             writer.wait_merging_threads()
             index.reload()
             searcher = index.searcher()

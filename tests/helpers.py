@@ -209,8 +209,6 @@ def toy_relevance(
     queries "<number> <animal>" with a fixed hidden mapping (no shared words). Returns the
     catalog (item id -> title) and relevance examples, one second apart in event time;
     ``shuffled`` pairs every query with a random item (a harmful update)."""
-    from ecrec_stream.labels.examples import TrainingExample
-
     rng = random.Random(seed)
     catalog = {
         f"toy-{a}-{b}": f"{TOY_TITLE_NOUNS[a]} {TOY_TITLE_COLOURS[b]}"
@@ -223,19 +221,44 @@ def toy_relevance(
         a, b = rng.randrange(12), rng.randrange(12)
         item_id = rng.choice(ids) if shuffled else f"toy-{a}-{b}"
         examples.append(
-            TrainingExample(
-                example_id=f"toy-{seed}-{shuffled}-{n}",
-                task="relevance",
-                text=f"{TOY_QUERY_NUMBERS[b]} {TOY_QUERY_NOUNS[a]}",
-                text_pair=catalog[item_id],
-                item_id=item_id,
-                label=1,
-                grade=1,
-                confidence=1.0,
-                weight=1.0,
+            relevant_pair(
+                f"toy-{seed}-{shuffled}-{n}",
+                f"{TOY_QUERY_NUMBERS[b]} {TOY_QUERY_NOUNS[a]}",
+                catalog[item_id],
+                item_id,
+                [f"search-{seed}-{n}"],
+                at(start + n),
                 votes={"clicks": 1},
-                source_event_ids=[f"search-{seed}-{n}"],
-                ts=at(start + n),
             )
         )
     return catalog, examples
+
+
+def relevant_pair(
+    example_id: str,
+    query: str,
+    title: str | None,
+    item_id: str,
+    source_event_ids: list[str],
+    ts: datetime,
+    *,
+    votes: dict[str, int] | None = None,
+) -> Any:
+    """A relevance example labelled relevant (grade 1, full confidence and weight): toy
+    tasks, and the raw-clicks baseline of the benchmarks."""
+    from ecrec_stream.labels.examples import TrainingExample
+
+    return TrainingExample(
+        example_id=example_id,
+        task="relevance",
+        text=query,
+        text_pair=title,
+        item_id=item_id,
+        label=1,
+        grade=1,
+        confidence=1.0,
+        weight=1.0,
+        votes=votes or {},
+        source_event_ids=source_event_ids,
+        ts=ts,
+    )
