@@ -39,7 +39,7 @@ def test_buffer_drops_duplicates_balances_its_reservoir_and_holds_back_the_newes
     assert len(buffer.recent) == 100 and len(buffer) == 140
     assert {k: len(v) for k, v in buffer.reservoir.items()} == {0: 20, 1: 20}
     # the reservoir samples the whole past, not just the latest evictions
-    assert min(int(e.example_id.split("-")[-1]) for e in buffer.reservoir[1]) < 150
+    assert min(int(e.example_id.split("-")[-1]) for e in buffer.reservoir[1].items) < 150
 
     split = buffer.split(holdout_recent=0.2, holdout_older=0.3)
     newest = sorted(buffer.recent, key=lambda e: e.ts)[-20:]
@@ -60,7 +60,10 @@ def test_buffer_survives_a_restart(tmp_path: Path) -> None:
     back = ReplayBuffer(recent_size=100, reservoir_size=60)
     assert back.load(tmp_path / "buffer.json")
     assert back.offsets == buffer.offsets
-    assert list(back.recent) == list(buffer.recent) and back.reservoir == buffer.reservoir
+    assert list(back.recent) == list(buffer.recent)
+    assert {k: (r.items, r.seen) for k, r in back.reservoir.items()} == {
+        k: (r.items, r.seen) for k, r in buffer.reservoir.items()
+    }
     assert back.add(examples[:10]) == 0  # ids seen before the restart are still duplicates
     assert not ReplayBuffer().load(tmp_path / "missing.json")
 

@@ -23,11 +23,12 @@ class Reservoir(Generic[T]):
     (3, 100)
     """
 
-    def __init__(self, capacity: int, seed: int = 0) -> None:
+    def __init__(self, capacity: int, seed: int = 0, rng: random.Random | None = None) -> None:
+        """``rng``: a generator shared with other reservoirs (then ``seed`` is unused)."""
         self.capacity = capacity
         self.items: list[T] = []
         self.seen = 0
-        self._rng = random.Random(seed)
+        self._rng = rng or random.Random(seed)
 
     def add(self, item: T) -> None:
         self.seen += 1

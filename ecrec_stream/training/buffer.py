@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ecrec_stream.labels.examples import TrainingExample
+from ecrec_stream.labels.reservoir import Reservoir
 
 STATE_VERSION = 1
 Offsets = dict[str, dict[int, int]]
@@ -70,10 +71,12 @@ class ReplayBuffer:
         self.reservoir_size = reservoir_size
         self.dedupe_capacity = dedupe_capacity
         self.recent: deque[TrainingExample] = deque()
-        self.reservoir: dict[int, list[TrainingExample]] = {0: [], 1: []}
-        self.evicted_seen: dict[int, int] = {0: 0, 1: 0}
+        # balanced: half the reservoir per label, both drawing from one seeded generator
+        rng = random.Random(seed)
+        self.reservoir: dict[int, Reservoir[TrainingExample]] = {
+            label: Reservoir(reservoir_size // 2, rng=rng) for label in (0, 1)
+        }
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self._rng = random.Random(seed)
         self.counts: dict[str, int] = {"added": 0, "duplicates": 0, "ignored": 0}
         self.offsets: Offsets = {}
 
@@ -97,26 +100,18 @@ class ReplayBuffer:
             self.recent.append(ex)
             added += 1
             while len(self.recent) > self.recent_size:
-                self._to_reservoir(self.recent.popleft())
+                evicted = self.recent.popleft()
+                self.reservoir[evicted.label].add(evicted)
         self.counts["added"] += added
         return added
 
-    def _to_reservoir(self, ex: TrainingExample) -> None:
-        cap = self.reservoir_size // 2  # balanced: half the reservoir per label
-        if cap == 0:
-            return
-        pool = self.reservoir[ex.label]
-        self.evicted_seen[ex.label] += 1
-        if len(pool) < cap:
-            pool.append(ex)
-            return
-        j = self._rng.randrange(self.evicted_seen[ex.label])
-        if j < cap:
-            pool[j] = ex
-
     def examples(self) -> list[TrainingExample]:
         """Everything held, oldest event time first."""
-        return sorted([*self.reservoir[0], *self.reservoir[1], *self.recent], key=lambda e: e.ts)
+        return sorted([*self._older(), *self.recent], key=lambda e: e.ts)
+
+    def _older(self) -> list[TrainingExample]:
+        """Both label reservoirs' examples."""
+        return [*self.reservoir[0].items, *self.reservoir[1].items]
 
     def split(self, holdout_recent: float, holdout_older: float) -> BufferSplit:
         """Hold back the newest ``holdout_recent`` of the recent window (by event time) and
@@ -126,7 +121,7 @@ class ReplayBuffer:
         n_recent_eval = round(len(recent) * holdout_recent)
         cut = len(recent) - n_recent_eval
         recent_eval = [e for e in recent[cut:] if e.augmented_from is None]
-        older = [*self.reservoir[0], *self.reservoir[1], *recent[:cut]]
+        older = [*self._older(), *recent[:cut]]
         older_eval = [
             e for e in older if e.augmented_from is None and query_bucket(e.text) < holdout_older
         ]
@@ -156,8 +151,8 @@ class ReplayBuffer:
                 t: {str(p): o for p, o in parts.items()} for t, parts in self.offsets.items()
             },
             "recent": dump(self.recent),
-            "reservoir": {str(k): dump(v) for k, v in self.reservoir.items()},
-            "evicted_seen": {str(k): v for k, v in self.evicted_seen.items()},
+            "reservoir": {str(k): dump(r.items) for k, r in self.reservoir.items()},
+            "evicted_seen": {str(k): r.seen for k, r in self.reservoir.items()},
             "seen": list(self._seen),
             "counts": self.counts,
         }
@@ -184,8 +179,9 @@ class ReplayBuffer:
             t: {int(p): int(o) for p, o in parts.items()} for t, parts in state["offsets"].items()
         }
         self.recent = deque(parse(state["recent"]))
-        self.reservoir = {int(k): parse(v) for k, v in state["reservoir"].items()}
-        self.evicted_seen = {int(k): int(v) for k, v in state["evicted_seen"].items()}
+        for k, rows in state["reservoir"].items():
+            self.reservoir[int(k)].items = parse(rows)
+            self.reservoir[int(k)].seen = int(state["evicted_seen"][k])
         self._seen = OrderedDict.fromkeys(state["seen"])
         self.counts.update(state["counts"])
         return True
