@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
@@ -49,15 +49,17 @@ def create_api(settings: Settings, replica: IndexReplica) -> FastAPI:
     api = FastAPI(title="ecrec-stream index replica", version="0.1.0")
     api.mount("/metrics", make_asgi_app())
 
+    # built here: the description names this replica's default, and an annotation could
+    # not see ``cfg`` (annotations are strings in this module)
+    mode_query = Query(None, description=f"retriever(s); default {cfg.search_mode}")
+
     @api.get("/search", response_model=SearchResponse)
     async def search(
         q: str = Query(
             ..., min_length=1, max_length=cfg.max_query_chars, description="free-text query"
         ),
         k: int = Query(10, ge=1, le=cfg.max_k, description="number of results"),
-        mode: Annotated[
-            SearchMode | None, Query(description=f"retriever(s); default {cfg.search_mode}")
-        ] = None,
+        mode: SearchMode | None = mode_query,
     ) -> SearchResponse:
         query = q.strip()
         if not query:
