@@ -7,8 +7,10 @@ sentence-transformers directory, or (with downloads allowed) any hub name, works
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
+import itertools
 import os
 import threading
 from pathlib import Path
@@ -96,8 +98,112 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+class TokenTable:
+    """Token ids of many texts in one flat array; a padded batch of any rows is gathered with a
+    few numpy operations. Written here because ``tokenizer.pad`` walks every row in Python,
+    which on a GPU costs more than the model's forward pass on short product texts. Pads on
+    the right, as BERT-style encoders do.
+
+    >>> table = TokenTable([[101, 7, 102], [101, 102]], pad_id=0)
+    >>> batch = table.batch(np.array([1, 0]), multiple=4)
+    >>> batch["input_ids"].tolist(), batch["attention_mask"].tolist()
+    ([[101, 102, 0, 0], [101, 7, 102, 0]], [[1, 1, 0, 0], [1, 1, 1, 0]])
+    """
+
+    def __init__(self, ids: list[list[int]], pad_id: int) -> None:
+        self.lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
+        self.starts = np.zeros(len(ids), dtype=np.int64)
+        np.cumsum(self.lengths[:-1], out=self.starts[1:])
+        total = int(self.lengths.sum())
+        self.flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=total)
+        self.pad_id = pad_id
+
+    def batch(self, rows: np.ndarray, multiple: int = 8) -> dict[str, Any]:
+        """``input_ids`` and ``attention_mask`` (CPU tensors) of ``rows``, padded to the longest
+        row rounded up to ``multiple`` (few distinct shapes)."""
+        import torch
+
+        lengths = self.lengths[rows]
+        width = max(1, -(-int(lengths.max(initial=1)) // multiple) * multiple)
+        positions = np.arange(width)
+        mask = positions[None, :] < lengths[:, None]
+        index = np.minimum(
+            self.starts[rows][:, None] + positions[None, :], max(len(self.flat) - 1, 0)
+        )
+        input_ids = np.where(mask, self.flat[index] if len(self.flat) else 0, self.pad_id)
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(mask.astype(np.int64)),
+        }
+
+
+def token_table(model: Any, texts: list[str], max_length: int | None = None) -> TokenTable:
+    """Tokenise ``texts`` once for a sentence-transformers ``model`` (its tokenizer; at most
+    ``max_length`` tokens, by default the model's maximum sequence length)."""
+    tokenizer = model.tokenizer
+    if getattr(tokenizer, "padding_side", "right") != "right":
+        raise ValueError("TokenTable pads on the right; this tokenizer pads on the left")
+    limit = max_length or model.max_seq_length
+    ids = tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
+    return TokenTable(ids, int(tokenizer.pad_token_id or 0))
+
+
+def gpu_attention(device: Any) -> contextlib.AbstractContextManager[Any]:
+    """On CUDA, scaled-dot-product attention without the cuDNN backend (flash, memory-efficient
+    or math instead). Measured with torch 2.11 on an H100: cuDNN's attention costs ~1.4 ms of
+    CPU per call, for these short sequences several times its GPU time, and the training step
+    and catalog embedding were bound by that CPU time. A no-op elsewhere."""
+    if str(device).startswith("cuda"):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+        return sdpa_kernel(backends)
+    return contextlib.nullcontext()
+
+
+def encode_pretokenised(model: Any, texts: list[str], batch_size: int = 256) -> np.ndarray:
+    """Unit vectors of ``texts`` from a sentence-transformers ``model``: every text tokenised in
+    one call, batches of similar length gathered by :class:`TokenTable`, bf16 autocast on CUDA
+    and one device-to-host copy at the end.
+
+    Written here because ``SentenceTransformer.encode`` tokenises and pads batch by batch, runs
+    in the model's dtype and copies every batch back: on an H100 this is 2.5x faster for 50,000
+    product titles, on a 2-core CPU 1.4x (bench/retrain.py measures both in one run). On a CPU
+    it gives ``encode``'s vectors; a tokenizer that pads on the left goes through ``encode``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    dim = int(model.get_embedding_dimension() or 0)
+    if not texts:
+        return np.zeros((0, dim), dtype=np.float32)
+    if getattr(model.tokenizer, "padding_side", "right") != "right":
+        vectors = model.encode(
+            texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    table = token_table(model, texts)
+    order = np.argsort(table.lengths, kind="stable")
+    device = model.device
+    out = torch.empty((len(texts), dim), dtype=torch.float32, device=device)
+    cuda = device.type == "cuda"
+    model.eval()  # as ``encode`` does: no dropout
+    with (
+        torch.inference_mode(),
+        torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda),
+        gpu_attention(device),
+    ):
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            features = {k: v.to(device, non_blocking=True) for k, v in table.batch(rows).items()}
+            embedded = model(features)["sentence_embedding"]
+            out[torch.from_numpy(rows).to(device)] = F.normalize(embedded.float(), dim=-1)
+    return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
+
+
 class SentenceTransformerEncoder:
-    """A thread-safe wrapper around ``SentenceTransformer.encode`` that counts what it embeds.
+    """A thread-safe sentence-transformers encoder (:func:`encode_pretokenised`) that counts
+    what it embeds.
 
     Inference runs under ``torch.inference_mode``; several threads may call :meth:`encode`
     at once (the index replica embeds batches while the HTTP API embeds queries).
@@ -155,13 +261,7 @@ class SentenceTransformerEncoder:
         """Embed ``texts`` into an ``(n, dim)`` float32 array of unit vectors."""
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
-        vectors = self._model.encode(
-            texts,
-            batch_size=self._batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        vectors = encode_pretokenised(self._model, texts, self._batch_size)
         with self._count_lock:
             self.texts_encoded += len(texts)
         return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -38,3 +38,17 @@ def test_hub_name_without_downloads_is_a_clear_error() -> None:
 def test_local_path_that_is_not_a_model_is_a_clear_error(tmp_path: Any) -> None:
     with pytest.raises(ModelLoadError, match="could not load encoder"):
         SentenceTransformerEncoder(EmbeddingSettings(model=str(tmp_path)))
+
+
+def test_pretokenised_encoding_matches_sentence_transformers(tmp_path: Any) -> None:
+    """The GPU path (one tokenizer call, length-sorted batches) gives ``encode``'s vectors,
+    in the input order, also with a batch size that splits texts of different lengths."""
+    from ecrec_stream.embedding import encode_pretokenised
+    from tests.helpers import tiny_sentence_model
+
+    model = tiny_sentence_model(tmp_path)
+    texts = ["oat milk", "a much longer text about whole wheat bread, sliced", "milk", "oat milk"]
+    expected = model.encode(texts, normalize_embeddings=True)
+    got = encode_pretokenised(model, texts, batch_size=3)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert got.dtype == np.float32 and encode_pretokenised(model, [], 3).shape == (0, 32)
