@@ -259,6 +259,7 @@ class TrainingSettings(BaseModel):
     min_eval_queries: int = Field(10, ge=1)
     epochs: int = Field(3, ge=1, le=100)
     batch_size: int = Field(64, ge=2, le=8192)
+    encode_batch_size: int = Field(256, ge=1, le=8192, description="catalog embedding batch")
     learning_rate: float = Field(2e-5, gt=0, le=1)
     max_seq_length: int = Field(64, ge=8, le=512)
     patience: int = Field(1, ge=0, le=100, description="epochs without validation gain")

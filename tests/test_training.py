@@ -106,6 +106,13 @@ def test_fine_tuning_improves_retrieval_and_the_gate_rejects_a_harmful_update(
     assert len(registry.versions()) == 2
 
 
+def test_warm_up_trains_a_copy_and_leaves_the_serving_model_alone(tmp_path: Path) -> None:
+    retrainer, registry, base = _retrainer(tmp_path)
+    assert retrainer.warm_up() > 0
+    version, model = retrainer.serving()
+    assert version == base == weights_digest(model) and registry.current() == base
+
+
 def test_too_little_data_is_refused_before_training(tmp_path: Path) -> None:
     retrainer, registry, base = _retrainer(tmp_path, min_examples=500)
     catalog, examples = toy_relevance(200)
@@ -118,7 +125,7 @@ def test_too_little_data_is_refused_before_training(tmp_path: Path) -> None:
 
 def test_lora_adapters_are_merged_into_a_plain_publishable_model(tmp_path: Path) -> None:
     pytest.importorskip("peft")
-    retrainer, registry, base = _retrainer(tmp_path, lora=True, learning_rate=5e-3, epochs=4)
+    retrainer, registry, base = _retrainer(tmp_path, lora=True, learning_rate=2e-2, epochs=4)
     catalog, examples = toy_relevance(1500)
     buffer = ReplayBuffer(recent_size=1000, reservoir_size=400)
     buffer.add(examples)

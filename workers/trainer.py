@@ -244,6 +244,10 @@ class TrainerWorker:
             offsets=self.buffer.offsets,
         )
         caught_up = False
+        if self.retrainer.device.startswith("cuda"):
+            LOG.info(
+                "trainer warmed up on %s in %.1f s", self.retrainer.device, self.retrainer.warm_up()
+            )
         try:
             while not self.stop_event.is_set():
                 messages = fetch(consumer, 500, 0.2)

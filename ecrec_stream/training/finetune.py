@@ -18,6 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from ecrec_stream.embedding import gpu_attention, token_table
 from ecrec_stream.training.buffer import query_bucket
 
 
@@ -65,6 +68,9 @@ class FineTuneReport:
 
 
 StepCallback = Callable[[int, int, float], None]  # step, total steps, loss
+# The loss is read back from the device (a synchronisation) for the callback only every this
+# many steps, so a GPU is not stalled once per step by a progress bar.
+LOSS_READ_EVERY = 10
 
 
 def _split(pairs: Sequence[TrainPair], fraction: float) -> tuple[list[TrainPair], list[TrainPair]]:
@@ -102,20 +108,14 @@ def fine_tune(
 
     # -- tokenise every distinct text once ---------------------------------------------------
     t0 = time.perf_counter()
-    tokenizer = model.tokenizer
     texts = sorted({t for p in pairs for t in (p.query, p.positive, p.negative) if t})
-    ids = tokenizer(texts, truncation=True, max_length=config.max_seq_length)["input_ids"]
-    token_ids: dict[str, list[int]] = dict(zip(texts, ids, strict=True))
+    table = token_table(model, texts, config.max_seq_length)
     text_id = {t: i for i, t in enumerate(texts)}
     report.tokenize_s = time.perf_counter() - t0
 
     def features(batch_texts: list[str]) -> dict[str, Any]:
-        padded = tokenizer.pad(
-            {"input_ids": [token_ids[t] for t in batch_texts]},
-            pad_to_multiple_of=8,
-            return_tensors="pt",
-        )
-        return {k: v.to(device) for k, v in padded.items()}
+        rows = np.fromiter((text_id[t] for t in batch_texts), dtype=np.int64)
+        return {k: v.to(device, non_blocking=True) for k, v in table.batch(rows).items()}
 
     if config.lora:
         from peft import LoraConfig, get_peft_model
@@ -141,11 +141,13 @@ def fine_tune(
 
     def batch_loss(batch: list[TrainPair]) -> Any:
         docs = [p.positive for p in batch] + [p.negative for p in batch if p.negative]
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            q = model(features([p.query for p in batch]))["sentence_embedding"]
-            d = model(features(docs))["sentence_embedding"]
-        q = F.normalize(q.float(), dim=-1)
-        d = F.normalize(d.float(), dim=-1)
+        queries = [p.query for p in batch]
+        # queries and items in one forward pass: a step is bound by per-call overhead (kernel
+        # launches), not by the GPU's arithmetic, for texts this short
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp), gpu_attention(device):
+            embedded = model(features(queries + docs))["sentence_embedding"]
+        embedded = F.normalize(embedded.float(), dim=-1)
+        q, d = embedded[: len(queries)], embedded[len(queries) :]
         scores = config.scale * q @ d.T
         # Another row's positive is a false negative when it is the same item, or when the
         # two rows share the query (both items are relevant to it). Compared as text ids in
@@ -180,7 +182,8 @@ def fine_tune(
         return sum(v * n for v, n in parts) / max(sum(n for _, n in parts), 1)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
+    # the fused kernel updates all parameters in one launch on CUDA
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, fused=use_amp)
     steps_per_epoch = len(batches(train, shuffle=False))
     total = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(
@@ -199,7 +202,8 @@ def fine_tune(
     model.train()
     for epoch in range(1, config.epochs + 1):
         epoch_losses = []
-        for batch in batches(train, shuffle=True):
+        epoch_batches = batches(train, shuffle=True)
+        for i, batch in enumerate(epoch_batches):
             loss = batch_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -207,11 +211,12 @@ def fine_tune(
             optimizer.step()
             scheduler.step()
             report.steps += 1
-            epoch_losses.append(float(loss.detach()))
-            if on_step is not None:
-                on_step(report.steps, total, epoch_losses[-1])
+            epoch_losses.append(loss.detach())  # stays on the device: no sync per step
+            last = i == len(epoch_batches) - 1
+            if on_step is not None and (report.steps % LOSS_READ_EVERY == 0 or last):
+                on_step(report.steps, total, float(epoch_losses[-1]))
         report.epochs_run = epoch
-        report.train_loss.append(sum(epoch_losses) / max(len(epoch_losses), 1))
+        report.train_loss.append(float(torch.stack(epoch_losses).mean()) if epoch_losses else 0.0)
         current = validation_loss()
         report.validation_loss.append(current)
         if math.isnan(current):

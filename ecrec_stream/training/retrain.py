@@ -19,7 +19,12 @@ from typing import Any
 import numpy as np
 
 from ecrec_stream.config import EmbeddingSettings, TrainingSettings
-from ecrec_stream.embedding import resolve_device, resolve_model_path, weights_digest
+from ecrec_stream.embedding import (
+    encode_pretokenised,
+    resolve_device,
+    resolve_model_path,
+    weights_digest,
+)
 from ecrec_stream.registry import ModelManifest, ModelRegistry
 from ecrec_stream.training.buffer import BufferSplit
 from ecrec_stream.training.evaluate import (
@@ -67,23 +72,11 @@ class RetrainOutcome:
 
 
 def model_encoder(model: Any, batch_size: int = 256) -> Callable[[list[str]], np.ndarray]:
-    """``texts -> unit vectors`` for a sentence-transformers model (bf16 autocast on CUDA)."""
-    import torch
+    """``texts -> unit vectors`` for a sentence-transformers model (pre-tokenised, bf16 autocast
+    on CUDA: :func:`encode_pretokenised`)."""
 
     def encode(texts: list[str]) -> np.ndarray:
-        if not texts:
-            dim = model.get_embedding_dimension() or 1
-            return np.zeros((0, dim), dtype=np.float32)
-        cuda = str(model.device).startswith("cuda")
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            out = model.encode(
-                texts,
-                batch_size=batch_size,
-                normalize_embeddings=True,
-                convert_to_tensor=True,
-                show_progress_bar=False,
-            )
-        return np.ascontiguousarray(out.float().cpu().numpy(), dtype=np.float32)
+        return encode_pretokenised(model, texts, batch_size)
 
     return encode
 
@@ -134,12 +127,31 @@ class Retrainer:
         self._serving = (current, model)
         return self._serving
 
+    def _encoder(self, model: Any) -> Callable[[list[str]], np.ndarray]:
+        return model_encoder(model, self.settings.encode_batch_size)
+
+    def warm_up(self) -> float:
+        """One throwaway training step on a copy of the serving model, on the trainer's device,
+        so that the first retrain after an alert does not pay for CUDA's lazy start (context,
+        cuBLAS handles, kernel loading: seconds on a GPU). Returns the seconds it took."""
+        t0 = time.perf_counter()
+        _, model = self.serving()
+        scratch = copy.deepcopy(model)
+        pairs = [TrainPair(f"warm up query {i}", f"warm up item {i}") for i in range(8)]
+        config = FineTuneConfig(epochs=1, batch_size=8, max_seq_length=16, validation_fraction=0)
+        fine_tune(scratch, pairs, config, device=self.device)
+        self._encoder(model)(["warm up"])
+        del scratch
+        return time.perf_counter() - t0
+
     def embedded_catalog(
         self, version: str, model: Any, catalog: Mapping[str, str]
     ) -> EmbeddedCatalog:
         key = (version, catalog_fingerprint(catalog))
         if key not in self._catalog_cache:
-            self._catalog_cache = {key: embed_catalog(model_encoder(model), version, catalog)}
+            self._catalog_cache = {
+                key: embed_catalog(self._encoder(model), version, catalog, device=self.device)
+            }
         return self._catalog_cache[key]
 
     # -- pairs ---------------------------------------------------------------------------
@@ -170,7 +182,7 @@ class Retrainer:
             need = sorted(q for q in positives if not negatives.get(q))
             if need and serving_catalog.item_ids:
                 skip = self.settings.hard_negative_skip
-                ranked = serving_catalog.top_k(model_encoder(serving_model)(need), skip + 10)
+                ranked = serving_catalog.top_k(self._encoder(serving_model)(need), skip + 10)
                 mined = dict(zip(need, [r[skip:] for r in ranked], strict=True))
 
         def first_negative(query: str, candidates: list[str]) -> str | None:
@@ -267,7 +279,9 @@ class Retrainer:
             return outcome
 
         t2 = time.perf_counter()
-        candidate_catalog = embed_catalog(model_encoder(candidate), candidate_version, catalog)
+        candidate_catalog = embed_catalog(
+            self._encoder(candidate), candidate_version, catalog, device=self.device
+        )
         self.last_candidate_catalog = candidate_catalog
         k = cfg.eval_k
         splits = {
@@ -279,7 +293,7 @@ class Retrainer:
             metrics: Callable[..., dict[str, float]], model: Any, embedded: EmbeddedCatalog
         ) -> dict[str, dict[str, float]]:
             return {
-                name: metrics(model_encoder(model), embedded, j, k) for name, j in splits.items()
+                name: metrics(self._encoder(model), embedded, j, k) for name, j in splits.items()
             }
 
         notes: list[str] = []
