@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-RESULTS = Path(__file__).resolve().parent / "results"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+RESULTS = Path(os.environ.get("ECREC_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+# ../shared/data beside the checkout; ECREC_SHARED_DATA points elsewhere (a GPU machine gets
+# a copy inside the working tree)
+SHARED_DATA = Path(
+    os.environ.get("ECREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 console = Console(width=150)
 
 
@@ -54,9 +59,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def machine() -> dict[str, Any]:
+    torch = sys.modules.get("torch")  # only when the benchmark uses it
+    gpu = torch.cuda.get_device_name() if torch and torch.cuda.is_available() else None
     return {
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        "gpu": gpu,
         "platform": platform.platform(),
     }
 

@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import SHARED_DATA
 from ecrec_stream.events import ClickEvent, SearchEvent
 from ecrec_stream.labels.base import RelevanceCandidate
 from ecrec_stream.sessions import add_event, new_session, relevance_candidates
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "crowdflower_search_relevance"
+DATA = SHARED_DATA / "crowdflower_search_relevance"
 EXAMINATION_EXPONENT = 0.8
 
 

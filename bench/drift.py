@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import report
+from bench.common import SHARED_DATA, report
 from ecrec_stream.config import DriftSettings
 from ecrec_stream.drift import DriftMonitor
 from ecrec_stream.embedding import SentenceTransformerEncoder
 from ecrec_stream.events import AnyEvent, ClickEvent, ReviewEvent, SearchEvent
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 
 
 def load_products() -> tuple[list[dict[str, str]], dict[str, str]]:
@@ -229,6 +229,78 @@ SCENARIO_DETECTORS = {
 }
 
 
+def mmd_cost(devices: list[str], reference_size: int, window: int, windows: int = 50) -> None:
+    """Cost of the embedding-drift detector alone, per device: calibration and one window's
+    test, with the reference's kernel mean reused (as the detector does) and recomputed for
+    every window (as it did before), through the same ``update`` path, in one run. Vectors are
+    random unit vectors of MiniLM's width: an MMD's cost does not depend on their values."""
+    import torch
+
+    from ecrec_stream.drift.embedding import EmbeddingMMD
+
+    class Recomputing(EmbeddingMMD):
+        def statistic(self, reference: Any, window: Any) -> float:
+            self._reference_memo = None
+            return super().statistic(reference, window)
+
+    rng = np.random.default_rng(0)
+    n = reference_size + windows * window
+    vectors = rng.standard_normal((n, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    reference = [(float(i), v) for i, v in enumerate(vectors[:reference_size])]
+    stream = [(float(i), v) for i, v in enumerate(vectors[reference_size:], reference_size)]
+    rows, data = [], {}
+
+    def timed(device: str, work: Any) -> tuple[float, Any]:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = work()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0, out
+
+    for device in devices:
+        name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+        EmbeddingMMD("warm", device=device, reference_size=4 * window, window_events=window).update(
+            reference[: 5 * window]
+        )
+        cells: dict[str, Any] = {"device": name}
+        for label, cls in (("reused", EmbeddingMMD), ("recomputed", Recomputing)):
+            detector = cls("q", device=device, reference_size=reference_size, window_events=window)
+            calibrate, _ = timed(device, lambda d=detector: d.update(reference))
+            seconds, results = timed(device, lambda d=detector: d.update(stream))
+            cells[f"calibration_ms_{label}"] = calibrate * 1e3
+            cells[f"window_ms_{label}"] = seconds * 1e3 / max(1, len(results))
+        rows.append(
+            [name]
+            + [
+                f"{cells[k]:,.2f}"
+                for k in (
+                    "calibration_ms_reused",
+                    "window_ms_reused",
+                    "calibration_ms_recomputed",
+                    "window_ms_recomputed",
+                )
+            ]
+        )
+        data[device] = cells
+    report(
+        "drift_mmd_cost",
+        f"Embedding MMD detector: reference {reference_size:,}, windows of {window} (384-d), "
+        "reference kernel mean reused vs recomputed per window",
+        [
+            "device",
+            "calibration ms",
+            "ms / window",
+            "calibration ms (recomputed)",
+            "ms / window (recomputed)",
+        ],
+        rows,
+        data,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
@@ -242,7 +314,17 @@ def main() -> None:
         help="override a DriftSettings field (repeatable), e.g. --set reference_size=2000",
     )
     parser.add_argument("--methods", default="holdout,blocks,permutation")
+    parser.add_argument(
+        "--mmd-cost", action="store_true", help="only the MMD statistic's cost, per device"
+    )
     args = parser.parse_args()
+    if args.mmd_cost:
+        import torch
+
+        base = DriftSettings(**dict(kv.split("=", 1) for kv in args.set))
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        mmd_cost(devices, base.reference_size, base.window_events)
+        return
     products, category_of = load_products()
     reviews = load_reviews(args.reviews)
     category_of.update({r["item"]: r["dept"] for r in reviews})

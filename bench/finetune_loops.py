@@ -9,13 +9,14 @@ relevant (median_relevance >= 3) for the Crowdflower queries of the training hal
 half (gain = median_relevance - 1, unjudged = 0), with the base model and BM25 beside them.
 
     pip install -e '.[bench]'        # sentence-transformers' trainer needs `datasets`
-    python -m bench.finetune_loops [--epochs 1] [--device auto]
+    python -m bench.finetune_loops [--epochs 1] [--device auto] [--batch-sizes 64,256]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import tempfile
 import time
 from typing import Any
@@ -23,23 +24,24 @@ from typing import Any
 from bench import crowdflower as cf
 from bench.common import report
 from bench.retrain import K, bm25_metrics, human_judgments
-from ecrec_stream.config import EmbeddingSettings
 from ecrec_stream.embedding import resolve_device, resolve_model_path
 from ecrec_stream.training import model_encoder, retrieval_metrics
 from ecrec_stream.training.evaluate import embed_catalog
 from ecrec_stream.training.finetune import FineTuneConfig, TrainPair, fine_tune
 
-BATCH, LR, WARMUP, MAX_SEQ = 64, 2e-5, 0.1, 64
+LR, WARMUP, MAX_SEQ = 2e-5, 0.1, 64
 
 
-def plain_loop(model: Any, pairs: list[tuple[str, str]], epochs: int, device: str) -> float:
+def plain_loop(
+    model: Any, pairs: list[tuple[str, str]], epochs: int, batch: int, device: str
+) -> float:
     t0 = time.perf_counter()
     fine_tune(
         model,
         [TrainPair(q, t) for q, t in pairs],
         FineTuneConfig(
             epochs=epochs,
-            batch_size=BATCH,
+            batch_size=batch,
             learning_rate=LR,
             max_seq_length=MAX_SEQ,
             warmup_ratio=WARMUP,
@@ -50,7 +52,9 @@ def plain_loop(model: Any, pairs: list[tuple[str, str]], epochs: int, device: st
     return time.perf_counter() - t0
 
 
-def st_trainer(model: Any, pairs: list[tuple[str, str]], epochs: int, device: str) -> float:
+def st_trainer(
+    model: Any, pairs: list[tuple[str, str]], epochs: int, batch: int, device: str
+) -> float:
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformerTrainer,
@@ -63,7 +67,7 @@ def st_trainer(model: Any, pairs: list[tuple[str, str]], epochs: int, device: st
         args = SentenceTransformerTrainingArguments(
             output_dir=out,
             num_train_epochs=epochs,
-            per_device_train_batch_size=BATCH,
+            per_device_train_batch_size=batch,
             learning_rate=LR,
             warmup_ratio=WARMUP,
             batch_sampler="no_duplicates",  # the plain loop masks duplicates instead
@@ -89,6 +93,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--batch-sizes", default="64", help="comma-separated, e.g. 64,256")
+    parser.add_argument("--model", default="default", help="sentence-transformers name or path")
     args = parser.parse_args()
 
     from sentence_transformers import SentenceTransformer
@@ -98,7 +104,7 @@ def main() -> None:
     catalog = {f"t{i}": t for i, t in enumerate(judg.titles)}
     pairs = cf.relevant_pairs(judg, half=0)
     test = human_judgments(judg, [q for q in judg.queries if cf.query_half(q) == 1])
-    base = SentenceTransformer(resolve_model_path(EmbeddingSettings().model), device=device)
+    base = SentenceTransformer(resolve_model_path(args.model), device=device)
     base.max_seq_length = MAX_SEQ
 
     def quality(model: Any) -> dict[str, float]:
@@ -107,18 +113,24 @@ def main() -> None:
 
     rows: list[list[Any]] = []
     data: dict[str, Any] = {"device": device, "epochs": args.epochs, "pairs": len(pairs)}
+    name: str
     for name, metrics in (
         ("BM25 (SQLite FTS5)", bm25_metrics(judg.titles, test)),
         ("base all-MiniLM-L6-v2", quality(base)),
     ):
         rows.append([name, metrics[f"ndcg@{K}"], metrics[f"recall@{K}"], "-", "-"])
         data[name] = metrics
-    for name, train in (
-        ("plain torch loop (ecrec_stream.training)", plain_loop),
-        ("SentenceTransformerTrainer", st_trainer),
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    for batch, (loop, train) in itertools.product(
+        batch_sizes,
+        (
+            ("plain torch loop (ecrec_stream.training)", plain_loop),
+            ("SentenceTransformerTrainer", st_trainer),
+        ),
     ):
+        name = f"{loop}, batch {batch}"
         model = copy.deepcopy(base)
-        seconds = train(model, pairs, args.epochs, device)
+        seconds = train(model, pairs, args.epochs, batch, device)
         metrics = quality(model)
         rows.append(
             [
@@ -132,7 +144,7 @@ def main() -> None:
         data[name] = {**metrics, "train_s": seconds}
     report(
         "finetune_loops",
-        f"Fine-tuning loops: {len(pairs):,} pairs, {args.epochs} epoch(s), batch {BATCH}, "
+        f"Fine-tuning loops: {len(pairs):,} pairs, {args.epochs} epoch(s), "
         f"{device}; test = {len(test)} never-trained queries",
         ["model", f"nDCG@{K}", f"R@{K}", "train s", "pairs/s"],
         rows,

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import percentile, proc_peak_rss_mb, report
+from bench.common import SHARED_DATA, percentile, proc_peak_rss_mb, report
 from ecrec_stream.config import Settings
 from ecrec_stream.events import utc_now
 from ecrec_stream.simulate import synthetic_catalog
@@ -183,7 +183,7 @@ def _bulk(base: str, bootstrap: str, titles: list[str], prefix: str) -> dict[str
 
 def _bulk_titles(n: int) -> tuple[list[str], str]:
     """Real Instacart product names when ../shared/data is beside the checkout, else generated."""
-    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "instacart_catalog"
+    folder = SHARED_DATA / "instacart_catalog"
     if folder.is_dir():
         from ecrec_stream.simulate import load_instacart_catalog
 

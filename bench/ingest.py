@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import proc_cpu_seconds, proc_peak_rss_mb, report
+from bench.common import SHARED_DATA, proc_cpu_seconds, proc_peak_rss_mb, report
 from ecrec_stream.config import TopicNames
 from ecrec_stream.events import utc_now
 from streams.broker import EmbeddedBroker, free_port
@@ -43,7 +43,7 @@ from workers.processes import worker_process
 PARTITIONS = 4
 
 
-REVIEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "womens_clothing_reviews"
+REVIEWS = SHARED_DATA / "womens_clothing_reviews"
 FALLBACK_TEXT = "Fits well, soft fabric, true to size. Would buy again in another colour."
 
 

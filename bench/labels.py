@@ -30,7 +30,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from bench.common import report
+from bench.common import SHARED_DATA, report
 from ecrec_stream.augment import EdaAugmenter, MeaningFilter, TypoAugmenter
 from ecrec_stream.config import LabelSettings
 from ecrec_stream.embedding import CachedEncoder, SentenceTransformerEncoder
@@ -48,7 +48,7 @@ from ecrec_stream.labels.sentiment import (
 from ecrec_stream.sessions import add_event, new_session, relevance_candidates
 from ecrec_stream.simulate import ShopSimulator, synthetic_catalog
 
-REVIEWS = Path(__file__).resolve().parents[2] / "shared" / "data" / "womens_clothing_reviews"
+REVIEWS = SHARED_DATA / "womens_clothing_reviews"
 
 
 def load_reviews(path: Path, seed: int = 0) -> list[SentimentCandidate]:
@@ -508,17 +508,18 @@ def throughput_section(
     return rows, data
 
 
-def crowdflower_report(encoder: CachedEncoder, n_sessions: int) -> None:
+def crowdflower_report(encoder: CachedEncoder, n_sessions: int, seed: int = 5) -> None:
     from bench.crowdflower import DATA
 
     if not DATA.is_dir():
         print(f"skipping the Crowdflower relevance section: {DATA} not found")
         return
-    rows, data = crowdflower_section(encoder, n_sessions)
+    rows, data = crowdflower_section(encoder, n_sessions, seed)
     report(
-        "labels_relevance_crowdflower",
-        f"Relevance labels from {n_sessions} sessions simulated from real human judgments "
-        "(Crowdflower), against those judgments (relevant = median >= 3, not = median <= 2)",
+        "labels_relevance_crowdflower" + ("" if seed == 5 else f"_seed{seed}"),
+        f"Relevance labels from {n_sessions} sessions (simulation seed {seed}) simulated from "
+        "real human judgments (Crowdflower), against those judgments (relevant = median >= 3, "
+        "not = median <= 2)",
         [
             "labels",
             "n label 1",
@@ -553,6 +554,9 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=8000, help="reviews for the split table")
     parser.add_argument("--cf-sessions", type=int, default=5000)
     parser.add_argument(
+        "--cf-seeds", default="5", help="simulation seeds of the Crowdflower table, e.g. 5,11"
+    )
+    parser.add_argument(
         "--only",
         choices=["all", "relevance", "sentiment"],
         default="all",
@@ -562,7 +566,8 @@ def main() -> None:
     raw = SentenceTransformerEncoder()
     encoder = CachedEncoder(raw, capacity=100_000)
     if args.only == "relevance":
-        crowdflower_report(encoder, args.cf_sessions)
+        for seed in map(int, args.cf_seeds.split(",")):
+            crowdflower_report(encoder, args.cf_sessions, seed)
         return
     reviews = load_reviews(args.data)
     train, test = reviews[: args.seeds], reviews[args.seeds : args.seeds + args.test]
