@@ -212,6 +212,9 @@ class DriftSettings(BaseModel):
     alpha: float = Field(0.01, gt=0, lt=0.5, description="false-alarm target per window")
     confirm_windows: int = Field(2, ge=1, le=100)
     cooldown_s: float = Field(3600.0, ge=0, description="event time between two alerts")
+    ctr_horizon_s: float = Field(
+        60.0, gt=0, description="a search counts as clicked if a click on it follows within this"
+    )
     # Searches, clicks and reviews (and partitions) are merged in event-time order before the
     # detectors see them; an input this far (event time) behind the newest is not waited for.
     max_lag_s: float = Field(60.0, ge=0)

@@ -172,7 +172,11 @@ def shop_events(n: int, shift_at: int, seed: int = 0) -> list:
             )
         )
         if rng.random() < 0.4:
-            events.append(ClickEvent(event_id=f"c{i}", ts=_ts(i), session_id=f"u{i}", item_id=item))
+            events.append(
+                ClickEvent(
+                    event_id=f"c{i}", ts=_ts(i), session_id=f"u{i}", search_id=f"q{i}", item_id=item
+                )
+            )
         if i % 2 == 0:
             good = i < shift_at
             rating = rng.choice([4, 5, 5]) if good else rng.choice([1, 2])
@@ -257,3 +261,42 @@ def test_drift_settings_are_validated() -> None:
     with pytest.raises(ValueError):
         load_settings(drift={"alpha": 0})
     assert math.isclose(load_settings(drift={"alpha": 0.05}).drift.alpha, 0.05)
+
+
+def test_click_through_is_observed_per_search_after_its_horizon() -> None:
+    """One observation per search, 1.0 when a click on it came within the horizon: the
+    result does not depend on how clicks and searches interleave (a 0 per search and a 1 per
+    click did), a click after the horizon does not count, and open searches survive a restart."""
+    settings = DriftSettings(
+        window_events=100, reference_size=400, ctr_horizon_s=10, detectors=["click_through"]
+    )
+    searches = [
+        SearchEvent(event_id=f"s{i}", ts=_ts(i), search_id=f"q{i}", session_id="u", query="q")
+        for i in range(40)
+    ]
+    clicks = [
+        ClickEvent(event_id=f"c{i}", ts=_ts(i + 3), session_id="u", search_id=f"q{i}", item_id="a")
+        for i in range(0, 40, 2)
+    ] + [ClickEvent(event_id="late", ts=_ts(25), session_id="u", search_id="q1", item_id="a")]
+    ordered = sorted(searches + clicks, key=lambda e: e.ts)
+    m = monitor(settings)
+    first = m._observations(ordered[:30])["click_through"]
+    restarted = monitor(settings)
+    restarted.load_state(m.state_dict())
+    rest = restarted._observations(ordered[30:])["click_through"]
+    observed = dict(first + rest)
+    # resolved: the searches whose 10 s passed by the newest event time (41, q38's click)
+    assert sorted(observed) == [1_700_000_000 + i for i in range(32)]
+    assert all(v == (1.0 if (ts - 1_700_000_000) % 2 == 0 else 0.0) for ts, v in observed.items())
+    assert list(restarted.early_clicks) == ["q1"]  # q1's click came after its horizon
+    # a click delivered before its search (same timestamp) still counts for it
+    tie = monitor(settings)._observations([clicks[0], searches[0], searches[39]])
+    assert tie["click_through"] == [(1_700_000_000.0, 1.0)]
+    # clicks arriving in a burst after later searches (within the horizon) count the same
+    wide = settings.model_copy(update={"ctr_horizon_s": 25})
+    regular = clicks[:-1]
+    in_order = monitor(wide)._observations(sorted(searches + regular, key=lambda e: e.ts))
+    burst = monitor(wide)._observations(searches[:20] + regular[:10] + searches[20:] + regular[10:])
+    resolved = burst["click_through"]
+    assert resolved == in_order["click_through"][: len(resolved)]
+    assert len(resolved) == 17 and sum(v for _, v in resolved) == 9  # newest: 41 - 25

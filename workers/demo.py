@@ -259,6 +259,8 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> None
             # a 15 s demo without a shift raised a click-through alert; 600 / 100 did not.)
             "ECREC_DRIFT__REFERENCE_SIZE": "600",
             "ECREC_DRIFT__WINDOW_EVENTS": "100",
+            # a simulated search's clicks follow it within seconds (1-20 s each)
+            "ECREC_DRIFT__CTR_HORIZON_S": "30",
         }
         extra = {k: v for k, v in demo_env.items() if k not in os.environ}
         # A minute of demo traffic gives a few thousand examples: let the trainer work with them.

@@ -9,7 +9,7 @@ import math
 import os
 import pickle
 import tempfile
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,6 +29,10 @@ from ecrec_stream.eventtime import ReorderBuffer
 from ecrec_stream.quality import BoundedSeen
 
 STATE_VERSION = 1
+# searches waiting for their click-through horizon; beyond this the oldest is resolved early
+MAX_OPEN_SEARCHES = 200_000
+# clicks that came before their search (same timestamp, or reordered), kept for it
+MAX_EARLY_CLICKS = 10_000
 TEXT_DETECTORS = {"query_embedding", "review_embedding"}
 
 
@@ -118,6 +122,11 @@ class DriftMonitor:
             settings.max_lag_s, inputs=inputs, max_idle_s=settings.max_idle_s
         )
         self.counts: dict[str, int] = defaultdict(int)
+        # search id -> [event time, interacted]: click-through is observed per search, once
+        # ``ctr_horizon_s`` of event time has passed, so it does not depend on how the search
+        # and click topics interleave (a 0 per search and a 1 per click did, under load)
+        self.open_searches: OrderedDict[str, list[Any]] = OrderedDict()
+        self.early_clicks: OrderedDict[str, None] = OrderedDict()
 
     def _build(self, name: DriftDetectorName) -> Any:
         s = self.settings
@@ -146,12 +155,22 @@ class DriftMonitor:
                 texts["query_embedding"].append((ts, ev.query))
                 if ev.impressions and (cat := self.category_of(ev.impressions[0])):
                     obs["search_category"].append((ts, cat))
-                obs["click_through"].append((ts, 0.0))
+                clicked = ev.search_id in self.early_clicks
+                self.early_clicks.pop(ev.search_id, None)
+                self.open_searches[ev.search_id] = [ts, clicked]
             elif isinstance(ev, ClickEvent):
                 if cat := self.category_of(ev.item_id):
                     obs["click_category"].append((ts, cat))
-                if ev.action == "click":
-                    obs["click_through"].append((ts, 1.0))
+                entry = self.open_searches.get(ev.search_id or "")
+                if entry is not None:
+                    entry[1] = True
+                elif ev.search_id is None:
+                    self.counts["clicks_without_search"] += 1
+                else:  # its search is still to come, or was resolved already (a late click)
+                    self.early_clicks[ev.search_id] = None
+                    if len(self.early_clicks) > MAX_EARLY_CLICKS:
+                        self.early_clicks.popitem(last=False)
+                        self.counts["clicks_without_search"] += 1
             elif isinstance(ev, ReviewEvent):
                 text = ". ".join(p for p in (ev.title, ev.text) if p.strip())
                 if text:
@@ -159,6 +178,7 @@ class DriftMonitor:
                 if cat := self.category_of(ev.item_id):
                     obs["review_category"].append((ts, cat))
                 obs["rating"].append((ts, (ev.rating - 1) / 4))
+            obs["click_through"].extend(self._resolve_searches(ts))
         wanted = [(n, rows) for n, rows in texts.items() if n in self.detectors and rows]
         if wanted and self.encode is not None:
             flat = [t for _, rows in wanted for _, t in rows]
@@ -169,6 +189,19 @@ class DriftMonitor:
                 self.samples[name].extend(t for _, t in rows[-5:])
                 i += len(rows)
         return {n: rows for n, rows in obs.items() if n in self.detectors}
+
+    def _resolve_searches(self, now: float) -> list[tuple[float, float]]:
+        """Click-through observations (search time, 1.0 if it was clicked) of the searches
+        whose horizon has passed at event time ``now`` (all of them when ``now`` is inf)."""
+        horizon = self.settings.ctr_horizon_s
+        out = []
+        while self.open_searches:
+            ts, clicked = next(iter(self.open_searches.values()))
+            if ts + horizon > now and len(self.open_searches) <= MAX_OPEN_SEARCHES:
+                break
+            self.open_searches.popitem(last=False)
+            out.append((ts, 1.0 if clicked else 0.0))
+        return out
 
     def observe(self, events: Sequence[AnyEvent], source: str = "events") -> MonitorStep:
         """Feed validated events read from ``source`` (a topic and partition: inputs are merged
@@ -183,8 +216,17 @@ class DriftMonitor:
         return self._observe_ordered(self.reorder.release())  # type: ignore[arg-type]
 
     def flush(self) -> MonitorStep:
-        """Observe every event still waiting for slower inputs (end of a finite stream)."""
-        return self._observe_ordered(self.reorder.flush())  # type: ignore[arg-type]
+        """Observe every event still waiting for slower inputs, and the click-through of every
+        open search (end of a finite stream)."""
+        step = self._observe_ordered(self.reorder.flush())  # type: ignore[arg-type]
+        if "click_through" in self.detectors and self.open_searches:
+            results = self.detectors["click_through"].update(self._resolve_searches(math.inf))
+            alerts = [a for r in results if (a := self._decide(r)) is not None]
+            step.results.extend(results)
+            step.alerts.extend(alerts)
+            self.counts["windows"] += len(results)
+            self.counts["alerts"] += len(alerts)
+        return step
 
     def _observe_ordered(self, events: Sequence[AnyEvent]) -> MonitorStep:
         fresh = []
@@ -273,6 +315,8 @@ class DriftMonitor:
             "alerts": list(self.alerts),
             "counts": dict(self.counts),
             "reorder": self.reorder,
+            "open_searches": list(self.open_searches.items()),
+            "early_clicks": list(self.early_clicks),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -288,6 +332,8 @@ class DriftMonitor:
         self.alerts = deque(state["alerts"], maxlen=20)
         self.counts = defaultdict(int, state["counts"])
         self.reorder = state["reorder"]
+        self.open_searches = OrderedDict(state.get("open_searches", []))
+        self.early_clicks = OrderedDict.fromkeys(state.get("early_clicks", []))
 
     def status(self) -> dict[str, Any]:
         """Each detector's reference progress and latest statistic against its threshold, and
