@@ -104,14 +104,16 @@ def raw_click_examples(sim: cf.SimulatedSessions) -> list[TrainingExample]:
     ]
 
 
-def quality(n_sessions: int, epochs: int, workdir: Path) -> tuple[list[list[Any]], dict[str, Any]]:
+def quality(
+    n_sessions: int, epochs: int, workdir: Path, model: str = "default"
+) -> tuple[list[list[Any]], dict[str, Any]]:
     import faiss
 
     judg = cf.load()
     catalog = {f"t{i}": t for i, t in enumerate(judg.titles)}
     settings = TrainingSettings(epochs=epochs, device="auto", min_interval_s=0)
     registry = ModelRegistry(workdir / "models")
-    retrainer = Retrainer(settings, registry, EmbeddingSettings())
+    retrainer = Retrainer(settings, registry, EmbeddingSettings(model=model))
     version, base = retrainer.serving()
     encode = model_encoder(base)
     base_catalog = retrainer.embedded_catalog(version, base, catalog)
@@ -193,7 +195,7 @@ def quality(n_sessions: int, epochs: int, workdir: Path) -> tuple[list[list[Any]
             raw_split = raw_buffer.split(settings.holdout_recent, settings.holdout_older)
             raw_registry = ModelRegistry(workdir / "raw-models")
             raw_registry.publish(base, name="base")
-            raw = Retrainer(settings, raw_registry, EmbeddingSettings())
+            raw = Retrainer(settings, raw_registry, EmbeddingSettings(model=model))
             raw_outcome = raw.retrain(raw_split, catalog, trigger="raw clicks")
             add(
                 "retrain 1 on raw clicks (baseline)",
@@ -389,7 +391,9 @@ def main() -> None:
     parser.add_argument("--timing-only", action="store_true")
     parser.add_argument("--quality-only", action="store_true")
     parser.add_argument(
-        "--model", default="tiny", help="timing: 'tiny' (from a config), 'default' or a path"
+        "--model",
+        default="tiny",
+        help="timing: 'tiny' (from a config), 'default' or a path; quality: the encoder",
     )
     parser.add_argument("--timing-epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64, help="timing: training batch")
@@ -401,7 +405,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if not args.timing_only:
-            rows, data["quality"] = quality(args.sessions, args.epochs, work)
+            model = "default" if args.model == "tiny" else args.model
+            rows, data["quality"] = quality(args.sessions, args.epochs, work, model)
             cols = ["model"]
             for split in ("all", "dept A", "dept B"):
                 cols += [f"nDCG@10 {split}", f"R@10 {split}"]
