@@ -6,7 +6,9 @@ this loop tokenises each distinct text once, pads batches to a multiple of 8 and
 bf16 autocast on a GPU; the loss is the one of sentence-transformers'
 ``MultipleNegativesRankingLoss`` (in-batch negatives, scaled cosine, cross-entropy), extended
 with per-example weights, one hard negative per pair and a mask for in-batch false negatives
-(the same item or the same query in two rows). The same code runs on a CPU.
+(the same item or the same query in two rows). The same code runs on a CPU. On an H100 it
+trained 6-14x faster than ``SentenceTransformerTrainer`` at equal quality
+(``bench/finetune_loops.py``).
 """
 
 from __future__ import annotations
