@@ -146,7 +146,11 @@ class DriftMonitor:
         )
 
     # -- observations -----------------------------------------------------------------------
-    def _observations(self, events: Sequence[AnyEvent]) -> dict[str, list[tuple[float, Any]]]:
+    def _observations(
+        self, events: Sequence[AnyEvent], resolve_all: bool = False
+    ) -> dict[str, list[tuple[float, Any]]]:
+        """Each detector's observations of ``events``; ``resolve_all``: also the click-through
+        of every search still open (end of a finite stream)."""
         obs: dict[str, list[tuple[float, Any]]] = defaultdict(list)
         texts: dict[str, list[tuple[float, str]]] = defaultdict(list)
         for ev in events:
@@ -179,6 +183,8 @@ class DriftMonitor:
                     obs["review_category"].append((ts, cat))
                 obs["rating"].append((ts, (ev.rating - 1) / 4))
             obs["click_through"].extend(self._resolve_searches(ts))
+        if resolve_all:
+            obs["click_through"].extend(self._resolve_searches(math.inf))
         wanted = [(n, rows) for n, rows in texts.items() if n in self.detectors and rows]
         if wanted and self.encode is not None:
             flat = [t for _, rows in wanted for _, t in rows]
@@ -218,17 +224,11 @@ class DriftMonitor:
     def flush(self) -> MonitorStep:
         """Observe every event still waiting for slower inputs, and the click-through of every
         open search (end of a finite stream)."""
-        step = self._observe_ordered(self.reorder.flush())  # type: ignore[arg-type]
-        if "click_through" in self.detectors and self.open_searches:
-            results = self.detectors["click_through"].update(self._resolve_searches(math.inf))
-            alerts = [a for r in results if (a := self._decide(r)) is not None]
-            step.results.extend(results)
-            step.alerts.extend(alerts)
-            self.counts["windows"] += len(results)
-            self.counts["alerts"] += len(alerts)
-        return step
+        return self._observe_ordered(self.reorder.flush(), resolve_all=True)  # type: ignore[arg-type]
 
-    def _observe_ordered(self, events: Sequence[AnyEvent]) -> MonitorStep:
+    def _observe_ordered(
+        self, events: Sequence[AnyEvent], resolve_all: bool = False
+    ) -> MonitorStep:
         fresh = []
         for ev in events:
             if not self.seen.add(ev.event_id):
@@ -240,7 +240,7 @@ class DriftMonitor:
             self.newest_ts = max(self.newest_ts, ts)
             fresh.append(ev)
         step = MonitorStep()
-        for name, rows in self._observations(fresh).items():
+        for name, rows in self._observations(fresh, resolve_all).items():
             step.results.extend(self.detectors[name].update(rows))
         step.results.sort(key=lambda r: (r.window_end, r.detector))
         for result in step.results:
