@@ -217,6 +217,25 @@ def _majority(votes: np.ndarray) -> np.ndarray:
     )
 
 
+def paired_difference_ci(
+    y: np.ndarray, a: np.ndarray, b: np.ndarray, resamples: int = 1000
+) -> tuple[float, float]:
+    """95% paired-bootstrap interval of ``macro_f1(y, a) - macro_f1(y, b)`` (same resampled
+    reviews for both), by ``scipy.stats.bootstrap``."""
+    from scipy.stats import bootstrap
+
+    result = bootstrap(
+        (y, a, b),
+        lambda yy, aa, bb: macro_f1(yy, aa) - macro_f1(yy, bb),
+        paired=True,
+        vectorized=False,
+        n_resamples=resamples,
+        method="percentile",
+        random_state=0,
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
 def _with_negative_share(cases: list[SentimentCandidate], share: float) -> list[SentimentCandidate]:
     pos = [c for c in cases if (c.rating or 0) >= 4]
     neg = [c for c in cases if (c.rating or 0) < 4]
@@ -242,8 +261,10 @@ def sentiment_robustness(
             y = truth(cases)
             votes = vote_matrix(lfs, cases)
             lm = LabelModel().fit(votes).predict_proba(votes).argmax(axis=1)
-            lm_f1, mv_f1 = macro_f1(y, lm), macro_f1(y, _majority(votes))
-            live_f1 = macro_f1(y, stream_fit_predict(lfs, rated, cases))
+            majority, live = _majority(votes), stream_fit_predict(lfs, rated, cases)
+            lm_f1, mv_f1, live_f1 = macro_f1(y, lm), macro_f1(y, majority), macro_f1(y, live)
+            low, high = paired_difference_ci(y, live, majority)
+            differ = live != majority
             rows.append(
                 [
                     f"split {split}, {balance}",
@@ -252,6 +273,9 @@ def sentiment_robustness(
                     lm_f1,
                     live_f1,
                     mv_f1,
+                    f"{live_f1 - mv_f1:+.3f} [{low:+.3f}, {high:+.3f}]",
+                    f"{int(differ.sum())}: {int((live[differ] == y[differ]).sum())} / "
+                    f"{int((majority[differ] == y[differ]).sum())}",
                 ]
             )
             data[f"split{split}_{balance}"] = {
@@ -260,6 +284,12 @@ def sentiment_robustness(
                 "label_model_macro_f1": lm_f1,
                 "label_model_stream_fit_macro_f1": live_f1,
                 "majority_vote_macro_f1": mv_f1,
+                "stream_fit_minus_majority_ci95": [low, high],
+                "disagreements": int(differ.sum()),
+                "disagreements_right_label_model": int((live[differ] == y[differ]).sum()),
+                "disagreements_right_majority": int((majority[differ] == y[differ]).sum()),
+                "label_model_stream_fit_accuracy": float((live == y).mean()),
+                "majority_vote_accuracy": float((majority == y).mean()),
             }
     return rows, data
 
@@ -608,6 +638,8 @@ def main() -> None:
             "label model (masked rows only)",
             "label model as in the stream",
             "majority vote",
+            "stream fit - majority [95% CI]",
+            "reviews labelled differently: right by label model / by majority",
         ],
         rows,
         data,
