@@ -12,7 +12,7 @@
    passthrough; model-backed parts vs a plain batched ``encode`` of the same texts.
 
     python -m bench.labels [--test 3000] [--seeds 2000] [--sessions 3000]
-                           [--only all|relevance|sentiment]
+                           [--only all|relevance|sentiment|label-model]
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from ecrec_stream.embedding import CachedEncoder, SentenceTransformerEncoder
 from ecrec_stream.events import ClickEvent, SearchEvent
 from ecrec_stream.labels.base import ABSTAIN, SentimentCandidate
 from ecrec_stream.labels.examples import RelevanceLabeler, SentimentLabeler, vote_matrix
-from ecrec_stream.labels.model import LabelModel
+from ecrec_stream.labels.model import LabelModel, OnlineLabelModel
 from ecrec_stream.labels.relevance import ClickRelevance, ExposureRelevance, behaviour_grade
 from ecrec_stream.labels.sentiment import (
     LexiconSentiment,
@@ -294,6 +294,51 @@ def sentiment_robustness(
     return rows, data
 
 
+def label_model_cost(n: int = 20_000, batch: int = 50) -> tuple[list[list[Any]], dict[str, Any]]:
+    """Seconds to fit the label model on ``n`` planted vote rows (5 functions, known
+    accuracies), cold and warm-started, and to label them online in micro-batches of ``batch``
+    rows refitting on every micro-batch (``refit_every=1``) vs the default schedule."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, n)
+
+    def lf(acc: float, abstain: float) -> np.ndarray:
+        v = np.where(rng.random(n) < acc, y, 1 - y)
+        return np.where(rng.random(n) < abstain, ABSTAIN, v)
+
+    votes = np.stack(
+        [lf(0.9, 0.5), lf(0.8, 0.3), lf(0.7, 0.2), lf(0.6, 0.6), lf(0.75, 0.4)], axis=1
+    )
+    rows, data = [], {}
+    t0 = time.perf_counter()
+    cold = LabelModel().fit(votes)
+    cold_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    warm = LabelModel().fit(votes, init=cold.fitted)
+    warm_s = time.perf_counter() - t0
+    for name, model, secs in (("cold", cold, cold_s), ("warm-started", warm, warm_s)):
+        its = model.fitted.iterations  # type: ignore[union-attr]
+        rows.append([f"fit {n:,} rows, {name}", f"{secs:.3f}", its])
+        data[f"fit_{name}"] = {"s": secs, "iterations": its}
+    default_every = OnlineLabelModel(5).refit_every
+    for every in (1, default_every):
+        online = OnlineLabelModel(5, capacity=n, refit_every=every)
+        t0 = time.perf_counter()
+        for start in range(0, n, batch):
+            online.label_many(votes[start : start + batch])
+        secs = time.perf_counter() - t0
+        label = f"online, {n // batch} micro-batches of {batch}, refit every {every} rows"
+        rows.append([label, f"{secs:.2f}", f"{online.fits} fits"])
+        data[f"online_refit_every_{every}"] = {
+            "s": secs,
+            "fits": online.fits,
+            "accuracies": online.accuracies.round(3).tolist()
+            if online.accuracies is not None
+            else None,
+        }
+    data["true_accuracies"] = [0.9, 0.8, 0.7, 0.6, 0.75]
+    return rows, data
+
+
 def simulated_candidates(n_sessions: int, seed: int) -> tuple[list[Any], np.ndarray]:
     """Relevance candidates (with titles) of simulated sessions and their true grades."""
     catalog = synthetic_catalog(2000, seed=3)
@@ -456,6 +501,8 @@ def crowdflower_section(
         labels == 0,
     )
     data["label_model_fallbacks"] = labeler.model.fallbacks
+    data["label_model_fits"] = labeler.model.fits
+    data["label_model_last_fallback"] = labeler.model.last_fallback
     data["estimated_accuracy"] = (
         dict(zip(names, labeler.model.accuracies.round(3).tolist(), strict=True))
         if labeler.model.accuracies is not None
@@ -588,11 +635,23 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["all", "relevance", "sentiment"],
+        choices=["all", "relevance", "sentiment", "label-model"],
         default="all",
-        help="relevance: the Crowdflower table only; sentiment: the review tables only",
+        help="relevance: the Crowdflower table only; sentiment: the review tables only; "
+        "label-model: the label model's fitting cost",
     )
     args = parser.parse_args()
+    if args.only in ("all", "label-model"):
+        rows, data = label_model_cost()
+        report(
+            "labels_label_model_cost",
+            "Label model fitting cost on planted votes (5 functions, 20,000 rows)",
+            ["what", "seconds", "iterations / fits"],
+            rows,
+            data,
+        )
+        if args.only == "label-model":
+            return
     raw = SentenceTransformerEncoder()
     encoder = CachedEncoder(raw, capacity=100_000)
     if args.only == "relevance":

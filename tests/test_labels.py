@@ -171,6 +171,29 @@ def test_online_label_model_is_bounded_and_warms_up() -> None:
     assert online.warm and len(online.sample) == 50 and online.accuracies is not None
 
 
+def test_online_label_model_refits_on_schedule_and_a_warm_start_finds_the_same_fit() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 6000)
+
+    def lf(acc: float) -> np.ndarray:
+        v = np.where(rng.random(len(y)) < acc, y, 1 - y)
+        return np.where(rng.random(len(y)) < 0.3, ABSTAIN, v)
+
+    votes = np.stack([lf(0.9), lf(0.75), lf(0.65)], axis=1)
+    online = OnlineLabelModel(3, capacity=20_000, min_rows=200, refit_every=1000)
+    for start in range(0, len(votes), 100):
+        online.label_many(votes[start : start + 100])
+    # first fit at 200 rows, then one per 1,000 new rows: 1,200, 2,200, ..., 5,200
+    assert online.fits == 6
+    cold = LabelModel().fit(votes)
+    warm = LabelModel().fit(votes, init=online.model.fitted)
+    assert np.allclose(warm.accuracies, cold.accuracies, atol=1e-3)
+    assert warm.fitted is not None and cold.fitted is not None
+    assert warm.fitted.iterations <= cold.fitted.iterations
+    with pytest.raises(ValueError):
+        OnlineLabelModel(3, refit_every=0)
+
+
 def test_example_ids_are_deterministic() -> None:
     a = example_id("relevance", ["s", "c"], "i", ["clicks", "content"])
     assert a == example_id("relevance", ["c", "s"], "i", ["content", "clicks"])

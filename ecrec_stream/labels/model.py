@@ -123,14 +123,26 @@ class LabelModel:
             raise ValueError(f"anchors must be {n} values in [-1, {self.k - 1}]")
         return array
 
+    def _one_hot(self, votes: np.ndarray) -> np.ndarray:
+        """``votes`` as n x (m * k) indicators, function-major (all zero where a function
+        abstained): EM's two steps become one matrix product each."""
+        n, m = votes.shape
+        return np.asarray(
+            (votes[:, :, None] == np.arange(self.k)).reshape(n, m * self.k), dtype=np.float64
+        )
+
     def _posterior(
         self, votes: np.ndarray, confusion: np.ndarray, priors: np.ndarray
     ) -> np.ndarray:
-        log_conf = np.log(confusion)  # (m, k_true, k_vote)
-        log_p = np.tile(np.log(priors), (votes.shape[0], 1))
-        for j in range(votes.shape[1]):
-            voted = votes[:, j] != ABSTAIN
-            log_p[voted] += log_conf[j][:, votes[voted, j]].T
+        return self._posterior_hot(self._one_hot(votes), confusion, priors)
+
+    def _posterior_hot(
+        self, hot: np.ndarray, confusion: np.ndarray, priors: np.ndarray
+    ) -> np.ndarray:
+        # log P(votes | class) = sum over voting functions of log confusion[j, class, vote]
+        m = confusion.shape[0]
+        log_conf = np.log(confusion).transpose(0, 2, 1).reshape(m * self.k, self.k)
+        log_p = np.log(priors) + hot @ log_conf
         log_p -= log_p.max(axis=1, keepdims=True)
         p = np.exp(log_p)
         return np.asarray(p / p.sum(axis=1, keepdims=True))
@@ -147,12 +159,10 @@ class LabelModel:
         row = np.full((self.k, self.k), off) + np.eye(self.k) * (self.prior_accuracy - off)
         return np.tile(row * self.prior_strength, (m, 1, 1))
 
-    def _m_step(self, votes: np.ndarray, post: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        m = votes.shape[1]
-        counts = self._prior_counts(m)
-        for j in range(m):
-            for v in range(self.k):
-                counts[j, :, v] += post[votes[:, j] == v].sum(axis=0)
+    def _m_step(self, hot: np.ndarray, post: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m = hot.shape[1] // self.k
+        observed = (hot.T @ post).reshape(m, self.k, self.k).transpose(0, 2, 1)  # m x c x v
+        counts = self._prior_counts(m) + observed
         confusion = counts / counts.sum(axis=2, keepdims=True)
         # Better than chance: a vote for v must not be likelier under another class than
         # under v itself; where the fit says so, that vote value carries no evidence.
@@ -165,20 +175,37 @@ class LabelModel:
         priors = post.sum(axis=0) + self.prior_strength / self.k
         return confusion, priors / priors.sum()
 
-    def fit(self, votes: np.ndarray, anchors: np.ndarray | None = None) -> LabelModel:
-        """Estimate confusion matrices and priors by MAP-EM, starting from majority vote.
+    def fit(
+        self,
+        votes: np.ndarray,
+        anchors: np.ndarray | None = None,
+        init: LabelModelFit | None = None,
+    ) -> LabelModel:
+        """Estimate confusion matrices and priors by MAP-EM, starting from majority vote, or
+        from ``init`` (a previous fit on similar data: a warm start converges in a few
+        iterations instead of dozens).
 
         ``anchors`` (n ints, ``ABSTAIN`` where unknown) clamps rows whose class is known.
         """
         array = self._check(votes)
         anchor = self._check_anchors(anchors, array.shape[0])
         majority = self._majority(array)
-        post = self._clamp(majority, anchor)
-        confusion, priors = self._m_step(array, post)
+        warm = (
+            init is not None
+            and init.fallback is None
+            and init.confusion.shape == (array.shape[1], self.k, self.k)
+        )
+        hot = self._one_hot(array)
+        if warm:
+            assert init is not None
+            post = self._clamp(self._posterior_hot(hot, init.confusion, init.priors), anchor)
+        else:
+            post = self._clamp(majority, anchor)
+        confusion, priors = self._m_step(hot, post)
         it = 0
         for it in range(1, self.max_iter + 1):  # noqa: B007 - reported in the fit
-            post = self._clamp(self._posterior(array, confusion, priors), anchor)
-            new_conf, new_priors = self._m_step(array, post)
+            post = self._clamp(self._posterior_hot(hot, confusion, priors), anchor)
+            new_conf, new_priors = self._m_step(hot, post)
             delta = np.abs(new_conf - confusion).max() + np.abs(new_priors - priors).max()
             confusion, priors = new_conf, new_priors
             if delta < self.tol:
@@ -244,10 +271,15 @@ class OnlineLabelModel:
     """A label model refitted on a bounded reservoir of recent and older vote rows.
 
     Each micro-batch is added to the reservoir (uniform reservoir sampling, seeded), the model is
-    refitted on it (EM over at most ``capacity`` rows takes milliseconds), and the batch is
+    refitted on it (see ``refit_every`` below), and the batch is
     labelled with the refreshed fit. Until ``min_rows`` rows were seen, it uses fixed accuracies
     of 0.7 (a weighted majority vote). Fits that fell back (see :class:`LabelModel`) are
     counted in ``fallbacks`` with the last reason in ``last_fallback``.
+
+    The model is refitted once ``refit_every`` new rows have arrived since the last fit (every
+    micro-batch when it is 1), warm-started from that fit: refitting 20,000 rows from a
+    majority vote on every micro-batch of 50 took 0.38 s per batch on a 2-core CPU and held the
+    demo's label agents (and the drift agent reading the same topics) minutes behind.
     """
 
     def __init__(
@@ -257,12 +289,17 @@ class OnlineLabelModel:
         *,
         capacity: int = 20_000,
         min_rows: int = 200,
+        refit_every: int = 500,
         seed: int = 0,
         **model_options: Any,
     ) -> None:
+        if refit_every < 1:
+            raise ValueError("refit_every must be at least 1")
         self.model = LabelModel(cardinality, **model_options)
         self.n_functions = n_functions
         self.min_rows = min_rows
+        self.refit_every = refit_every
+        self._fitted_at = 0  # rows seen at the last fit from data
         self.sample: Reservoir[tuple[np.ndarray, int]] = Reservoir(capacity, seed)  # (row, anchor)
         self.fits = 0
         self.fallbacks = 0
@@ -279,15 +316,18 @@ class OnlineLabelModel:
         )
         for row, a in zip(array, anchor, strict=True):
             self.sample.add((row, int(a)))
-        if self.sample.seen >= self.min_rows:
+        due = self._fitted_at == 0 or self.sample.seen - self._fitted_at >= self.refit_every
+        if self.sample.seen >= self.min_rows and due:
             rows, anchors_kept = zip(*self.sample.items, strict=True)
-            self.model.fit(np.stack(rows), np.asarray(anchors_kept, dtype=np.int64))
+            previous = self.model.fitted if self._fitted_at else None
+            self.model.fit(np.stack(rows), np.asarray(anchors_kept, dtype=np.int64), previous)
+            self._fitted_at = self.sample.seen
             self.fits += 1
             fit = self.model.fitted
             if fit is not None and fit.fallback is not None:
                 self.fallbacks += 1
                 self.last_fallback = fit.fallback
-        else:
+        elif self.sample.seen < self.min_rows:
             self.model.fitted = symmetric_fit(self.n_functions, self.model.k)
         return self.model.predict_proba(array, anchor)
 
