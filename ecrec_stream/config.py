@@ -227,6 +227,10 @@ class DriftSettings(BaseModel):
     # the click-through delay from 494 to 454 events with no more false alarms, bench.drift)
     rate_clock: int = Field(16, ge=1, le=1024)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # The drift agent reads up to ``batch_max`` validated batch messages, or what came within
+    # ``batch_wait_s``, per step (one hand-off to the model thread per step).
+    batch_max: int = Field(500, ge=1, le=100_000)
+    batch_wait_s: float = Field(0.5, gt=0, le=60)
     snapshot_interval_s: float = Field(1.0, gt=0)
     webhook_url: str | None = None
     webhook_timeout_s: float = Field(2.0, gt=0, le=60)
@@ -283,6 +287,10 @@ class TrainingSettings(BaseModel):
     # ("catalog", which favours the serving model that chose what was logged).
     gate_eval: Literal["logged_rerank", "catalog"] = "logged_rerank"
     min_interval_s: float = Field(60.0, ge=0, description="wall time between two retrains")
+    # A trigger that finds too few relevant pairs (labels still arriving after a shift) is
+    # kept and retried, each ``min_interval_s`` once new examples came in, for this long (wall
+    # time) before it is rejected.
+    defer_max_s: float = Field(1800.0, ge=0)
     save_interval_s: float = Field(5.0, gt=0)
 
 

@@ -146,6 +146,7 @@ def test_one_alert_after_the_shift_and_none_again_after_a_restart(
     for name in closed:
         assert f'ecrec_drift_statistic{{detector="{name}"}}' in metrics, name
     assert 'ecrec_drift_threshold{detector="search_category"}' in metrics
+    assert before_kill["observed_until"] and before_kill["waiting"] >= 0
     assert "ecrec_drift_alerts_total 1.0" in metrics
     alerts = [json.loads(m.value()) for m in read_to_end(broker.bootstrap, names.alerts, b"{}")]
     alerts = [a for a in alerts if a]  # sentinels are empty objects

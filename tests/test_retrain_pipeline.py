@@ -176,3 +176,47 @@ def test_alert_to_new_model_serving_then_restart_and_a_refused_artifact(
         assert restarted_live.search("seven dog", 1)[0].model_version == publication.version
     finally:
         restarted.stop(final_snapshot=False)
+
+
+def test_a_trigger_without_enough_pairs_waits_for_more_examples_then_is_rejected(
+    broker: Any, tmp_path: Path
+) -> None:
+    """A drift alert right after a shift finds the new traffic's labels still arriving: the
+    trainer keeps the trigger, retries once the buffer has grown, and rejects it (with a
+    ``retrain_rejected`` alert) only after ``defer_max_s``."""
+    names, _ = isolated_env(unique("defer"))
+    ensure_topics(broker.bootstrap, all_topics(names), 2)
+    base_dir = tmp_path / "base-model"
+    tiny_sentence_model(tmp_path / "hf").save(str(base_dir))
+    settings = _settings(tmp_path, names, base_dir)
+    waiting = settings.model_copy(
+        update={"training": settings.training.model_copy(update={"min_examples": 500})}
+    )
+    _, examples = toy_relevance(400)
+    trainer = TrainerWorker(waiting, broker.bootstrap)
+    trainer.buffer.add(examples[:200])
+    trigger = {"alert_id": "drift-1", "kind": "retrain"}
+
+    outcome = trainer.retrain_now([trigger])
+    assert outcome.insufficient_data and not outcome.accepted and outcome.fine_tune is None
+    assert trainer.pending == [trigger] and trainer.stats["deferred"] == 1
+    assert trainer.stats["rejected"] == 0 and not trainer.outcomes
+    assert trainer.status()["deferred"]["triggers"] == ["drift-1"]
+    assert not trainer._ready_to_retry()  # nothing new to try with
+    trainer.buffer.add(examples[200:])
+    assert trainer._ready_to_retry()
+
+    expired = waiting.model_copy(
+        update={"training": waiting.training.model_copy(update={"defer_max_s": 0.0})}
+    )
+    trainer.settings = expired
+    trainer.pending = []
+    outcome = trainer.retrain_now([trigger])
+    assert not outcome.accepted and trainer.stats["rejected"] == 1 and not trainer.pending
+    assert "waited" in outcome.reasons[-1] and trainer.status()["deferred"] is None
+    rejections = [
+        json.loads(m.value())
+        for m in read_topic(broker.bootstrap, names.alerts, done=lambda ms: len(ms) >= 1)
+    ]
+    assert [r["kind"] for r in rejections] == ["retrain_rejected"]
+    assert rejections[0]["trigger"] == "drift-1"

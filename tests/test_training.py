@@ -119,7 +119,7 @@ def test_too_little_data_is_refused_before_training(tmp_path: Path) -> None:
     buffer = ReplayBuffer()
     buffer.add(examples)
     outcome = retrainer.retrain(buffer.split(0.15, 0.15), catalog, trigger="test")
-    assert not outcome.accepted and "need 500" in outcome.reasons[0]
+    assert not outcome.accepted and outcome.insufficient_data and "need 500" in outcome.reasons[0]
     assert outcome.fine_tune is None and registry.current() == base
 
 

@@ -303,6 +303,12 @@ def status(
         console.print("drift detection is off (ECREC_DRIFT__ENABLED=false)")
         return
     console.print(drift_table(body))
+    counts = body.get("counts", {})
+    console.print(
+        f"observed {counts.get('events', 0):,} events, up to event time "
+        f"{body.get('observed_until') or '-'}; {body.get('waiting', 0):,} waiting for slower "
+        "inputs (event-time merge)"
+    )
     console.print(alerts_table(body.get("alerts", [])))
 
 

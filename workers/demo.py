@@ -222,9 +222,11 @@ def _dashboard(
         buffer = trainer["buffer"]
         stats = trainer["stats"]
         table.add_row(
-            "trainer: buffer (recent + reservoir) / triggers / published / rejected",
+            "trainer: buffer (recent + reservoir) / triggers / deferred / published / rejected",
             f"{buffer['recent']:,} + {sum(buffer['reservoir'].values()):,} / "
-            + " / ".join(str(stats.get(k, 0)) for k in ("triggers", "published", "rejected")),
+            + " / ".join(
+                str(stats.get(k, 0)) for k in ("triggers", "deferred", "published", "rejected")
+            ),
         )
     if not drift or not drift.get("enabled"):
         return Group(table)

@@ -78,6 +78,11 @@ class TrainerWorker:
         self.on_outcome = on_outcome
         self.started_ms = int(time.time() * 1000)
         self._last_retrain = 0.0
+        # triggers waiting for enough training data: first try (monotonic) per trigger id,
+        # and the buffer's "added" count at the last try (retry only once it grew)
+        self._deferred_since: dict[str, float] = {}
+        self._added_at_deferral: int | None = None
+        self.deferral: dict[str, Any] | None = None
         self._last_save = time.monotonic()
         self._dirty = False
         self.stop_event = threading.Event()
@@ -168,6 +173,11 @@ class TrainerWorker:
             on_step=self.on_step,
             buffer_s=buffer_s,
         )
+        if outcome.insufficient_data and self._defer(triggers, trigger_ids, outcome):
+            return outcome
+        for trigger_id in trigger_ids:
+            self._deferred_since.pop(trigger_id, None)
+        self._added_at_deferral, self.deferral = None, None
         producer = new_producer(self.bootstrap)
         if outcome.accepted and outcome.manifest is not None:
             publication = ModelPublication.of(outcome.manifest, trigger=outcome.trigger)
@@ -203,6 +213,39 @@ class TrainerWorker:
             self.on_outcome(outcome)
         return outcome
 
+    def _defer(
+        self, triggers: list[dict[str, Any]], trigger_ids: list[str], outcome: RetrainOutcome
+    ) -> bool:
+        """Keep ``triggers`` pending while their oldest has waited less than ``defer_max_s``
+        (a drift alert comes right after a shift, before the labels of the new traffic);
+        ``False`` once the wait is over (the caller rejects them)."""
+        now = time.monotonic()
+        first = min(self._deferred_since.setdefault(t, now) for t in trigger_ids)
+        waited = now - first
+        if waited >= self.settings.training.defer_max_s:
+            outcome.reasons.append(f"waited {waited:.0f} s for more examples")
+            return False
+        self.pending = triggers + self.pending
+        self._added_at_deferral = self.buffer.counts["added"]
+        self._last_retrain = now
+        self.stats["deferred"] += 1
+        self.deferral = {
+            "triggers": trigger_ids,
+            "reason": "; ".join(outcome.reasons),
+            "waited_s": round(waited, 1),
+        }
+        LOG.warning(
+            "retrain deferred (%s), retried once more examples arrive", "; ".join(outcome.reasons)
+        )
+        self.save()
+        return True
+
+    def _ready_to_retry(self) -> bool:
+        """Whether deferred triggers have new examples to try again with."""
+        return (
+            self._added_at_deferral is None or self.buffer.counts["added"] > self._added_at_deferral
+        )
+
     # -- state ---------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         split_sizes = {
@@ -215,6 +258,7 @@ class TrainerWorker:
             "buffer_counts": dict(self.buffer.counts),
             "catalog_items": len(self.catalog),
             "pending_triggers": len(self.pending),
+            "deferred": self.deferral,
             "stats": dict(self.stats),
             "outcomes": list(self.outcomes),
         }
@@ -255,7 +299,7 @@ class TrainerWorker:
                     self._handle(message)
                 caught_up = caught_up or not messages
                 due = time.monotonic() - self._last_retrain >= cfg.min_interval_s
-                if self.pending and caught_up and due:
+                if self.pending and caught_up and due and self._ready_to_retry():
                     triggers, self.pending = self.pending, []
                     self.retrain_now(triggers)
                 if self._dirty and time.monotonic() - self._last_save >= cfg.save_interval_s:

@@ -357,6 +357,10 @@ class DriftMonitor:
             "detectors": detectors,
             "alerts": [a.model_dump(mode="json") for a in self.alerts],
             "counts": dict(self.counts),
+            # how far the monitor has got: events held for slower inputs (event-time merge)
+            # and the event time of the newest observed event
+            "waiting": len(self.reorder),
+            "observed_until": _utc(self.newest_ts).isoformat() if self.counts["events"] else None,
         }
 
 

@@ -54,12 +54,15 @@ class RetrainOutcome:
     fine_tune: FineTuneReport | None = None
     timings: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    # nothing was trained: too few relevant pairs yet (the trainer may wait for more)
+    insufficient_data: bool = False
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able digest (for alerts, logs and the demo)."""
         return {
             "trigger": self.trigger,
             "accepted": self.accepted,
+            "insufficient_data": self.insufficient_data,
             "reasons": self.reasons,
             "serving_version": self.serving_version,
             "candidate_version": self.candidate_version,
@@ -249,6 +252,7 @@ class Retrainer:
             outcome.reasons = [
                 f"only {len(pairs)} relevant pairs to train on (need {cfg.min_examples})"
             ]
+            outcome.insufficient_data = True
             return outcome
 
         t1 = time.perf_counter()
