@@ -1,9 +1,11 @@
 """Fusing the dense and lexical result lists of one search into one ranking.
 
 * ``rrf``: reciprocal rank fusion (Cormack et al., 2009): ``sum 1 / (rrf_k + rank)`` over the
-  lists an item is in. Needs no score calibration, which is why it is the default.
-* ``weighted``: min-max normalised scores, ``w * dense + (1 - w) * lexical`` (an item missing
-  from a list gets 0 there).
+  lists an item is in. Needs no score calibration.
+* ``weighted`` (the default): min-max normalised scores, ``w * dense + (1 - w) * lexical`` (an
+  item missing from a list gets 0 there). On held-out dev queries of real judgments it beat
+  every RRF setting with the packaged and a fine-tuned encoder (``bench.fusion``): RRF gives
+  the weaker list's ranks as much say as the stronger's, and BM25's ranks are the weaker here.
 
 Every fused hit keeps its rank and score in each list (``None`` where that retriever did not
 find it), so a result says which retriever found it.
