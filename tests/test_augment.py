@@ -107,3 +107,17 @@ def test_query_rewrite_pluralises_only_the_head_noun() -> None:
         "adidas pant",
     ):
         assert wrong not in texts
+
+
+def test_perturbations_change_one_thing_and_units_split_only_real_units() -> None:
+    from ecrec_stream.augment.perturb import PERTURBATIONS, perturb
+
+    assert perturb("san francisco 49ers", "units") == "san francisco 49ers"  # not "49 ers"
+    assert perturb("oat milk 32oz", "units") == "oat milk 32 oz"
+    assert perturb("Kitchen Cart", "plural") == "kitchen carts"
+    for kind in PERTURBATIONS:  # deterministic per query, kind and seed
+        assert perturb("organic whole milk 32 oz", kind, 3) == perturb(
+            "organic whole milk 32 oz", kind, 3
+        )
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        perturb("milk", "leetspeak")

@@ -35,8 +35,16 @@ ABBREVIATIONS = {
     "original": "orig",
     "count": "ct",
 }
-_QTY_SPACED = re.compile(r"\b(\d+(?:\.\d+)?) ([a-z]{1,3})\b")
-_QTY_TIGHT = re.compile(r"\b(\d+(?:\.\d+)?)([a-z]{1,3})\b")
+# Units a quantity may be written with or without a space before ("32 oz" / "32oz"). Only
+# these: any 1-3 letters after a number also split "49ers" into "49 ers".
+UNITS = sorted(
+    {*UNIT_WORDS, "in", "ft", "mm", "cm", "m", "qt", "pt", "gb", "tb", "mb", "w", "v", "pc", "pcs"},
+    key=len,
+    reverse=True,
+)
+_UNIT = "|".join(UNITS)
+_QTY_SPACED = re.compile(rf"\b(\d+(?:\.\d+)?) ({_UNIT})\b")
+_QTY_TIGHT = re.compile(rf"\b(\d+(?:\.\d+)?)({_UNIT})\b")
 
 
 # plurals of nouns ending in "-ie", which the "-ies" -> "-y" rule would mangle
