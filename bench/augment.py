@@ -15,32 +15,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import numpy as np
-
 from bench import crowdflower as cf
 from bench.common import report
 from bench.retrain import K, human_judgments
-from bench.retrieval import MODES, apply_in_batches, items_of
+from bench.retrieval import MODES, apply_in_batches, items_of, mode_quality
 from ecrec_stream.augment.perturb import PERTURBATIONS, perturb
 from ecrec_stream.config import IndexSettings
 from ecrec_stream.index import LiveItemIndex
-from ecrec_stream.training.evaluate import ndcg_at_k, recall_at_k
-
-
-def metrics(
-    live: LiveItemIndex, queries: dict[str, str], judgments: dict[str, dict[str, float]]
-) -> dict[str, dict[str, float]]:
-    """Mean nDCG@K and recall@K per mode; ``queries`` maps the judged query to the text
-    searched."""
-    out = {}
-    for mode in MODES:
-        ndcg, recall = [], []
-        for judged, searched in queries.items():
-            ranked = [r.item.item_id for r in live.search(searched, K, mode)]  # type: ignore[arg-type]
-            ndcg.append(ndcg_at_k(ranked, judgments[judged], K))
-            recall.append(recall_at_k(ranked, judgments[judged], K))
-        out[mode] = {f"ndcg@{K}": float(np.mean(ndcg)), f"recall@{K}": float(np.mean(recall))}
-    return out
 
 
 def robustness(seed: int = 0) -> tuple[list[list[Any]], dict[str, Any]]:
@@ -52,7 +33,7 @@ def robustness(seed: int = 0) -> tuple[list[list[Any]], dict[str, Any]]:
     apply_in_batches(live, items_of(judg.titles))
     rows: list[list[Any]] = []
     data: dict[str, Any] = {"queries": len(judgments), "catalog": len(judg.titles)}
-    clean_all = metrics(live, {q: q for q in judgments}, judgments)
+    clean_all = mode_quality(live, judgments)
     rows.append(
         [
             "none (clean)",
@@ -67,8 +48,9 @@ def robustness(seed: int = 0) -> tuple[list[list[Any]], dict[str, Any]]:
         if not changed:
             rows.append([kind, 0, "", "-", "-", "-"])
             continue
-        clean = metrics(live, {q: q for q in changed}, judgments)
-        perturbed = metrics(live, changed, judgments)
+        tests = {q: judgments[q] for q in changed}
+        clean = mode_quality(live, tests)
+        perturbed = mode_quality(live, tests, searched=changed)
         example = next(iter(changed.items()))
         rows.append(
             [

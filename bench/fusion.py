@@ -29,8 +29,8 @@ from scipy.stats import bootstrap
 from bench import crowdflower as cf
 from bench.common import report
 from bench.retrain import K, human_judgments
-from bench.retrieval import apply_in_batches, items_of
-from ecrec_stream.config import EmbeddingSettings, IndexSettings
+from bench.retrieval import apply_in_batches, fine_tuned_encoder, items_of
+from ecrec_stream.config import IndexSettings
 from ecrec_stream.index import LiveItemIndex
 from ecrec_stream.index.faiss_index import SearchHit
 from ecrec_stream.index.fusion import fuse
@@ -177,23 +177,6 @@ def shared_setting(encoders: list[Lists], dev: dict[str, dict[str, float]]) -> d
     )
 
 
-def fine_tuned_without_dev(judg: cf.Judgments, workdir: Path) -> tuple[Any, int]:
-    """The packaged encoder fine-tuned (3 epochs, the trainer's loop) on the training half's
-    pairs judged >= 3, dev queries left out."""
-    from sentence_transformers import SentenceTransformer
-
-    from ecrec_stream.embedding import resolve_model_path
-    from ecrec_stream.registry import ModelRegistry
-    from ecrec_stream.training.finetune import FineTuneConfig, TrainPair, fine_tune
-
-    pairs = [TrainPair(q, t) for q, t in cf.relevant_pairs(judg, half=0) if not is_dev(q)]
-    model = SentenceTransformer(resolve_model_path(EmbeddingSettings().model), device="cpu")
-    fine_tune(model, pairs, FineTuneConfig(epochs=3, validation_fraction=0.0))
-    registry = ModelRegistry(workdir / "models")
-    manifest = registry.publish(model, name="all-MiniLM-L6-v2 fine-tuned (half 0 minus dev)")
-    return registry.load_encoder(manifest.version, EmbeddingSettings()), len(pairs)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-finetune", action="store_true")
@@ -209,7 +192,12 @@ def main() -> None:
     data: dict[str, Any] = {"dev_queries": len(dev), "test_queries": len(test)}
     if not args.skip_finetune:
         with tempfile.TemporaryDirectory() as tmp:
-            tuned, n_pairs = fine_tuned_without_dev(judg, Path(tmp))
+            tuned, n_pairs = fine_tuned_encoder(
+                judg,
+                Path(tmp),
+                keep=lambda q: not is_dev(q),
+                name="all-MiniLM-L6-v2 fine-tuned (half 0 minus dev)",
+            )
             live.swap_encoder(tuned)
             name = f"fine-tuned ({n_pairs} pairs, dev left out)"
             encoders.append((name, result_lists(live, [*dev, *test])))

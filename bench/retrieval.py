@@ -60,12 +60,19 @@ def apply_in_batches(live: LiveItemIndex, items: list[ItemEvent]) -> float:
     return len(items) / (time.perf_counter() - t0)
 
 
-def mode_quality(live: LiveItemIndex, tests: dict[str, dict[str, float]]) -> dict[str, Any]:
+def mode_quality(
+    live: LiveItemIndex,
+    tests: dict[str, dict[str, float]],
+    searched: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Mean nDCG@K and recall@K per mode over the judged queries ``tests``; ``searched`` maps a
+    judged query to the text searched instead of it (a perturbed query, ``bench.augment``)."""
     out: dict[str, Any] = {}
     for mode in MODES:
         ndcg, recall = [], []
         for query, gains in tests.items():
-            ranked = [r.item.item_id for r in live.search(query, K, mode)]  # type: ignore[arg-type]
+            text = searched.get(query, query) if searched else query
+            ranked = [r.item.item_id for r in live.search(text, K, mode)]  # type: ignore[arg-type]
             ndcg.append(ndcg_at_k(ranked, gains, K))
             recall.append(recall_at_k(ranked, gains, K))
         out[mode] = {f"ndcg@{K}": float(np.mean(ndcg)), f"recall@{K}": float(np.mean(recall))}
@@ -86,20 +93,30 @@ def latencies_ms(live: LiveItemIndex, queries: list[str], n: int = 1000) -> dict
     return out
 
 
-def fine_tuned_encoder(judg: cf.Judgments, workdir: Path) -> tuple[Any, int]:
-    """The packaged encoder fine-tuned on the training half's pairs judged >= 3, published to
-    and loaded from a registry like the trainer's."""
+def fine_tuned_encoder(
+    judg: cf.Judgments,
+    workdir: Path,
+    keep: Callable[[str], bool] | None = None,
+    name: str = "all-MiniLM-L6-v2 fine-tuned (crowdflower half 0)",
+) -> tuple[Any, int]:
+    """The packaged encoder fine-tuned (3 epochs, the trainer's loop) on the training half's
+    pairs judged >= 3 (only queries that ``keep`` accepts, when given), published to and
+    loaded from a registry like the trainer's; and how many pairs it trained on."""
     from sentence_transformers import SentenceTransformer
 
     from ecrec_stream.embedding import resolve_model_path
     from ecrec_stream.registry import ModelRegistry
     from ecrec_stream.training.finetune import FineTuneConfig, TrainPair, fine_tune
 
-    pairs = [TrainPair(q, title) for q, title in cf.relevant_pairs(judg, half=0)]
+    pairs = [
+        TrainPair(q, title)
+        for q, title in cf.relevant_pairs(judg, half=0)
+        if keep is None or keep(q)
+    ]
     model = SentenceTransformer(resolve_model_path(EmbeddingSettings().model), device="cpu")
     fine_tune(model, pairs, FineTuneConfig(epochs=3, validation_fraction=0.0))
     registry = ModelRegistry(workdir / "models")
-    manifest = registry.publish(model, name="all-MiniLM-L6-v2 fine-tuned (crowdflower half 0)")
+    manifest = registry.publish(model, name=name)
     return registry.load_encoder(manifest.version, EmbeddingSettings()), len(pairs)
 
 
