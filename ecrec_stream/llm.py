@@ -179,10 +179,10 @@ class CausalLM:
                 self.counts["scored"] += len(rows)
         return out
 
-    def _next_token_probs(self, prompts: list[str]) -> np.ndarray:
-        import torch
-
-        batch = self.tokenizer(
+    def _tokenize(self, prompts: list[str]) -> Any:
+        """A left-padded batch on the model's device, cut to ``max_prompt_tokens`` from the
+        left (the question stays)."""
+        return self.tokenizer(
             prompts,
             return_tensors="pt",
             padding=True,
@@ -190,6 +190,11 @@ class CausalLM:
             max_length=self.max_prompt_tokens,
             add_special_tokens=not self.chat,
         ).to(self.device)
+
+    def _next_token_probs(self, prompts: list[str]) -> np.ndarray:
+        import torch
+
+        batch = self._tokenize(prompts)
         with torch.inference_mode():
             logits = self.model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
@@ -212,14 +217,7 @@ class CausalLM:
         with self._lock:
             for start in range(0, len(instructions), self.batch_size):
                 prompts = [self.prompt(t) for t in instructions[start : start + self.batch_size]]
-                batch = self.tokenizer(
-                    prompts,
-                    return_tensors="pt",
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_prompt_tokens,
-                    add_special_tokens=not self.chat,
-                ).to(self.device)
+                batch = self._tokenize(prompts)
                 torch.manual_seed(seed + start)
                 with torch.inference_mode():
                     ids = self.model.generate(

@@ -449,13 +449,17 @@ class RelevanceLabeler(_Labeler):
             return "conflicting_skip"
         return None
 
+    @staticmethod
+    def _anchor_of_grade(grade: int | None) -> int:
+        """Add-to-carts and purchases (grade 2 and up) are relevant; nothing else is known."""
+        return POSITIVE if (grade or 0) >= ACTION_GRADE["add_to_cart"] else ABSTAIN
+
     def _example_anchor(self, example: TrainingExample) -> int:
-        return POSITIVE if (example.grade or 0) >= ACTION_GRADE["add_to_cart"] else ABSTAIN
+        return self._anchor_of_grade(example.grade)
 
     def _anchors(self, candidates: Sequence[RelevanceCandidate]) -> np.ndarray:
         return np.array(
-            [POSITIVE if c.action in ("add_to_cart", "purchase") else ABSTAIN for c in candidates],
-            dtype=np.int64,
+            [self._anchor_of_grade(behaviour_grade(c)) for c in candidates], dtype=np.int64
         )
 
     def _example(
@@ -621,16 +625,17 @@ def build_annotator(
     cfg = settings.annotator
     lm = lm or CausalLM.from_settings(cfg.llm)
     functions: dict[str, LabelFunction[Any]] = {}
-    if "relevance" in cfg.tasks:
-        functions["relevance"] = LLMRelevance(
-            lm, abstain_band=cfg.abstain_band, max_chars=cfg.max_text_chars
-        )
-        relevance.add_function(functions["relevance"])
-    if "sentiment" in cfg.tasks:
-        functions["sentiment"] = LLMSentiment(
-            lm, abstain_band=cfg.abstain_band, max_chars=cfg.max_text_chars
-        )
-        sentiment.add_function(functions["sentiment"])
+    labelers: list[tuple[_Labeler, type[LLMRelevance | LLMSentiment]]] = [
+        (relevance, LLMRelevance),
+        (sentiment, LLMSentiment),
+    ]
+    for labeler, function_class in labelers:
+        if labeler.task in cfg.tasks:
+            function = function_class(
+                lm, abstain_band=cfg.abstain_band, max_chars=cfg.max_text_chars
+            )
+            labeler.add_function(function)
+            functions[labeler.task] = function
     return Annotator(functions, cfg)
 
 

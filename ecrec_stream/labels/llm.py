@@ -50,12 +50,10 @@ def _votes(p_positive: np.ndarray, band: float, empty: Sequence[bool]) -> list[V
     return votes
 
 
-class LLMRelevance:
-    """Relevance of (query, item title) by P("yes") vs P("no"); abstains without a title or
-    within ``abstain_band`` of 0.5."""
+class _LLMFunction:
+    """What both LLM label functions share: the model, the abstain band, the text cut."""
 
     name = "llm"
-    task: Literal["relevance"] = "relevance"
     late = True
     stateful = True  # never decides whether an example exists
 
@@ -63,6 +61,13 @@ class LLMRelevance:
         self.lm = lm
         self.abstain_band = abstain_band
         self.max_chars = max_chars
+
+
+class LLMRelevance(_LLMFunction):
+    """Relevance of (query, item title) by P("yes") vs P("no"); abstains without a title or
+    within ``abstain_band`` of 0.5."""
+
+    task: Literal["relevance"] = "relevance"
 
     def probabilities(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """P(relevant) per (query, title)."""
@@ -79,19 +84,11 @@ class LLMRelevance:
         return _votes(p, self.abstain_band, [not c.item_title for c in candidates])
 
 
-class LLMSentiment:
+class LLMSentiment(_LLMFunction):
     """Sentiment of a review by P("positive") vs P("negative"); abstains on empty text or
     within ``abstain_band`` of 0.5."""
 
-    name = "llm"
     task: Literal["sentiment"] = "sentiment"
-    late = True
-    stateful = True
-
-    def __init__(self, lm: CausalLM, *, abstain_band: float = 0.1, max_chars: int = 1_000):
-        self.lm = lm
-        self.abstain_band = abstain_band
-        self.max_chars = max_chars
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         """P(positive) per review text."""
