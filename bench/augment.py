@@ -27,12 +27,18 @@ import time
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from bench import crowdflower as cf
 from bench.common import report
-from bench.labels import _majority, load_reviews, macro_f1, truth
+from bench.labels import (
+    _majority,
+    classifier_macro_f1,
+    lexicon_labels,
+    load_reviews,
+    macro_f1,
+    truth,
+)
 from bench.retrain import K, human_judgments
 from bench.retrieval import MODES, apply_in_batches, items_of, mode_quality
 from ecrec_stream.augment import EdaAugmenter, MeaningFilter, TypoAugmenter
@@ -40,10 +46,12 @@ from ecrec_stream.augment.paraphrase import LLMParaphraseAugmenter
 from ecrec_stream.augment.perturb import PERTURBATIONS, perturb
 from ecrec_stream.augment.translate import BackTranslationAugmenter
 from ecrec_stream.config import AnnotatorSettings, IndexSettings, LabelSettings
+from ecrec_stream.embedding import CachedEncoder
 from ecrec_stream.index import LiveItemIndex
 from ecrec_stream.labels.annotate import route_reason
 from ecrec_stream.labels.base import ABSTAIN, SentimentCandidate
 from ecrec_stream.labels.examples import (
+    RelevanceLabeler,
     SentimentLabeler,
     TrainingExample,
     build_annotator,
@@ -257,10 +265,6 @@ def augmentation_experiment(
     x_test = encoder.encode([c.text for c in test])
     items = [(c.event_id, c.text) for c in small]
     label_of = dict(zip([c.event_id for c in small], y_small.tolist(), strict=True))
-    lexicon = LexiconSentiment()
-
-    def lexicon_label(texts: list[str]) -> list[int]:
-        return [v.label for v in lexicon.vote_many([SentimentCandidate("", "", t) for t in texts])]
 
     augmenters = [
         EdaAugmenter(variants=1),
@@ -270,9 +274,7 @@ def augmentation_experiment(
     ]
 
     def fit_f1(texts: list[str], labels: list[int]) -> float:
-        clf = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=0)
-        clf.fit(encoder.encode(texts), labels)
-        return macro_f1(y_test, clf.predict(x_test))
+        return classifier_macro_f1(encoder, texts, labels, x_test, y_test)
 
     base_texts, base_labels = [c.text for c in small], y_small.tolist()
     base = fit_f1(base_texts, base_labels)
@@ -284,7 +286,7 @@ def augmentation_experiment(
         made = aug.augment_many(items, seed=13)
         seconds = (time.perf_counter() - started) / len(items)
         filt = MeaningFilter(encoder, min_similarity=LabelSettings().min_similarity)
-        kept = filt.filter_many(made, sources, label_of=lexicon_label)
+        kept = filt.filter_many(made, sources, label_of=lexicon_labels)
         kept_ids = {(a.source_id, a.variant) for a, _ in kept}
         dropped = [a for a in made if (a.source_id, a.variant) not in kept_ids]
         all_f1 = fit_f1(
@@ -326,15 +328,18 @@ def throughput(
 ) -> tuple[list[list[Any]], dict[str, Any]]:
     """The sentiment labeler's reviews/s over the same ``n`` real reviews (micro-batches of 50),
     with the annotator off and on (its thread draining the routed reviews at the budget while
-    the labeler runs, as in the worker), in one run."""
+    the labeler runs, as in the worker), in one run. Each mode starts with an empty embedding
+    cache: a cache shared between them made the second mode embed nothing."""
     pool = load_reviews(REVIEWS)[5000 : 5000 + n]
     rows: list[list[Any]] = []
     data: dict[str, Any] = {"reviews": n, "rate_per_s": settings.rate_per_s}
     for mode in ("annotator off", "annotator on"):
-        labeler = SentimentLabeler(encoder, LabelSettings(augment_variants=0))
+        labeler = SentimentLabeler(CachedEncoder(encoder.inner), LabelSettings(augment_variants=0))
         annotator = None
         if mode == "annotator on":
-            annotator = build_annotator(LabelSettings(annotator=settings), labeler_r(), labeler, lm)
+            only_reviews = settings.model_copy(update={"tasks": ("sentiment",)})
+            unused = RelevanceLabeler(None, LabelSettings(augment_variants=0))
+            annotator = build_annotator(LabelSettings(annotator=only_reviews), unused, labeler, lm)
         stop = threading.Event()
 
         def drain(a: Any = annotator, lab: Any = labeler, stop: Any = stop) -> None:
@@ -372,14 +377,8 @@ def throughput(
     return rows, data
 
 
-def labeler_r() -> Any:
-    from ecrec_stream.labels.examples import RelevanceLabeler
-
-    return RelevanceLabeler(None, LabelSettings(augment_variants=0))
-
-
 def llm_report(n_test: int, n_pairs: int, n_augment: int, n_throughput: int) -> None:
-    from ecrec_stream.embedding import CachedEncoder, SentenceTransformerEncoder
+    from ecrec_stream.embedding import SentenceTransformerEncoder
 
     settings = AnnotatorSettings()
     started = time.perf_counter()

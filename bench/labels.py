@@ -167,6 +167,25 @@ def sentiment_section(
     return rows, data
 
 
+def lexicon_labels(texts: list[str]) -> list[int]:
+    """The lexicon function's votes on bare texts: the meaning filter's flip check."""
+    lexicon = LexiconSentiment()
+    return [v.label for v in lexicon.vote_many([SentimentCandidate("", "", t) for t in texts])]
+
+
+def classifier_macro_f1(
+    encoder: CachedEncoder,
+    texts: list[str],
+    labels: list[int],
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+) -> float:
+    """Macro-F1 on the test embeddings of a logistic regression on ``texts``' embeddings."""
+    clf = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=0)
+    clf.fit(encoder.encode(texts), labels)
+    return macro_f1(y_test, clf.predict(x_test))
+
+
 def eda_section(
     encoder: CachedEncoder, train: list[SentimentCandidate], test: list[SentimentCandidate], n: int
 ) -> tuple[list[list[Any]], dict[str, Any]]:
@@ -181,14 +200,7 @@ def eda_section(
         for a in aug.augment_many(items, seed=13)
     ]
     filt = MeaningFilter(encoder, min_similarity=LabelSettings().min_similarity)
-    lexicon = LexiconSentiment()
-    kept = filt.filter_many(
-        augmented,
-        dict(items),
-        label_of=lambda texts: [
-            v.label for v in lexicon.vote_many([SentimentCandidate("", "", t) for t in texts])
-        ],
-    )
+    kept = filt.filter_many(augmented, dict(items), label_of=lexicon_labels)
     rows, data = [], {}
     variants = {
         "no augmentation": ([c.text for c in small], y_small.tolist()),
@@ -202,9 +214,7 @@ def eda_section(
         ),
     }
     for name, (texts, labels) in variants.items():
-        clf = LogisticRegression(max_iter=2000, class_weight="balanced", random_state=0)
-        clf.fit(encoder.encode(texts), labels)
-        f1 = macro_f1(y_test, clf.predict(x_test))
+        f1 = classifier_macro_f1(encoder, texts, labels, x_test, y_test)
         rows.append([f"N={n} {name}", len(texts), f1])
         data[name] = {"train_texts": len(texts), "macro_f1": f1}
     data["filter"] = filt.counts.as_dict()
