@@ -13,7 +13,7 @@ the reviews routed to it; its relevance judgments of Crowdflower pairs against t
 functions; the augmentation experiment with back-translation and LLM paraphrase before and
 after the meaning filter; the sentiment labeler's throughput with the annotator off and on.
 
-    python -m bench.augment [--only all|robustness|llm] [--test 1000] [--pairs 400]
+    python -m bench.augment [--only all|robustness|mining|llm] [--test 1000] [--pairs 400]
                             [--augment-n 200] [--throughput 2000]
 """
 
@@ -24,6 +24,8 @@ import csv
 import random
 import threading
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,7 +42,7 @@ from bench.labels import (
     truth,
 )
 from bench.retrain import K, human_judgments
-from bench.retrieval import MODES, apply_in_batches, items_of, mode_quality
+from bench.retrieval import MODES, apply_in_batches, fine_tuned_encoder, items_of, mode_quality
 from ecrec_stream.augment import EdaAugmenter, MeaningFilter, TypoAugmenter
 from ecrec_stream.augment.paraphrase import LLMParaphraseAugmenter
 from ecrec_stream.augment.perturb import PERTURBATIONS, perturb
@@ -48,6 +50,7 @@ from ecrec_stream.augment.translate import BackTranslationAugmenter
 from ecrec_stream.config import AnnotatorSettings, IndexSettings, LabelSettings
 from ecrec_stream.embedding import CachedEncoder
 from ecrec_stream.index import LiveItemIndex
+from ecrec_stream.labels.adversarial import AdversarialMiner
 from ecrec_stream.labels.annotate import route_reason
 from ecrec_stream.labels.base import ABSTAIN, SentimentCandidate
 from ecrec_stream.labels.examples import (
@@ -67,16 +70,33 @@ from ecrec_stream.labels.sentiment import (
 )
 from ecrec_stream.llm import CausalLM
 
+PARAPHRASE = "paraphrase (back-translation)"
 
-def robustness(seed: int = 0) -> tuple[list[list[Any]], dict[str, Any]]:
-    from ecrec_stream.embedding import SentenceTransformerEncoder
 
-    judg = cf.load()
-    judgments = human_judgments(judg, judg.queries)
-    live = LiveItemIndex(SentenceTransformerEncoder(), IndexSettings())
-    apply_in_batches(live, items_of(judg.titles))
+def perturbed_queries(queries: list[str], seed: int) -> dict[str, dict[str, str]]:
+    """Per perturbation kind, the queries it changes -> their perturbed text; the rule-based
+    kinds of ``ecrec_stream.augment.perturb`` and an EN -> PT -> EN round trip (paraphrase)."""
+    out = {
+        kind: {q: p for q in queries if (p := perturb(q, kind, seed)) != q.lower().strip()}
+        for kind in PERTURBATIONS
+    }
+    made = BackTranslationAugmenter().augment_many([(q, q) for q in queries], seed=seed)
+    out[PARAPHRASE] = {a.source_id: a.text for a in made}
+    return out
+
+
+def _change(clean: dict[str, Any], perturbed: dict[str, Any], mode: str, metric: str) -> str:
+    return f"{clean[mode][metric]:.3f} -> {perturbed[mode][metric]:.3f}"
+
+
+def robustness_rows(
+    live: LiveItemIndex,
+    judgments: dict[str, dict[str, float]],
+    variants: dict[str, dict[str, str]],
+) -> tuple[list[list[Any]], dict[str, Any]]:
+    """nDCG@K and recall@K per search mode, clean vs perturbed, on the queries each kind
+    changes (clean and perturbed on the same queries)."""
     rows: list[list[Any]] = []
-    data: dict[str, Any] = {"queries": len(judgments), "catalog": len(judg.titles)}
     clean_all = mode_quality(live, judgments)
     rows.append(
         [
@@ -84,13 +104,14 @@ def robustness(seed: int = 0) -> tuple[list[list[Any]], dict[str, Any]]:
             len(judgments),
             "",
             *[f"{clean_all[m][f'ndcg@{K}']:.3f}" for m in MODES],
+            *[f"{clean_all[m][f'recall@{K}']:.3f}" for m in MODES],
         ]
     )
-    data["clean"] = clean_all
-    for kind in PERTURBATIONS:
-        changed = {q: p for q in judgments if (p := perturb(q, kind, seed)) != q.lower().strip()}
+    data: dict[str, Any] = {"clean": clean_all}
+    for kind, all_changed in variants.items():
+        changed = {q: p for q, p in all_changed.items() if q in judgments}
         if not changed:
-            rows.append([kind, 0, "", "-", "-", "-"])
+            rows.append([kind, 0, "", *["-"] * (2 * len(MODES))])
             continue
         tests = {q: judgments[q] for q in changed}
         clean = mode_quality(live, tests)
@@ -101,7 +122,8 @@ def robustness(seed: int = 0) -> tuple[list[list[Any]], dict[str, Any]]:
                 kind,
                 len(changed),
                 f"{example[0]} -> {example[1]}",
-                *[f"{clean[m][f'ndcg@{K}']:.3f} -> {perturbed[m][f'ndcg@{K}']:.3f}" for m in MODES],
+                *[_change(clean, perturbed, m, f"ndcg@{K}") for m in MODES],
+                *[_change(clean, perturbed, m, f"recall@{K}") for m in MODES],
             ]
         )
         data[kind] = {
@@ -111,6 +133,117 @@ def robustness(seed: int = 0) -> tuple[list[list[Any]], dict[str, Any]]:
             "perturbed": perturbed,
         }
     return rows, data
+
+
+def robustness(seed: int = 0) -> tuple[list[list[Any]], dict[str, Any]]:
+    from ecrec_stream.embedding import SentenceTransformerEncoder
+
+    judg = cf.load()
+    judgments = human_judgments(judg, judg.queries)
+    live = LiveItemIndex(SentenceTransformerEncoder(), IndexSettings())
+    apply_in_batches(live, items_of(judg.titles))
+    rows, data = robustness_rows(live, judgments, perturbed_queries(list(judgments), seed))
+    return rows, {"queries": len(judgments), "catalog": len(judg.titles), **data}
+
+
+def _search_ids(live: LiveItemIndex) -> Callable[[list[str], int], list[list[str]]]:
+    def search_many(queries: list[str], k: int) -> list[list[str]]:
+        return [[r.item.item_id for r in res] for res in live.search_many(queries, k)]
+
+    return search_many
+
+
+def mining_experiment(
+    workdir: Path, seed: int = 0
+) -> tuple[list[list[Any]], list[list[Any]], dict[str, Any]]:
+    """Adversarial pairs mined on the Crowdflower training half (the serving index = the
+    packaged MiniLM over every title, hybrid search, top K) and what they do when fine-tuned
+    on: the serving model, fine-tuned on the clean relevant pairs, clean + the mined pairs,
+    and clean + as many perturbed pairs drawn at random (not mined; the control), each
+    evaluated on the test half's queries, clean and under each perturbation."""
+    from ecrec_stream.embedding import SentenceTransformerEncoder
+
+    judg = cf.load()
+    titles = {title: f"t{i}" for i, title in enumerate(judg.titles)}
+    live = LiveItemIndex(SentenceTransformerEncoder(), IndexSettings())
+    apply_in_batches(live, items_of(judg.titles))
+    examples = [
+        TrainingExample(
+            example_id=f"cf-{n}",
+            task="relevance",
+            text=q,
+            text_pair=title,
+            item_id=titles[title],
+            label=1,
+            grade=1,
+            confidence=1.0,
+            weight=1.0,
+            votes={"human": 1},
+            source_event_ids=[f"cf-{n}"],
+        )
+        for n, (q, title) in enumerate(cf.relevant_pairs(judg, half=0))
+    ]
+    started = time.perf_counter()
+    miner = AdversarialMiner(_search_ids(live), k=K, seed=seed)
+    mined = miner.mine(examples)
+    mining_s = time.perf_counter() - started
+    title_of = {e.example_id: e.text_pair or "" for e in examples}
+    mined_pairs = [(m.text, title_of[m.augmented_from or ""]) for m in mined]
+    # the control: every perturbation of every pair, sampled down to as many as were mined
+    everything = [
+        (p, e.text_pair or "")
+        for e in examples
+        for kind in PERTURBATIONS
+        if (p := perturb(e.text, kind, seed)) != e.text.lower().strip()
+    ]
+    random_pairs = random.Random(seed).sample(everything, min(len(mined_pairs), len(everything)))
+    tests = human_judgments(judg, [q for q in judg.queries if cf.query_half(q) == 1])
+    variants = perturbed_queries(list(tests), seed)
+    data: dict[str, Any] = {
+        "train_pairs": len(examples),
+        "test_queries": len(tests),
+        "mining": {**miner.stats.as_dict(), "seconds": mining_s},
+        "random_pool": len(everything),
+        "examples_mined": mined_pairs[:10],
+    }
+    arms: list[tuple[str, Sequence[tuple[str, str]] | None]] = [
+        ("serving model (no fine-tuning)", None),
+        ("fine-tuned, clean pairs", ()),
+        (f"fine-tuned, clean + {len(mined_pairs)} mined adversarial pairs", mined_pairs),
+        (f"fine-tuned, clean + {len(random_pairs)} random perturbed pairs (control)", random_pairs),
+    ]
+    kinds = list(variants)
+    rows: list[list[Any]] = []
+    for name, extra in arms:
+        if extra is not None:
+            t0 = time.perf_counter()
+            tuned, n_pairs = fine_tuned_encoder(judg, workdir, name=name, extra_pairs=extra)
+            live.swap_encoder(tuned)
+            data.setdefault("fine_tune", {})[name] = {
+                "pairs": n_pairs,
+                "seconds": time.perf_counter() - t0,
+            }
+        _, quality = robustness_rows(live, tests, variants)
+        data[name] = quality
+        for mode in ("dense", "hybrid"):
+            perturbed = [quality[k]["perturbed"][mode][f"ndcg@{K}"] for k in kinds if k in quality]
+            rows.append(
+                [
+                    name,
+                    mode,
+                    quality["clean"][mode][f"ndcg@{K}"],
+                    *[
+                        quality[k]["perturbed"][mode][f"ndcg@{K}"] if k in quality else "-"
+                        for k in kinds
+                    ],
+                    float(np.mean(perturbed)),
+                ]
+            )
+    mining_rows = [
+        [kind, c.get("mined", 0), c.get("robust", 0), c.get("unchanged", 0)]
+        for kind, c in sorted(miner.stats.per_kind.items())
+    ]
+    return rows, mining_rows, {**data, "kinds": kinds}
 
 
 REVIEWS = cf.DATA.parent / "womens_clothing_reviews"
@@ -125,7 +258,7 @@ def llm_sentiment(
     train, test = pool[:2000], pool[2000 : 2000 + n_test]
     y = truth(test)
     seed = SeedClassifierSentiment(encoder).fit([c.text for c in train], truth(train).tolist())
-    fast = [LexiconSentiment(), PrototypeSentiment(encoder), seed]
+    fast: list[Any] = [LexiconSentiment(), PrototypeSentiment(encoder), seed]
     names = [f.name for f in fast]
     votes = vote_matrix(fast, test)
     routed = []
@@ -266,7 +399,7 @@ def augmentation_experiment(
     items = [(c.event_id, c.text) for c in small]
     label_of = dict(zip([c.event_id for c in small], y_small.tolist(), strict=True))
 
-    augmenters = [
+    augmenters: list[Any] = [
         EdaAugmenter(variants=1),
         TypoAugmenter(variants=1),
         BackTranslationAugmenter(),
@@ -425,7 +558,7 @@ def llm_report(n_test: int, n_pairs: int, n_augment: int, n_throughput: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", choices=["all", "robustness", "llm"], default="all")
+    parser.add_argument("--only", choices=["all", "robustness", "mining", "llm"], default="all")
     parser.add_argument("--test", type=int, default=1000, help="reviews for the LLM sentiment")
     parser.add_argument("--pairs", type=int, default=400, help="Crowdflower pairs for the LLM")
     parser.add_argument("--augment-n", type=int, default=200, help="labelled reviews")
@@ -435,9 +568,38 @@ def main() -> None:
         rows, data = robustness(args.seed)
         report(
             "augment_robustness",
-            f"Serving index under query perturbations: nDCG@{K} clean -> perturbed on the "
-            f"{data['queries']} Crowdflower queries each perturbation changes",
-            ["perturbation", "queries changed", "example", *[f"nDCG {m}" for m in MODES]],
+            f"Serving index under query perturbations: nDCG@{K} and recall@{K} clean -> "
+            f"perturbed on the {data['queries']} Crowdflower queries each perturbation changes",
+            [
+                "perturbation",
+                "queries changed",
+                "example",
+                *[f"nDCG {m}" for m in MODES],
+                *[f"recall {m}" for m in MODES],
+            ],
+            rows,
+            data,
+        )
+    if args.only in ("all", "mining"):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="ecrec-mining-") as workdir:
+            rows, mining_rows, data = mining_experiment(Path(workdir), args.seed)
+        report(
+            "augment_mining_counts",
+            f"Adversarial pairs mined on the Crowdflower training half "
+            f"({data['train_pairs']} relevant pairs, hybrid top {K}, "
+            f"{data['mining']['clean_miss']} missed clean, {data['mining']['seconds']:.0f} s)",
+            ["perturbation", "mined (item lost)", "robust (item kept)", "not applicable"],
+            mining_rows,
+            data["mining"],
+        )
+        report(
+            "augment_mining",
+            f"Fine-tuning with mined adversarial pairs: nDCG@{K} on the "
+            f"{data['test_queries']} test-half queries, clean and perturbed (queries each "
+            "perturbation changes)",
+            ["model", "mode", "clean", *data["kinds"], "mean perturbed"],
             rows,
             data,
         )

@@ -24,7 +24,7 @@ import multiprocessing as mp
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -68,11 +68,14 @@ def mode_quality(
     """Mean nDCG@K and recall@K per mode over the judged queries ``tests``; ``searched`` maps a
     judged query to the text searched instead of it (a perturbed query, ``bench.augment``)."""
     out: dict[str, Any] = {}
+    queries = list(tests)
+    texts = [searched.get(q, q) if searched else q for q in queries]
     for mode in MODES:
         ndcg, recall = [], []
-        for query, gains in tests.items():
-            text = searched.get(query, query) if searched else query
-            ranked = [r.item.item_id for r in live.search(text, K, mode)]  # type: ignore[arg-type]
+        found = live.search_many(texts, K, mode)  # type: ignore[arg-type]
+        for query, results in zip(queries, found, strict=True):
+            gains = tests[query]
+            ranked = [r.item.item_id for r in results]
             ndcg.append(ndcg_at_k(ranked, gains, K))
             recall.append(recall_at_k(ranked, gains, K))
         out[mode] = {f"ndcg@{K}": float(np.mean(ndcg)), f"recall@{K}": float(np.mean(recall))}
@@ -98,10 +101,12 @@ def fine_tuned_encoder(
     workdir: Path,
     keep: Callable[[str], bool] | None = None,
     name: str = "all-MiniLM-L6-v2 fine-tuned (crowdflower half 0)",
+    extra_pairs: Sequence[tuple[str, str]] = (),
 ) -> tuple[Any, int]:
     """The packaged encoder fine-tuned (3 epochs, the trainer's loop) on the training half's
-    pairs judged >= 3 (only queries that ``keep`` accepts, when given), published to and
-    loaded from a registry like the trainer's; and how many pairs it trained on."""
+    pairs judged >= 3 (only queries that ``keep`` accepts, when given) plus ``extra_pairs``
+    (query, title), published to and loaded from a registry like the trainer's; and how many
+    pairs it trained on."""
     from sentence_transformers import SentenceTransformer
 
     from ecrec_stream.embedding import resolve_model_path
@@ -112,7 +117,7 @@ def fine_tuned_encoder(
         TrainPair(q, title)
         for q, title in cf.relevant_pairs(judg, half=0)
         if keep is None or keep(q)
-    ]
+    ] + [TrainPair(q, title) for q, title in extra_pairs]
     model = SentenceTransformer(resolve_model_path(EmbeddingSettings().model), device="cpu")
     fine_tune(model, pairs, FineTuneConfig(epochs=3, validation_fraction=0.0))
     registry = ModelRegistry(workdir / "models")

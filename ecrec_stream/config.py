@@ -342,6 +342,30 @@ class TrainingSettings(BaseModel):
     save_interval_s: float = Field(5.0, gt=0)
 
 
+PerturbationName = Literal["typo", "word_order", "plural", "units", "abbreviation", "synonym"]
+
+
+class RobustnessSettings(BaseModel):
+    """Adversarial training pairs mined by an index replica (``ECREC_ROBUSTNESS__*``): for each
+    relevant example on ``ecrec.examples`` whose item the serving index finds for the query, the
+    query is perturbed one way at a time; where the item falls out of the top ``k``, the
+    perturbed query and the item go back to ``ecrec.examples`` for the trainer (augmenter
+    ``adversarial:<kind>``). Turn it on for one replica only (each would mine the same pairs;
+    the ids are the same, so the trainer keeps one copy)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    enabled: bool = False
+    kinds: tuple[PerturbationName, ...] = get_args(PerturbationName)
+    k: int = Field(10, ge=1, le=1000)
+    search_mode: SearchMode | None = Field(None, description="default: index.search_mode")
+    sample_share: float = Field(1.0, ge=0, le=1, description="share of relevant examples mined")
+    max_per_example: int | None = Field(None, ge=1, le=100)
+    seed: int = 0
+    batch_max: int = Field(256, ge=1, le=100_000, description="examples per batched search")
+    state_path: Path | None = Field(None, description="default: <index.data_dir>/miner.json")
+
+
 class Settings(BaseSettings):
     """Everything a process needs; frozen once built."""
 
@@ -367,6 +391,7 @@ class Settings(BaseSettings):
     labels: LabelSettings = LabelSettings()
     drift: DriftSettings = DriftSettings()
     training: TrainingSettings = TrainingSettings()
+    robustness: RobustnessSettings = RobustnessSettings()
     # Every message an agent sends stays under this many bytes (batches are split); Kafka's
     # default broker and producer limit is 1 MiB, so keep a margin below it.
     max_message_bytes: int = Field(524_288, ge=16_384, le=1_000_000)

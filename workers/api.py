@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
@@ -12,6 +12,9 @@ from pydantic import BaseModel
 from ecrec_stream.config import SearchMode, Settings
 from ecrec_stream.exceptions import IndexError_
 from workers.indexer import IndexReplica
+
+if TYPE_CHECKING:
+    from workers.miner import RobustnessMinerThread
 
 SEARCHES = Counter("ecrec_search_requests_total", "Search requests served")
 SEARCH_SECONDS = Histogram(
@@ -42,8 +45,10 @@ class SearchResponse(BaseModel):
     results: list[SearchResult]
 
 
-def create_api(settings: Settings, replica: IndexReplica) -> FastAPI:
-    """The FastAPI app serving ``replica``'s live index."""
+def create_api(
+    settings: Settings, replica: IndexReplica, miner: RobustnessMinerThread | None = None
+) -> FastAPI:
+    """The FastAPI app serving ``replica``'s live index (and its robustness miner's stats)."""
     live = replica.live
     cfg = settings.index
     api = FastAPI(title="ecrec-stream index replica", version="0.1.0")
@@ -115,6 +120,7 @@ def create_api(settings: Settings, replica: IndexReplica) -> FastAPI:
             "skipped_messages": replica.skipped_messages,
             "caught_up": replica.caught_up.is_set(),
             "models": replica.model_stats,  # swaps done, artifacts refused, last error
+            "robustness": miner.stats() if miner is not None else {"enabled": False},
         }
 
     @api.get("/healthz")

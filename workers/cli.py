@@ -92,7 +92,11 @@ def indexer(
     port: Annotated[int | None, typer.Option(help="HTTP port (default ECREC_INDEX__PORT)")] = None,
     log_level: Annotated[str, typer.Option(help="log level")] = "warning",
 ) -> None:
-    """Run an index replica: consume all item partitions, keep FAISS fresh, serve /search."""
+    """Run an index replica: consume all item partitions, keep FAISS fresh, serve /search.
+
+    With ECREC_ROBUSTNESS__ENABLED=true it also mines adversarial training pairs: relevant
+    examples whose item its index loses once the query is perturbed go back to
+    ecrec.examples for the trainer (turn it on for one replica)."""
     from workers.indexer import serve_indexer
 
     _setup_logging(log_level)

@@ -264,7 +264,13 @@ def serve_indexer(settings: Settings, bootstrap: str, *, log_level: str = "warni
     live = LiveItemIndex(encoder, settings.index)
     replica = IndexReplica(settings, bootstrap, live)
     replica.start()
-    api = create_api(settings, replica)
+    miner = None
+    if settings.robustness.enabled:
+        from workers.miner import RobustnessMinerThread
+
+        miner = RobustnessMinerThread(settings, bootstrap, live, replica.caught_up)
+        miner.start()
+    api = create_api(settings, replica, miner)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal into the
     # handler that was installed before it. Make that a no-op so the final snapshot below runs
     # and the process exits 0 instead of dying by the signal.
@@ -273,4 +279,6 @@ def serve_indexer(settings: Settings, bootstrap: str, *, log_level: str = "warni
     try:
         uvicorn.run(api, host=settings.index.host, port=settings.index.port, log_level=log_level)
     finally:
+        if miner is not None:
+            miner.stop()
         replica.stop(final_snapshot=True)

@@ -191,40 +191,57 @@ class LiveItemIndex:
         """The ``k`` best items for ``query``, best first: by the vectors (``dense``), BM25
         (``lexical``) or both fused (``hybrid``); default ``settings.search_mode``. Dense
         results all come from one model version."""
+        return self.search_many([query], k, mode)[0]
+
+    def search_many(
+        self, queries: Sequence[str], k: int, mode: SearchMode | None = None
+    ) -> list[list[ItemResult]]:
+        """:meth:`search` for each of ``queries``, the queries embedded in one encoder call
+        and searched in one FAISS call (what a batch caller, such as the robustness miner,
+        saves over one search per query). All results come from one model version."""
         mode = self.resolve_mode(mode)
+        if not queries:
+            return []
         depth = k if mode != "hybrid" else max(k, self.settings.hybrid_depth)
         pair = self._pair
-        vector = pair.encoder.encode([query]) if mode != "lexical" else None
+        vectors = pair.encoder.encode(list(queries)) if mode != "lexical" else None
+        out: list[list[ItemResult]] = []
         with self._lock:
-            dense: list[SearchHit] = [] if vector is None else pair.index.search(vector, depth)[0]
-            lexical = self.lexical.search(query, depth) if mode != "dense" and self.lexical else []
-            fused = fuse(
-                dense,
-                lexical,
-                k,
-                method=self.settings.fusion,
-                rrf_k=self.settings.rrf_k,
-                dense_weight=self.settings.dense_weight,
+            dense_lists: list[list[SearchHit]] = (
+                [[] for _ in queries] if vectors is None else pair.index.search(vectors, depth)
             )
-            results = []
-            for hit in fused:
-                stored = self.store.get(hit.item_id)
-                if stored is None:
-                    continue
-                # a single-list mode reports that list's own score (cosine or BM25)
-                own = {"dense": hit.dense_score, "lexical": hit.lexical_score}.get(mode)
-                results.append(
-                    ItemResult(
-                        stored.item,
-                        hit.score if own is None else own,
-                        pair.version,
-                        hit.dense_rank,
-                        hit.dense_score,
-                        hit.lexical_rank,
-                        hit.lexical_score,
-                    )
+            for query, dense in zip(queries, dense_lists, strict=True):
+                lexical = (
+                    self.lexical.search(query, depth) if mode != "dense" and self.lexical else []
                 )
-        return results
+                fused = fuse(
+                    dense,
+                    lexical,
+                    k,
+                    method=self.settings.fusion,
+                    rrf_k=self.settings.rrf_k,
+                    dense_weight=self.settings.dense_weight,
+                )
+                results = []
+                for hit in fused:
+                    stored = self.store.get(hit.item_id)
+                    if stored is None:
+                        continue
+                    # a single-list mode reports that list's own score (cosine or BM25)
+                    own = {"dense": hit.dense_score, "lexical": hit.lexical_score}.get(mode)
+                    results.append(
+                        ItemResult(
+                            stored.item,
+                            hit.score if own is None else own,
+                            pair.version,
+                            hit.dense_rank,
+                            hit.dense_score,
+                            hit.lexical_rank,
+                            hit.lexical_score,
+                        )
+                    )
+                out.append(results)
+        return out
 
     def get(self, item_id: str) -> StoredItem | None:
         with self._lock:
