@@ -99,12 +99,13 @@ class IndexReplica:
             offsets=self.offsets,
         )
         try:
+            ends = self._end_offsets(consumer)
             last_snapshot = time.monotonic()
             while not self._stop.is_set():
                 messages = fetch(consumer, cfg.fetch_max_messages, cfg.batch_wait_s)
                 if messages:
                     self._apply(messages)
-                elif not self.caught_up.is_set():
+                if not self.caught_up.is_set() and self._reached(ends, not messages):
                     self.caught_up.set()
                 if self._dirty and time.monotonic() - last_snapshot >= cfg.snapshot_interval_s:
                     self.snapshot()
@@ -116,6 +117,33 @@ class IndexReplica:
                 self._on_error(exc)
         finally:
             consumer.close()
+
+    def _end_offsets(self, consumer: Any) -> dict[int, int] | None:
+        """Each item partition's end offset when the replica starts (``None`` when the broker
+        does not answer): the replica has caught up once it has applied everything before
+        them. A first empty fetch does not show that: it may come before the first fetch
+        response. On Tansu these ends can fall short by the last producer batch's other records
+        (BROKER.md); the stream worker writes one record per batch when labels are on."""
+        from confluent_kafka import TopicPartition
+
+        from streams.kafka import topic_partitions
+
+        try:
+            marks = {
+                p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+                for p in topic_partitions(self.bootstrap, self.topic)
+            }
+        except Exception as exc:  # KafkaException; an answer is not worth stopping the index
+            LOG.warning("no end offsets (%s): caught up at the first empty fetch", exc)
+            return None
+        return {p: high for p, (low, high) in marks.items() if high > low}  # non-empty only
+
+    def _reached(self, ends: dict[int, int] | None, idle: bool) -> bool:
+        if ends is None:
+            return idle
+        with self._offsets_lock:
+            done = self.offsets[self.topic]
+            return all(done.get(p, 0) >= end for p, end in ends.items())
 
     def _apply(self, messages: list[Message]) -> None:
         """Apply fetched messages in micro-batches of at most ``batch_max`` items.
