@@ -7,6 +7,10 @@ real ``LiveItemIndex`` with the packaged encoder; queries = every Crowdflower qu
 relevant judgment; gain = median_relevance - 1. For each perturbation, only the queries it
 changes count, clean and perturbed on the same queries, per search mode.
 
+Mining (``--only mining``): the robustness miner's adversarial pairs from the Crowdflower
+training half, and the packaged model fine-tuned on clean pairs, clean + mined, and clean + as
+many random perturbed pairs (the control), evaluated on the test half clean and perturbed.
+
 LLM (``--only llm``; the packaged SmolLM2-135M-Instruct on whatever device is there):
 sentiment on real reviews with the rating masked, with and without the LLM annotator's votes on
 the reviews routed to it; its relevance judgments of Crowdflower pairs against the content
