@@ -28,7 +28,7 @@ import csv
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,13 +150,6 @@ def robustness(seed: int = 0) -> tuple[list[list[Any]], dict[str, Any]]:
     return rows, {"queries": len(judgments), "catalog": len(judg.titles), **data}
 
 
-def _search_ids(live: LiveItemIndex) -> Callable[[list[str], int], list[list[str]]]:
-    def search_many(queries: list[str], k: int) -> list[list[str]]:
-        return [[r.item.item_id for r in res] for res in live.search_many(queries, k)]
-
-    return search_many
-
-
 def mining_experiment(
     workdir: Path, seed: int = 0
 ) -> tuple[list[list[Any]], list[list[Any]], dict[str, Any]]:
@@ -188,7 +181,7 @@ def mining_experiment(
         for n, (q, title) in enumerate(cf.relevant_pairs(judg, half=0))
     ]
     started = time.perf_counter()
-    miner = AdversarialMiner(_search_ids(live), k=K, seed=seed)
+    miner = AdversarialMiner(live.search_ids, k=K, seed=seed)
     mined = miner.mine(examples)
     mining_s = time.perf_counter() - started
     title_of = {e.example_id: e.text_pair or "" for e in examples}

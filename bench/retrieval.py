@@ -72,10 +72,9 @@ def mode_quality(
     texts = [searched.get(q, q) if searched else q for q in queries]
     for mode in MODES:
         ndcg, recall = [], []
-        found = live.search_many(texts, K, mode)  # type: ignore[arg-type]
-        for query, results in zip(queries, found, strict=True):
+        found = live.search_ids(texts, K, mode)  # type: ignore[arg-type]
+        for query, ranked in zip(queries, found, strict=True):
             gains = tests[query]
-            ranked = [r.item.item_id for r in results]
             ndcg.append(ndcg_at_k(ranked, gains, K))
             recall.append(recall_at_k(ranked, gains, K))
         out[mode] = {f"ndcg@{K}": float(np.mean(ndcg)), f"recall@{K}": float(np.mean(recall))}

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Message
+from confluent_kafka import Message, TopicPartition
 from pydantic import ValidationError
 
 from ecrec_stream.config import Settings
@@ -31,7 +31,7 @@ from ecrec_stream.exceptions import EcrecError
 from ecrec_stream.index import LiveItemIndex
 from ecrec_stream.index.persist import Offsets, snapshot_model
 from ecrec_stream.registry import ModelPublication, ModelRegistry
-from streams.kafka import ensure_topics, fetch, partition_reader
+from streams.kafka import ensure_topics, fetch, partition_reader, topic_partitions
 
 LOG = logging.getLogger(__name__)
 
@@ -124,10 +124,6 @@ class IndexReplica:
         them. A first empty fetch does not show that: it may come before the first fetch
         response. On Tansu these ends can fall short by the last producer batch's other records
         (BROKER.md); the stream worker writes one record per batch when labels are on."""
-        from confluent_kafka import TopicPartition
-
-        from streams.kafka import topic_partitions
-
         try:
             marks = {
                 p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)

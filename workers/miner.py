@@ -49,9 +49,7 @@ class RobustnessMinerThread:
         self.offsets: dict[int, int] = self._load_offsets()
         mode = live.resolve_mode(cfg.search_mode)
         self.miner = AdversarialMiner(
-            lambda queries, k: [
-                [r.item.item_id for r in results] for results in live.search_many(queries, k, mode)
-            ],
+            lambda queries, k: live.search_ids(queries, k, mode),
             kinds=cfg.kinds,
             k=cfg.k,
             seed=cfg.seed,

@@ -243,6 +243,13 @@ class LiveItemIndex:
                 out.append(results)
         return out
 
+    def search_ids(
+        self, queries: Sequence[str], k: int, mode: SearchMode | None = None
+    ) -> list[list[str]]:
+        """The item ids of :meth:`search_many`'s results (what an evaluation or the
+        robustness miner compares with the items it expects)."""
+        return [[r.item.item_id for r in results] for results in self.search_many(queries, k, mode)]
+
     def get(self, item_id: str) -> StoredItem | None:
         with self._lock:
             return self.store.get(item_id)

@@ -16,13 +16,12 @@ the same examples under the same ids and the trainer's buffer drops the duplicat
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ecrec_stream.augment.perturb import PERTURBATIONS, perturb
-from ecrec_stream.labels.examples import TrainingExample, example_id
+from ecrec_stream.labels.examples import TrainingExample, example_id, in_sample
 
 #: ``(queries, k) -> the item ids of each query's top k``: the serving index, batched.
 SearchMany = Callable[[list[str], int], list[list[str]]]
@@ -70,14 +69,6 @@ def is_minable(example: TrainingExample) -> bool:
     )
 
 
-def _sampled(example_id_: str, share: float) -> bool:
-    """Stable per-example sample (the same examples after a redelivery)."""
-    if share >= 1.0:
-        return True
-    digest = hashlib.blake2b(example_id_.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < share
-
-
 class AdversarialMiner:
     """Mines adversarial pairs from relevance examples with the serving index's ``search``.
 
@@ -123,7 +114,7 @@ class AdversarialMiner:
             if not is_minable(ex):
                 continue
             self.stats.eligible += 1
-            if _sampled(ex.example_id, self.sample_share):
+            if in_sample(ex.example_id, self.sample_share):
                 chosen.append(ex)
             else:
                 self.stats.sampled_out += 1

@@ -11,7 +11,6 @@ of its own.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections import Counter, deque
@@ -27,7 +26,7 @@ from ecrec_stream.labels.base import (
     SentimentCandidate,
     Vote,
 )
-from ecrec_stream.labels.examples import TrainingExample
+from ecrec_stream.labels.examples import TrainingExample, in_sample
 
 
 class TokenBucket:
@@ -78,10 +77,8 @@ def route_reason(
         return "disagree"
     if len(voted) < min_voters:
         return "few_votes"
-    if sample_share > 0:
-        digest = hashlib.blake2b(example.example_id.encode(), digest_size=4).digest()
-        if int.from_bytes(digest, "little") / 2**32 < sample_share:
-            return "sample"
+    if sample_share > 0 and in_sample(example.example_id, sample_share):
+        return "sample"
     return None
 
 

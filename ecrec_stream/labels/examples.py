@@ -150,6 +150,17 @@ def example_id(
     return "ex-" + hashlib.blake2b("\x1f".join(parts).encode(), digest_size=12).hexdigest()
 
 
+def in_sample(example_id_: str, share: float) -> bool:
+    """Whether an example belongs to a stable ``share`` of examples, chosen by its id: the
+    same examples after a redelivery or a restart.
+
+    >>> in_sample("ex-1", 1.0), in_sample("ex-1", 0.0)
+    (True, False)
+    """
+    digest = hashlib.blake2b(example_id_.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") / 2**32 < share
+
+
 def is_late(function: LabelFunction[Any]) -> bool:
     """Whether ``function`` votes later, through the annotator, never inline."""
     return bool(getattr(function, "late", False))
