@@ -8,6 +8,9 @@ Nested groups use ``__`` in variable names, e.g.
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlparse
@@ -18,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     StringConstraints,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -32,7 +36,7 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 class TopicNames(BaseModel):
     """Kafka topic names. Inputs carry raw JSON from shop services; ``valid_*`` carry batches."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     items: str = "ecrec.items"
     searches: str = "ecrec.searches"
@@ -65,7 +69,7 @@ class TopicNames(BaseModel):
 class IngestSettings(BaseModel):
     """Micro-batching and payload bounds of the stream worker's ingest agents."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     batch_max: int = Field(500, ge=1, le=100_000)
     batch_wait_s: float = Field(0.05, gt=0, le=60)
@@ -77,7 +81,7 @@ class IngestSettings(BaseModel):
 class EmbeddingSettings(BaseModel):
     """The sentence encoder: the packaged MiniLM by default, any local path or hub name allowed."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = DEFAULT_MODEL
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -91,7 +95,7 @@ SearchMode = Literal["hybrid", "dense", "lexical"]
 class IndexSettings(BaseModel):
     """The live FAISS item index of one replica."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     backend: Literal["flat", "ivf"] = "flat"
     ivf_nlist: int = Field(256, ge=1)
@@ -132,7 +136,7 @@ class LLMSettings(BaseModel):
     """The causal language model of the LLM annotator and paraphraser: the packaged
     SmolLM2-135M-Instruct GGUF (``smollm2``) by default, or any hub name / local path."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str = PACKAGED_LLM
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -149,7 +153,7 @@ class AnnotatorSettings(BaseModel):
     An example is routed when its fast label functions disagree, when fewer than
     ``min_voters`` of them voted, or by a deterministic ``sample_share`` of the rest."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     enabled: bool = False
     tasks: tuple[Literal["relevance", "sentiment"], ...] = ("relevance", "sentiment")
@@ -171,7 +175,7 @@ class LabelSettings(BaseModel):
     micro-batch size and wait are the ingest agents' (``ECREC_INGEST__BATCH_MAX`` / ``_WAIT_S``).
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     enabled: bool = True
     session_gap_s: float = Field(1800.0, gt=0, description="event-time inactivity that closes")
@@ -248,7 +252,7 @@ ALL_DRIFT_DETECTORS: tuple[DriftDetectorName, ...] = get_args(DriftDetectorName)
 class DriftSettings(BaseModel):
     """Drift detectors on the validated streams and the retraining alerts they raise."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     enabled: bool = True
     detectors: tuple[DriftDetectorName, ...] = ALL_DRIFT_DETECTORS
@@ -297,7 +301,7 @@ class DriftSettings(BaseModel):
 class TrainingSettings(BaseModel):
     """The trainer: replay buffer, incremental fine-tuning, evaluation gate, registry."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     registry_dir: Path | None = Field(None, description="default: <data_dir>/models")
     state_dir: Path | None = Field(None, description="default: <data_dir>/trainer")
@@ -353,7 +357,7 @@ class RobustnessSettings(BaseModel):
     ``adversarial:<kind>``). Turn it on for one replica only (each would mine the same pairs;
     the ids are the same, so the trainer keeps one copy)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     enabled: bool = False
     kinds: tuple[PerturbationName, ...] = get_args(PerturbationName)
@@ -454,11 +458,82 @@ def bootstrap_servers(broker_url: str) -> str:
     return ",".join(hosts)
 
 
+ENV_PREFIX = "ECREC_"
+# ECREC_* variables that are not settings: the benchmarks' data and result folders.
+NON_SETTINGS_VARIABLES = frozenset({"ECREC_SHARED_DATA", "ECREC_BENCH_RESULTS"})
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def setting_variables(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX) -> Iterator[str]:
+    """Every ``ECREC_*`` variable a setting can be read from (groups and their fields).
+
+    >>> "ECREC_LABELS__ENABLED" in set(setting_variables())
+    True
+    """
+    for name, field in model.model_fields.items():
+        variable = f"{prefix}{name.upper()}"
+        yield variable
+        nested = _nested_model(field.annotation)
+        if nested is not None:
+            yield from setting_variables(nested, f"{variable}__")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One message per ``ECREC_*`` variable in ``environ`` that no setting reads, naming the
+    closest valid one (a typo would otherwise be ignored and its setting silently not apply).
+
+    >>> unknown_variables({"ECREC_LABELS__ENABELD": "false", "ECREC_PARTITIONS": "2"})
+    ['ECREC_LABELS__ENABELD is not a setting (did you mean ECREC_LABELS__ENABLED?)']
+    """
+    valid = set(setting_variables())
+    messages = []
+    for key in sorted(environ):
+        upper = key.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in valid or upper in NON_SETTINGS_VARIABLES:
+            continue
+        close = difflib.get_close_matches(upper, valid, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        messages.append(f"{key} is not a setting{hint}")
+    return messages
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Raise :class:`ConfigError` if an ``ECREC_*`` variable names no setting."""
+    messages = unknown_variables(os.environ if environ is None else environ)
+    if messages:
+        raise ConfigError("; ".join(messages) + " (`ecrec-stream config` lists the settings)")
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read settings from the environment, then apply keyword overrides, validated like
-    environment values (``load_settings(partitions=0)`` raises).
+    environment values (``load_settings(partitions=0)`` raises ``ValidationError``; an
+    unknown key in an override does too). An ``ECREC_*`` variable that names no setting
+    raises :class:`ConfigError`.
 
     >>> load_settings(partitions=2).partitions
     2
     """
+    check_environment()
     return Settings(**overrides)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """A settings validation error in one line, each problem with the variable it came from.
+
+    >>> try:
+    ...     Settings(index={"port": -1})
+    ... except ValidationError as exc:
+    ...     print(describe_validation_error(exc))
+    ECREC_INDEX__PORT: Input should be greater than or equal to 0
+    """
+    parts = []
+    for error in exc.errors():
+        path = "__".join(str(p) for p in error["loc"]).upper()
+        variable = f"{ENV_PREFIX}{path}" if path else "settings"
+        parts.append(f"{variable}: {error['msg']}")
+    return "; ".join(parts)

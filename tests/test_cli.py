@@ -128,3 +128,56 @@ def test_stopping_the_broker_command_stops_tansu(how: str) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ECREC_")}
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_misspelt_variable_stops_the_cli_in_one_line() -> None:
+    out = _cli("config", ECREC_LABELS__ENABELD="false")
+    assert out.returncode == 2
+    assert "did you mean ECREC_LABELS__ENABLED" in out.stdout
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("args", "needs_broker", "what"),
+    [
+        (["search", "organic whole milk", "--url"], False, "an index replica"),
+        (["status", "--url"], False, "a stream worker"),
+        (["retrain"], True, "the broker"),
+        (["replay", "items.jsonl", "--topic", "item"], True, "the broker"),
+    ],
+)
+def test_commands_say_what_they_could_not_reach(
+    args: list[str], needs_broker: bool, what: str, tmp_path: Path
+) -> None:
+    address = f"127.0.0.1:{_free_port()}"
+    if needs_broker:
+        (tmp_path / "items.jsonl").write_text("{}\n")
+        out = _cli(
+            *[str(tmp_path / a) if a.endswith(".jsonl") else a for a in args],
+            ECREC_BROKER=f"kafka://{address}",
+        )
+    else:
+        out = _cli(*args, f"http://{address}")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"cannot reach {what}" in out.stdout and address in out.stdout
+    assert "Traceback" not in out.stdout + out.stderr
+    assert len(out.stdout.strip().splitlines()) <= 3  # one line, wrapped at most

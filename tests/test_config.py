@@ -36,3 +36,28 @@ def test_bad_values_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ECREC_INDEX__BATCH_MAX", "0")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_a_misspelt_variable_is_an_error_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ECREC_LABELS__ENABELD", "false")
+    with pytest.raises(ConfigError, match="did you mean ECREC_LABELS__ENABLED"):
+        load_settings()
+    monkeypatch.delenv("ECREC_LABELS__ENABELD")
+    monkeypatch.setenv("ECREC_INDX__SEARCH_MODE", "dense")
+    with pytest.raises(ConfigError, match="did you mean ECREC_INDEX__SEARCH_MODE"):
+        load_settings()
+
+
+def test_every_setting_and_the_bench_variables_are_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ECREC_LABELS__ANNOTATOR__LLM__DEVICE", "cpu")
+    monkeypatch.setenv("ECREC_SHARED_DATA", "/data")
+    assert load_settings().labels.annotator.llm.device == "cpu"
+
+
+def test_an_unknown_override_key_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="prot"):
+        load_settings(index={"prot": 1})

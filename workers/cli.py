@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
-from ecrec_stream.config import Settings, load_settings
+from ecrec_stream.config import Settings, describe_validation_error, load_settings
+from ecrec_stream.exceptions import ConfigError
 
 app = typer.Typer(
     help="Keep e-commerce search models fresh from live Kafka traffic. Settings come from "
@@ -31,6 +35,49 @@ def _setup_logging(level: str) -> None:
     )
 
 
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """One line saying what went wrong, then exit ``code`` (no traceback)."""
+    console.print(f"[red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _settings(**overrides: Any) -> Settings:
+    """The process's settings; a typo'd variable or a bad value ends the command briefly."""
+    try:
+        return load_settings(**overrides)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    except ValidationError as exc:
+        _fail(describe_validation_error(exc), 2)
+
+
+@contextmanager
+def _reaching(what: str, where: str, start: str) -> Iterator[None]:
+    """Turn a failure to reach another process (an HTTP service or the broker) into one line
+    naming what could not be reached, where, and what to start."""
+    import httpx
+    from confluent_kafka import KafkaException
+
+    try:
+        yield
+    except (httpx.HTTPError, KafkaException, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _fail(f"cannot reach {what} at {where} ({reason}): {start}")
+
+
+def _check_broker(bootstrap: str) -> None:
+    """Fail fast (a few seconds, one line) when no broker answers at ``bootstrap``."""
+    from confluent_kafka.admin import AdminClient
+
+    with _reaching(
+        "the broker",
+        bootstrap,
+        "start one with `ecrec-stream broker` and export the ECREC_BROKER it prints, "
+        "or point ECREC_BROKER at your Kafka",
+    ):
+        AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=5)
+
+
 def _external_bootstrap(settings: Settings) -> str:
     from streams.kafka import resolve_bootstrap
 
@@ -41,7 +88,9 @@ def _external_bootstrap(settings: Settings) -> str:
             "ECREC_BROKER at your Kafka."
         )
         raise typer.Exit(2)
-    return resolve_bootstrap(settings)
+    bootstrap = resolve_bootstrap(settings)
+    _check_broker(bootstrap)
+    return bootstrap
 
 
 @app.command()
@@ -80,7 +129,7 @@ def worker(
     """Run the Faust stream worker (ingest agents: validate, route to valid topics or the DLQ)."""
     from streams.worker import run_worker
 
-    settings = load_settings()
+    settings = _settings()
     bootstrap = _external_bootstrap(settings)
     # Faust parses sys.argv itself; hand it a clean command line.
     sys.argv = [sys.argv[0], "worker"]
@@ -100,7 +149,7 @@ def indexer(
     from workers.indexer import serve_indexer
 
     _setup_logging(log_level)
-    settings = load_settings(**({"index": {"port": port}} if port is not None else {}))
+    settings = _settings(**({"index": {"port": port}} if port is not None else {}))
     serve_indexer(settings, _external_bootstrap(settings), log_level=log_level)
 
 
@@ -140,7 +189,7 @@ def demo(
 
     _setup_logging("warning")
     run_demo(
-        load_settings(),
+        _settings(),
         DemoOptions(
             duration_s=duration,
             rate=rate,
@@ -166,7 +215,7 @@ def trainer(
     from workers.trainer import serve_trainer
 
     _setup_logging(log_level)
-    settings = load_settings()
+    settings = _settings()
     bootstrap = _external_bootstrap(settings)
     progress = Progress(
         TextColumn("fine-tuning"),
@@ -205,7 +254,7 @@ def retrain(
     print whether the new model was published or why it was rejected."""
     from workers.trainer import retrain_request, wait_for_answer
 
-    settings = load_settings()
+    settings = _settings()
     bootstrap = _external_bootstrap(settings)
     from streams.kafka import ensure_topics, new_producer
 
@@ -215,7 +264,8 @@ def retrain(
     producer.produce(
         settings.topics.alerts, key=request["alert_id"].encode(), value=json.dumps(request).encode()
     )
-    producer.flush(10)
+    if producer.flush(10):
+        _fail(f"the request was not delivered to {bootstrap} within 10 s")
     console.print(f"retrain requested: {request['alert_id']}")
     if wait <= 0:
         return
@@ -243,7 +293,7 @@ def replay(
     """Feed a JSONL or CSV file into a topic (records are sent as-is; the worker validates)."""
     from workers.replay import replay_file
 
-    settings = load_settings()
+    settings = _settings()
     sent = replay_file(file, topic, settings, _external_bootstrap(settings), key_field=key_field)
     console.print(f"sent {sent} records")
 
@@ -268,7 +318,8 @@ def search(
     params: dict[str, str | int] = {"q": query, "k": k}
     if mode:
         params["mode"] = mode
-    response = httpx.get(f"{url.rstrip('/')}/search", params=params, timeout=10)
+    with _reaching("an index replica", url, "start one with `ecrec-stream indexer` or pass --url"):
+        response = httpx.get(f"{url.rstrip('/')}/search", params=params, timeout=10)
     if response.status_code != 200:
         console.print(f"[red]{response.status_code}[/] {response.text}")
         raise typer.Exit(1)
@@ -288,12 +339,9 @@ def status(
     retraining alerts of a running stream worker."""
     import httpx
 
-    base = url or f"http://127.0.0.1:{load_settings().worker_web_port}"
-    try:
+    base = url or f"http://127.0.0.1:{_settings().worker_web_port}"
+    with _reaching("a stream worker", base, "start one with `ecrec-stream worker` or pass --url"):
         response = httpx.get(f"{base.rstrip('/')}/ecrec/drift", timeout=10)
-    except httpx.HTTPError as exc:
-        console.print(f"[red]no stream worker at {base}[/] ({exc})")
-        raise typer.Exit(1) from exc
     if response.status_code != 200:
         console.print(f"[red]{response.status_code}[/] {response.text}")
         raise typer.Exit(1)
@@ -332,7 +380,7 @@ def models(
 
     from ecrec_stream.registry import ArtifactError, ModelRegistry
 
-    reg = ModelRegistry(registry or load_settings().registry_dir)
+    reg = ModelRegistry(registry or _settings().registry_dir)
     if use is not None:
         try:
             reg.set_current(use)
@@ -340,7 +388,7 @@ def models(
             console.print(f"[red]refused[/]: {exc}")
             raise typer.Exit(1) from exc
         console.print(f"serving version is now [bold]{use}[/]")
-        settings = load_settings()
+        settings = _settings()
         if settings.uses_embedded_broker:
             console.print(
                 "ECREC_BROKER is not set: running replicas were not told (they load it on "
@@ -354,13 +402,16 @@ def models(
         publication = ModelPublication.of(manifest, trigger="rollback").model_copy(
             update={"kind": "rollback"}
         )
-        producer = new_producer(resolve_bootstrap(settings))
+        bootstrap = resolve_bootstrap(settings)
+        _check_broker(bootstrap)
+        producer = new_producer(bootstrap)
         producer.produce(
             settings.topics.models,
             key=manifest.name.encode(),
             value=publication.model_dump_json().encode(),
         )
-        producer.flush(10)
+        if producer.flush(10):
+            _fail(f"the announcement was not delivered to {bootstrap} within 10 s")
         console.print(f"announced on {settings.topics.models}: replicas swap to {use}")
         return
     current = reg.current()
@@ -389,7 +440,7 @@ def models(
 @app.command()
 def config() -> None:
     """Print the effective settings (from ECREC_* variables) as JSON."""
-    console.print_json(json.dumps(load_settings().model_dump(mode="json")))
+    console.print_json(json.dumps(_settings().model_dump(mode="json")))
 
 
 if __name__ == "__main__":
