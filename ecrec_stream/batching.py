@@ -1,6 +1,6 @@
 """Bound output messages by bytes.
 
-A micro-batch becomes one message (BROKER.md: few large sends are what makes Faust fast), but a
+A micro-batch becomes one message (docs/broker.md: few large sends are what makes Faust fast), but a
 backlog can make a batch larger than the producer's request limit (1 MiB by default), and a
 send that fails on size stops the agent. So every batch message is packed here: the items'
 JSON is split into consecutive runs, each under ``max_bytes`` with its envelope, keeping order.

@@ -23,7 +23,7 @@ import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -55,32 +55,6 @@ class ModelManifest(BaseModel):
     training_window: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256
-
-
-class ModelPublication(BaseModel):
-    """The ``ecrec.models`` message: a version was published and is now the serving one.
-    Replicas load it from their registry directory (shared storage) by ``version`` and verify
-    it there; the message itself is never trusted for the weights."""
-
-    model_config = ConfigDict(frozen=True)
-
-    kind: Literal["published", "rollback"] = "published"
-    version: str
-    name: str
-    parent_version: str | None = None
-    published_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
-    metrics: dict[str, float] = Field(default_factory=dict)
-    trigger: str | None = None
-
-    @classmethod
-    def of(cls, manifest: ModelManifest, trigger: str | None = None) -> ModelPublication:
-        return cls(
-            version=manifest.version,
-            name=manifest.name,
-            parent_version=manifest.parent_version,
-            metrics=manifest.metrics,
-            trigger=trigger,
-        )
 
 
 def _sha256(path: Path) -> str:

@@ -115,7 +115,8 @@ def make_dead_letter(
     )
 
 
-def _summarise(exc: ValidationError) -> str:
+def summarise_errors(exc: ValidationError) -> str:
+    """A validation error in one line: each failing field with its message."""
     parts = []
     for err in exc.errors(include_url=False, include_input=False):
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
@@ -168,7 +169,7 @@ def validate_one(
     try:
         return model.model_validate_json(raw)  # type: ignore[return-value]
     except ValidationError as exc:
-        return dead(DeadLetterReason.SCHEMA_VIOLATION, _summarise(exc))
+        return dead(DeadLetterReason.SCHEMA_VIOLATION, summarise_errors(exc))
     except (ValueError, RecursionError) as exc:  # the JSON parser disagreeing with json.loads
         return dead(DeadLetterReason.MALFORMED_JSON, describe(exc))
 

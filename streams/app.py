@@ -25,6 +25,7 @@ from faust.types import EventT
 
 from ecrec_stream.batching import event_batch_messages
 from ecrec_stream.config import Settings
+from ecrec_stream.contracts.http import DriftStatus, WorkerStats
 from ecrec_stream.events import DeadLetterReason, SourcePosition
 from ecrec_stream.validation import RawRecord, make_dead_letter, validate_many
 from streams.failstop import stop_on_error
@@ -103,13 +104,13 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         key_serializer="raw",
         # The session table lives in RocksDB so a restart does not replay its whole changelog
         # (Tansu does not compact). One record per producer batch keeps table recovery exact on
-        # Tansu, whose ListOffsets(latest) reports the last batch's base offset (BROKER.md).
+        # Tansu, whose ListOffsets(latest) reports the last batch's base offset (docs/broker.md).
         store="rocksdb://" if labels else "memory://",
         producer_max_batch_size=1 if labels else 16_384,
         datadir=str(settings.data_dir / "worker"),
         topic_partitions=settings.partitions,
         topic_allow_declare=True,
-        # Tansu holds JoinGroup for ~session_timeout/2 (BROKER.md): keep both short.
+        # Tansu holds JoinGroup for ~session_timeout/2 (docs/broker.md): keep both short.
         broker_session_timeout=10,
         broker_heartbeat_interval=1,
         consumer_auto_offset_reset="earliest",
@@ -148,24 +149,22 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     @app.page("/ecrec/stats")
     async def stats(web: Any, request: Any) -> Any:
         # ``assigned`` > 0 once the consumer group has handed this worker its partitions.
-        return web.json(
-            {
-                **counters.as_dict(),
-                "assigned": len(app.consumer.assignment()),
-                "labels": runtime.as_dict() if runtime else {},
-            }
+        answer = WorkerStats(
+            **counters.as_dict(),
+            assigned=len(app.consumer.assignment()),
+            labels=runtime.as_dict() if runtime else {},
         )
+        return web.json(answer.model_dump(mode="json"))
 
     @app.page("/ecrec/drift")
     async def drift_status(web: Any, request: Any) -> Any:
-        return web.json(
-            {
-                "enabled": drift is not None,
-                **(drift.status if drift else {}),
-                "stats": dict(drift.stats) if drift else {},
-                "catalog_items": len(drift.catalog) if drift else 0,
-            }
+        answer = DriftStatus(
+            enabled=drift is not None,
+            **(drift.status if drift else {}),
+            stats=dict(drift.stats) if drift else {},
+            catalog_items=len(drift.catalog) if drift else 0,
         )
+        return web.json(answer.model_dump(mode="json"))
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:

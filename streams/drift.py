@@ -14,7 +14,6 @@ data. Each worker monitors the partitions it is assigned (with one worker: all o
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import defaultdict
@@ -25,9 +24,9 @@ import faust
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ecrec_stream.config import Settings
+from ecrec_stream.contracts import DriftReport, ModelPublication
 from ecrec_stream.drift import DriftMonitor, MonitorStep, RetrainingAlert, load_state, save_state
 from ecrec_stream.events import EventBatch
-from ecrec_stream.registry import ModelPublication
 from streams.catalog import CatalogCache, SharedModelWork
 from streams.failstop import stop_on_error
 
@@ -154,10 +153,10 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
         records them as sent)."""
         metrics.record(step)
         for r in step.results:
-            report = {**r.as_dict(), "model_version": monitor.model_version}
+            report = DriftReport(**r.as_dict(), model_version=monitor.model_version)
             await drift_topic.send(
                 key=f"{r.detector}:{monitor.model_version}:{r.window}".encode(),
-                value=json.dumps(report).encode(),
+                value=report.model_dump_json().encode(),
             )
         for alert in step.alerts:
             await alerts_topic.send(

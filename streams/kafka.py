@@ -1,6 +1,6 @@
 """confluent-kafka client settings and topic administration, tuned for both brokers.
 
-Settings follow ../shared/BROKER.md: a short session timeout (Tansu holds JoinGroup for about
+Settings follow docs/broker.md: a short session timeout (Tansu holds JoinGroup for about
 half of it), ``earliest`` resets (its ListOffsets(latest) is wrong), and the murmur2 partitioner
 so that keys land where Faust (Java-compatible hashing) expects them.
 """

@@ -11,7 +11,7 @@
   arrive. A crash loses the queue (the examples themselves were sent already).
 
 Table writes happen once per session per incoming batch message, inside stream iteration (the
-current event's partition is the session's partition), never from timers: BROKER.md explains
+current event's partition is the session's partition), never from timers: docs/broker.md explains
 the silent data loss otherwise. Model work runs in a one-thread executor, off the event loop.
 
 Errors: a batch message that does not parse, and a record that a stage raises on (found by

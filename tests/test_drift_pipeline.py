@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ecrec_stream.registry import ModelPublication
+from ecrec_stream.contracts import ModelPublication
 from streams.broker import free_port
 from streams.kafka import all_topics, ensure_topics
 from tests.helpers import isolated_env, produce, read_to_end, read_topic, unique, wait_until

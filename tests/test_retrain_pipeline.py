@@ -5,7 +5,6 @@ from its snapshot; a tampered artifact is refused and the old model keeps servin
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,11 @@ from typing import Any
 import torch
 
 from ecrec_stream.config import load_settings
+from ecrec_stream.contracts import ModelPublication, RetrainRejected, RetrainRequest, parse_alert
 from ecrec_stream.events import EventBatch, ItemEvent
 from ecrec_stream.index import LiveItemIndex
 from ecrec_stream.labels.examples import ExampleBatch
-from ecrec_stream.registry import ModelPublication, ModelRegistry
+from ecrec_stream.registry import ModelRegistry
 from streams.kafka import all_topics, ensure_topics
 from tests.helpers import (
     at,
@@ -29,7 +29,7 @@ from tests.helpers import (
     wait_until,
 )
 from workers.indexer import IndexReplica, serving_encoder
-from workers.trainer import TrainerWorker, retrain_request
+from workers.trainer import TrainerWorker
 
 
 def _settings(tmp_path: Path, names: Any, base: Path) -> Any:
@@ -118,15 +118,16 @@ def test_alert_to_new_model_serving_then_restart_and_a_refused_artifact(
     searcher.start()
     try:
         wait_until(lambda: trainer.buffer.counts["added"] == len(examples), timeout_s=60)
-        request = retrain_request("test")
+        request = RetrainRequest.new("test")
         produce(
-            broker.bootstrap, [(names.alerts, request["alert_id"], json.dumps(request).encode())]
+            broker.bootstrap,
+            [(names.alerts, request.alert_id, request.model_dump_json().encode())],
         )
         published = read_topic(
             broker.bootstrap, names.models, done=lambda m: len(m) >= 1, timeout_s=180
         )
         publication = ModelPublication.model_validate_json(published[0].value())
-        assert request["alert_id"] in (publication.trigger or "")
+        assert request.alert_id in (publication.trigger or "")
         wait_until(lambda: live.serving.version == publication.version, timeout_s=120)
         # keep searching until one search was answered by the new pair (a loaded machine may
         # not schedule the searcher between the swap and the stop)
@@ -195,7 +196,7 @@ def test_a_trigger_without_enough_pairs_waits_for_more_examples_then_is_rejected
     _, examples = toy_relevance(400)
     trainer = TrainerWorker(waiting, broker.bootstrap)
     trainer.buffer.add(examples[:200])
-    trigger = {"alert_id": "drift-1", "kind": "retrain"}
+    trigger = RetrainRequest(alert_id="drift-1", reason="test")
 
     outcome = trainer.retrain_now([trigger])
     assert outcome.insufficient_data and not outcome.accepted and outcome.fine_tune is None
@@ -215,8 +216,8 @@ def test_a_trigger_without_enough_pairs_waits_for_more_examples_then_is_rejected
     assert not outcome.accepted and trainer.stats["rejected"] == 1 and not trainer.pending
     assert "waited" in outcome.reasons[-1] and trainer.status()["deferred"] is None
     rejections = [
-        json.loads(m.value())
+        parse_alert(m.value())
         for m in read_topic(broker.bootstrap, names.alerts, done=lambda ms: len(ms) >= 1)
     ]
-    assert [r["kind"] for r in rejections] == ["retrain_rejected"]
-    assert rejections[0]["trigger"] == "drift-1"
+    assert [r.kind for r in rejections] == ["retrain_rejected"]
+    assert isinstance(rejections[0], RetrainRejected) and rejections[0].trigger == "drift-1"

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
 from prometheus_client import Counter, Histogram, make_asgi_app
-from pydantic import BaseModel
 
 from ecrec_stream.config import SearchMode, Settings
+from ecrec_stream.contracts.http import (
+    Health,
+    ItemResponse,
+    ReplicaStats,
+    SearchResponse,
+    SearchResult,
+)
 from ecrec_stream.exceptions import IndexError_
 from workers.indexer import IndexReplica
 
@@ -20,29 +26,6 @@ SEARCHES = Counter("ecrec_search_requests_total", "Search requests served")
 SEARCH_SECONDS = Histogram(
     "ecrec_search_seconds", "Search latency (embed + FAISS and/or BM25 + fusion)", ["mode"]
 )
-
-
-class SearchResult(BaseModel):
-    item_id: str
-    score: float
-    title: str | None
-    brand: str
-    category_path: list[str]
-    price: float | None
-    # which retriever found it: 1-based rank and score in each list (null: not found there)
-    dense_rank: int | None
-    dense_score: float | None
-    lexical_rank: int | None
-    lexical_score: float | None
-
-
-class SearchResponse(BaseModel):
-    query: str
-    k: int
-    mode: str
-    index_size: int
-    model_version: str  # the encoder (content digest) whose vectors answered, one per search
-    results: list[SearchResult]
 
 
 def create_api(
@@ -100,33 +83,32 @@ def create_api(
             ],
         )
 
-    @api.get("/items/{item_id}")
-    async def get_item(item_id: str) -> dict[str, Any]:
+    @api.get("/items/{item_id}", response_model=ItemResponse)
+    async def get_item(item_id: str) -> ItemResponse:
         stored = live.get(item_id)
         if stored is None:
             raise HTTPException(status_code=404, detail=f"item {item_id!r} is not in the index")
-        return {
-            "item": stored.item.model_dump(mode="json"),
-            "indexed_at": stored.indexed_at.isoformat(),
-        }
+        return ItemResponse(item=stored.item, indexed_at=stored.indexed_at)
 
-    @api.get("/stats")
-    async def stats() -> dict[str, Any]:
-        return {
-            **live.stats(),
-            "freshness": live.freshness(),
-            "restored_from_snapshot": replica.restored_from_snapshot,
-            "offsets": replica.offsets,
-            "skipped_messages": replica.skipped_messages,
-            "caught_up": replica.caught_up.is_set(),
-            "models": replica.model_stats,  # swaps done, artifacts refused, last error
-            "robustness": miner.stats() if miner is not None else {"enabled": False},
-        }
+    @api.get("/stats", response_model=ReplicaStats)
+    async def stats() -> ReplicaStats:
+        return ReplicaStats(
+            **{
+                **live.stats(),
+                "freshness": live.freshness(),
+                "restored_from_snapshot": replica.restored_from_snapshot,
+                "offsets": replica.offsets,
+                "skipped_messages": replica.skipped_messages,
+                "caught_up": replica.caught_up.is_set(),
+                "models": replica.model_stats,  # swaps done, artifacts refused, last error
+                "robustness": miner.stats() if miner is not None else {"enabled": False},
+            }
+        )
 
-    @api.get("/healthz")
-    async def healthz() -> dict[str, Any]:
+    @api.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
         if not replica.is_alive():
             raise HTTPException(status_code=503, detail=f"consumer stopped: {replica.error}")
-        return {"ok": True}
+        return Health(ok=True)
 
     return api

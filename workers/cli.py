@@ -252,31 +252,34 @@ def retrain(
 ) -> None:
     """Ask the running trainer for a retrain now (a request on ecrec.alerts); with --wait,
     print whether the new model was published or why it was rejected."""
-    from workers.trainer import retrain_request, wait_for_answer
+    from ecrec_stream.contracts import RetrainRejected, RetrainRequest
+    from workers.trainer import wait_for_answer
 
     settings = _settings()
     bootstrap = _external_bootstrap(settings)
     from streams.kafka import ensure_topics, new_producer
 
-    request = retrain_request(reason)
+    request = RetrainRequest.new(reason)
     ensure_topics(bootstrap, [settings.topics.alerts], settings.partitions)
     producer = new_producer(bootstrap)
     producer.produce(
-        settings.topics.alerts, key=request["alert_id"].encode(), value=json.dumps(request).encode()
+        settings.topics.alerts,
+        key=request.alert_id.encode(),
+        value=request.model_dump_json().encode(),
     )
     if producer.flush(10):
         _fail(f"the request was not delivered to {bootstrap} within 10 s")
-    console.print(f"retrain requested: {request['alert_id']}")
+    console.print(f"retrain requested: {request.alert_id}")
     if wait <= 0:
         return
-    answer = wait_for_answer(settings, bootstrap, request["alert_id"], wait)
+    answer = wait_for_answer(settings, bootstrap, request.alert_id, wait)
     if answer is None:
         console.print(f"[yellow]no answer within {wait:.0f} s[/]: is a trainer running?")
         raise typer.Exit(1)
-    if answer.get("kind") == "retrain_rejected":
-        console.print(f"[yellow]rejected[/]: {answer['reason']}")
+    if isinstance(answer, RetrainRejected):
+        console.print(f"[yellow]rejected[/]: {answer.reason}")
         raise typer.Exit(3)
-    console.print(f"[green]published[/] version {answer['version']}: {answer.get('metrics')}")
+    console.print(f"[green]published[/] version {answer.version}: {answer.metrics}")
 
 
 @app.command()
@@ -395,13 +398,11 @@ def models(
                 "their next publication or restart from the registry)"
             )
             return
-        from ecrec_stream.registry import ModelPublication
+        from ecrec_stream.contracts import ModelPublication
         from streams.kafka import new_producer, resolve_bootstrap
 
         manifest = reg.manifest(use)
-        publication = ModelPublication.of(manifest, trigger="rollback").model_copy(
-            update={"kind": "rollback"}
-        )
+        publication = ModelPublication.of(manifest, trigger="rollback", kind="rollback")
         bootstrap = resolve_bootstrap(settings)
         _check_broker(bootstrap)
         producer = new_producer(bootstrap)

@@ -25,12 +25,13 @@ from confluent_kafka import Message, TopicPartition
 from pydantic import ValidationError
 
 from ecrec_stream.config import Settings
+from ecrec_stream.contracts import ModelPublication
 from ecrec_stream.embedding import Encoder
 from ecrec_stream.events import EventBatch, ItemEvent
 from ecrec_stream.exceptions import EcrecError
 from ecrec_stream.index import LiveItemIndex
 from ecrec_stream.index.persist import Offsets, snapshot_model
-from ecrec_stream.registry import ModelPublication, ModelRegistry
+from ecrec_stream.registry import ModelRegistry
 from streams.kafka import ensure_topics, fetch, partition_reader, topic_partitions
 
 LOG = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class IndexReplica:
         does not answer): the replica has caught up once it has applied everything before
         them. A first empty fetch does not show that: it may come before the first fetch
         response. On Tansu these ends can fall short by the last producer batch's other records
-        (BROKER.md); the stream worker writes one record per batch when labels are on."""
+        (docs/broker.md); the stream worker writes one record per batch when labels are on."""
         try:
             marks = {
                 p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)

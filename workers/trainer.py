@@ -17,7 +17,6 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +24,23 @@ from confluent_kafka import Message
 from pydantic import ValidationError
 
 from ecrec_stream.config import Settings
+from ecrec_stream.contracts import (
+    ModelPublication,
+    RetrainingAlert,
+    RetrainRejected,
+    RetrainRequest,
+    parse_alert,
+)
 from ecrec_stream.embedding import item_text
-from ecrec_stream.events import EventBatch, ItemEvent
+from ecrec_stream.events import DeadLetterReason, EventBatch, ItemEvent, SourcePosition
 from ecrec_stream.index.store import ItemStore, plan_batch
 from ecrec_stream.labels.examples import ExampleBatch
-from ecrec_stream.registry import ModelPublication, ModelRegistry
+from ecrec_stream.registry import ModelRegistry
 from ecrec_stream.training import ReplayBuffer, Retrainer, RetrainOutcome
 from streams.kafka import ensure_topics, fetch, new_producer, partition_reader
 
 LOG = logging.getLogger(__name__)
-TRIGGER_KINDS = {"retrain", "retrain_request"}
-
-
-def retrain_request(reason: str) -> dict[str, Any]:
-    """The message ``ecrec-stream retrain`` puts on ``ecrec.alerts``."""
-    return {
-        "alert_id": f"request-{uuid.uuid4().hex[:16]}",
-        "kind": "retrain_request",
-        "reason": reason,
-        "requested_at": datetime.now(timezone.utc).isoformat(),
-    }
+Trigger = RetrainingAlert | RetrainRequest
 
 
 class TrainerWorker:
@@ -71,7 +67,7 @@ class TrainerWorker:
         self.catalog = ItemStore()
         self.registry = ModelRegistry(settings.registry_dir)
         self.retrainer = Retrainer(cfg, self.registry, settings.embedding)
-        self.pending: list[dict[str, Any]] = []
+        self.pending: list[Trigger] = []
         self.outcomes: deque[dict[str, Any]] = deque(maxlen=20)
         self.stats: Counter[str] = Counter()
         self.on_step = on_step
@@ -121,12 +117,14 @@ class TrainerWorker:
 
     def _handle_alert(self, message: Message, value: bytes) -> None:
         try:
-            alert = json.loads(value)
-        except ValueError:
+            alert = parse_alert(value)
+        except ValidationError as exc:
+            # not an alert of any known shape: set aside with the reason, never retrained on
             self.stats["malformed_messages"] += 1
+            self._dead_letter(message, exc)
             return
-        if not isinstance(alert, dict) or alert.get("kind") not in TRIGGER_KINDS:
-            return
+        if isinstance(alert, RetrainRejected):
+            return  # the trainer's own answer
         _, sent_ms = message.timestamp()
         fresh_start = self.names.alerts not in self.buffer.offsets
         if fresh_start and 0 < sent_ms < self.started_ms:
@@ -136,6 +134,34 @@ class TrainerWorker:
             return
         self.stats["triggers"] += 1
         self.pending.append(alert)
+
+    def _dead_letter(self, message: Message, exc: ValidationError) -> None:
+        from ecrec_stream.validation import RawRecord, make_dead_letter, summarise_errors
+
+        record = RawRecord(
+            position=SourcePosition(
+                topic=message.topic() or "",
+                partition=message.partition() or 0,
+                offset=message.offset() or 0,
+            ),
+            key=message.key(),
+            value=message.value(),
+        )
+        letter = make_dead_letter(
+            record,
+            "alert",
+            DeadLetterReason.SCHEMA_VIOLATION,
+            summarise_errors(exc),
+            max_raw_bytes=self.settings.ingest.dlq_max_raw_bytes,
+        )
+        producer = new_producer(self.bootstrap)
+        producer.produce(
+            self.names.dlq,
+            key=letter.dead_letter_id.encode(),
+            value=letter.model_dump_json().encode(),
+        )
+        producer.flush(10)
+        LOG.error("alert at %s set aside as a dead letter: %s", letter.dead_letter_id, letter.error)
 
     # -- retraining ----------------------------------------------------------------------
     def catalog_texts(self) -> dict[str, str]:
@@ -147,10 +173,10 @@ class TrainerWorker:
                 texts[ex.item_id] = ex.text_pair
         return texts
 
-    def retrain_now(self, triggers: list[dict[str, Any]]) -> RetrainOutcome:
+    def retrain_now(self, triggers: list[Trigger]) -> RetrainOutcome:
         """One gated retrain for ``triggers``; publishes or sends a rejection alert."""
         cfg = self.settings.training
-        trigger_ids = [str(t.get("alert_id", "?")) for t in triggers]
+        trigger_ids = [t.alert_id for t in triggers]
         t0 = time.perf_counter()
         split = self.buffer.split(cfg.holdout_recent, cfg.holdout_older)
         catalog = self.catalog_texts()
@@ -189,22 +215,20 @@ class TrainerWorker:
             self.stats["published"] += 1
             LOG.warning("published model %s (%s)", outcome.manifest.version, outcome.reasons)
         else:
-            rejection_id = f"rejected-{outcome.candidate_version or uuid.uuid4().hex[:16]}"
-            rejection = {
-                "alert_id": rejection_id,
-                "kind": "retrain_rejected",
-                "reason": "; ".join(outcome.reasons),
-                "trigger": outcome.trigger,
-                "serving_version": outcome.serving_version,
-                "summary": outcome.summary(),
-            }
+            rejection = RetrainRejected(
+                alert_id=f"rejected-{outcome.candidate_version or uuid.uuid4().hex[:16]}",
+                reason="; ".join(outcome.reasons),
+                trigger=outcome.trigger,
+                serving_version=outcome.serving_version,
+                summary=json.loads(json.dumps(outcome.summary(), default=str)),
+            )
             producer.produce(
                 self.names.alerts,
-                key=rejection_id.encode(),
-                value=json.dumps(rejection, default=str).encode(),
+                key=rejection.alert_id.encode(),
+                value=rejection.model_dump_json().encode(),
             )
             self.stats["rejected"] += 1
-            LOG.warning("retrain rejected: %s", rejection["reason"])
+            LOG.warning("retrain rejected: %s", rejection.reason)
         producer.flush(10)
         self.outcomes.append(outcome.summary())
         self._last_retrain = time.monotonic()
@@ -214,7 +238,7 @@ class TrainerWorker:
         return outcome
 
     def _defer(
-        self, triggers: list[dict[str, Any]], trigger_ids: list[str], outcome: RetrainOutcome
+        self, triggers: list[Trigger], trigger_ids: list[str], outcome: RetrainOutcome
     ) -> bool:
         """Keep ``triggers`` pending while their oldest has waited less than ``defer_max_s``
         (a drift alert comes right after a shift, before the labels of the new traffic);
@@ -335,10 +359,10 @@ def read_status(settings: Settings) -> dict[str, Any] | None:
 
 def wait_for_answer(
     settings: Settings, bootstrap: str, request_id: str, timeout_s: float
-) -> dict[str, Any] | None:
+) -> ModelPublication | RetrainRejected | None:
     """The publication or rejection that answers retrain request ``request_id``, or ``None``
     after ``timeout_s``. Reads both topics from the beginning: they are small, and Tansu's
-    ListOffsets(latest) cannot be trusted (BROKER.md)."""
+    ListOffsets(latest) cannot be trusted (docs/broker.md)."""
     names = settings.topics
     ensure_topics(bootstrap, [names.models, names.alerts], settings.partitions)
     consumer = partition_reader(bootstrap, [names.models, names.alerts], name="ecrec-retrain")
@@ -348,14 +372,18 @@ def wait_for_answer(
             for message in consumer.consume(500, timeout=0.2):
                 if message.error() is not None:
                     continue
+                answer: Any
                 try:
-                    body = json.loads(message.value() or b"")
-                except ValueError:
+                    if message.topic() == names.models:
+                        answer = ModelPublication.model_validate_json(message.value() or b"")
+                    else:
+                        answer = parse_alert(message.value() or b"")
+                except ValidationError:
                     continue
-                if not isinstance(body, dict) or request_id not in str(body.get("trigger", "")):
+                if not isinstance(answer, ModelPublication | RetrainRejected):
                     continue
-                if message.topic() == names.models or body.get("kind") == "retrain_rejected":
-                    return body
+                if request_id in (answer.trigger or ""):
+                    return answer
         return None
     finally:
         consumer.close()

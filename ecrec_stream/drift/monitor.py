@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from ecrec_stream.config import DriftDetectorName, DriftSettings
+from ecrec_stream.contracts.alerts import MovedCategory, RetrainingAlert
+from ecrec_stream.contracts.drift import DriftReport
 from ecrec_stream.drift.base import DriftResult, WindowedTwoSample
 from ecrec_stream.drift.categories import CategoryMixJS
 from ecrec_stream.drift.embedding import EmbeddingMMD
@@ -34,26 +35,6 @@ MAX_OPEN_SEARCHES = 200_000
 # clicks that came before their search (same timestamp, or reordered), kept for it
 MAX_EARLY_CLICKS = 10_000
 TEXT_DETECTORS = {"query_embedding", "review_embedding"}
-
-
-class RetrainingAlert(BaseModel):
-    """A retraining alert on ``ecrec.alerts``: which detector fired, on which window, with the
-    evidence (every detector's latest result), the categories that moved, sample texts from the
-    window and the serving model's version. ``alert_id`` is derived from the model version,
-    detector and window, so a redelivered window yields the same id."""
-
-    model_config = ConfigDict(frozen=True)
-
-    alert_id: str
-    kind: str = "retrain"
-    detector: str
-    reason: str
-    model_version: str
-    window_start: datetime
-    window_end: datetime
-    evidence: list[dict[str, Any]]
-    moved_categories: list[dict[str, Any]]
-    samples: list[str]
 
 
 def alert_id(model_version: str, detector: str, window: int, window_start: float) -> str:
@@ -267,11 +248,11 @@ class DriftMonitor:
         self.last_alert_ts = result.window_end
         moved = sorted(
             (
-                {"detector": r.detector, **m}
+                MovedCategory(detector=r.detector, **m)
                 for r in self.latest.values()
                 for m in r.details.get("moved", [])
             ),
-            key=lambda m: -abs(m["after"] - m["before"]),
+            key=lambda m: -abs(m.after - m.before),
         )[:5]
         alert = RetrainingAlert(
             alert_id=alert_id(self.model_version, name, result.window, result.window_start),
@@ -287,7 +268,7 @@ class DriftMonitor:
             model_version=self.model_version,
             window_start=_utc(result.window_start),
             window_end=_utc(result.window_end),
-            evidence=[r.as_dict() for r in self.latest.values()],
+            evidence=[DriftReport(**r.as_dict()) for r in self.latest.values()],
             moved_categories=moved,
             samples=list(self.samples.get(name, []))
             or [s for d in TEXT_DETECTORS for s in self.samples.get(d, [])][:5],

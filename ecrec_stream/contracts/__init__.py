@@ -1,0 +1,128 @@
+"""Every message on every topic, as a pydantic v2 model: the project's topic contracts.
+
+:data:`TOPIC_CONTRACTS` maps each topic (by its :class:`~ecrec_stream.config.TopicNames` field)
+to the model its messages validate against; producers build these models and consumers
+validate with them. Input events, batches, dead letters and examples are defined beside the
+stage that owns them and re-exported here; alerts, drift reports and model announcements live
+in this package.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter
+
+from ecrec_stream.contracts.alerts import (
+    ALERT_ADAPTER,
+    TRIGGER_KINDS,
+    Alert,
+    MovedCategory,
+    RetrainingAlert,
+    RetrainRejected,
+    RetrainRequest,
+    parse_alert,
+)
+from ecrec_stream.contracts.drift import DriftReport
+from ecrec_stream.contracts.models import ModelPublication
+from ecrec_stream.events import (
+    ClickEvent,
+    DeadLetter,
+    EventBatch,
+    ItemEvent,
+    ReviewEvent,
+    SearchEvent,
+)
+from ecrec_stream.labels.examples import ExampleBatch
+
+# topic field -> what one message's value is
+TOPIC_CONTRACTS: dict[str, Any] = {
+    "items": ItemEvent,
+    "searches": SearchEvent,
+    "clicks": ClickEvent,
+    "reviews": ReviewEvent,
+    "valid_items": EventBatch,
+    "valid_searches": EventBatch,
+    "valid_clicks": EventBatch,
+    "valid_reviews": EventBatch,
+    "dlq": DeadLetter,
+    "examples": ExampleBatch,
+    "drift": DriftReport,
+    "alerts": Alert,
+    "models": ModelPublication,
+}
+
+
+def contract_name(contract: Any) -> str:
+    """How the topic table names a contract (a union by its members).
+
+    >>> contract_name(Alert)
+    'RetrainingAlert | RetrainRequest | RetrainRejected'
+    >>> contract_name(EventBatch)
+    'EventBatch'
+    """
+    if isinstance(contract, type):
+        return contract.__name__
+    members = contract.__origin__.__args__ if hasattr(contract, "__metadata__") else ()
+    return " | ".join(m.__name__ for m in members)
+
+
+def _members(contract: Any) -> tuple[type[BaseModel], ...]:
+    if isinstance(contract, type):
+        return (contract,)
+    return tuple(contract.__origin__.__args__)
+
+
+def topic_table() -> str:
+    """The Markdown table of every topic's contract (``docs/topics.md`` holds it; a test
+    keeps the two equal): topic, its setting, the model, and each model's fields
+    (``?`` optional)."""
+    from ecrec_stream.config import TopicNames
+
+    names = TopicNames()
+    rows = ["| topic | setting | model | fields (`?`: optional) |", "|---|---|---|---|"]
+    for field_name, contract in TOPIC_CONTRACTS.items():
+        fields = "; ".join(
+            f"{model.__name__}: "
+            + ", ".join(
+                f"`{name}{'' if info.is_required() else '?'}`"
+                for name, info in model.model_fields.items()
+            )
+            for model in _members(contract)
+        )
+        rows.append(
+            f"| `{getattr(names, field_name)}` | `ECREC_TOPICS__{field_name.upper()}` "
+            f"| `{contract_name(contract)}` | {fields} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def validate_message(topic_field: str, raw: bytes | str) -> Any:
+    """Validate one message of the topic named by ``topic_field`` against its contract
+    (raises ``pydantic.ValidationError``)."""
+    return TypeAdapter(TOPIC_CONTRACTS[topic_field]).validate_json(raw)
+
+
+__all__ = [
+    "ALERT_ADAPTER",
+    "TOPIC_CONTRACTS",
+    "TRIGGER_KINDS",
+    "Alert",
+    "ClickEvent",
+    "DeadLetter",
+    "DriftReport",
+    "EventBatch",
+    "ExampleBatch",
+    "ItemEvent",
+    "ModelPublication",
+    "MovedCategory",
+    "RetrainRejected",
+    "RetrainRequest",
+    "RetrainingAlert",
+    "ReviewEvent",
+    "SearchEvent",
+    "contract_name",
+    "parse_alert",
+    "topic_table",
+    "validate_message",
+]

@@ -1,0 +1,109 @@
+"""What the project's HTTP endpoints answer: the index replica's ``/search``, ``/items``,
+``/stats`` and ``/healthz`` (FastAPI, so these make its OpenAPI schema complete) and the stream
+worker's ``/ecrec/stats`` and ``/ecrec/drift`` (Faust web pages, validated before they are
+sent). Stage-specific sub-documents whose shape belongs to a stage (the label agents'
+counters, each detector's row, the miner's stats) are typed as JSON objects here."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from ecrec_stream.contracts.alerts import RetrainingAlert
+from ecrec_stream.events import ItemEvent
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SearchResult(_Answer):
+    item_id: str
+    score: float
+    title: str | None
+    brand: str
+    category_path: list[str]
+    price: float | None
+    # which retriever found it: 1-based rank and score in each list (null: not found there)
+    dense_rank: int | None
+    dense_score: float | None
+    lexical_rank: int | None
+    lexical_score: float | None
+
+
+class SearchResponse(_Answer):
+    query: str
+    k: int
+    mode: str
+    index_size: int
+    model_version: str  # the encoder (content digest) whose vectors answered, one per search
+    results: list[SearchResult]
+
+
+class ItemResponse(_Answer):
+    item: ItemEvent
+    indexed_at: datetime
+
+
+class Freshness(_Answer):
+    """Event time to searchable, in seconds, of the upserts applied in the last minutes."""
+
+    n: int
+    p50_s: float | None
+    p99_s: float | None
+    max_s: float | None
+
+
+class ReplicaStats(_Answer):
+    items: int
+    tombstones: int
+    applied_events: int
+    items_embedded: int
+    last_applied_at: datetime | None
+    backend: str
+    model: str
+    model_version: str
+    swaps: int
+    lexical_items: int | None
+    search_mode: str
+    rebuild: dict[str, Any] | None
+    freshness: Freshness
+    restored_from_snapshot: bool
+    offsets: dict[str, dict[int, int]]
+    skipped_messages: int
+    caught_up: bool
+    models: dict[str, Any]
+    robustness: dict[str, Any]
+
+
+class Health(_Answer):
+    ok: bool
+
+
+class WorkerStats(_Answer):
+    """``/ecrec/stats``: per event kind, records accepted and dead-lettered, batches and
+    messages sent; partitions assigned to this worker; the label agents' counters."""
+
+    valid: dict[str, int]
+    dead: dict[str, int]
+    batches: dict[str, int]
+    messages: dict[str, int]
+    assigned: int
+    labels: dict[str, Any]
+
+
+class DriftStatus(_Answer):
+    """``/ecrec/drift``: each detector's reference progress and latest statistic against its
+    threshold, the recent alerts, and how far the monitor has got in event time."""
+
+    enabled: bool
+    model_version: str | None = None
+    detectors: dict[str, dict[str, Any]] = {}
+    alerts: list[RetrainingAlert] = []
+    counts: dict[str, int] = {}
+    waiting: int = 0
+    observed_until: datetime | None = None
+    stats: dict[str, int] = {}
+    catalog_items: int = 0
