@@ -191,8 +191,8 @@ class EventBatch(BaseModel):
     """Validated events of one kind from one input partition: the ``valid_*`` topics' message.
 
     One message per micro-batch instead of one per event keeps Faust's per-send cost off the
-    hot path (docs/broker.md: ~30% of a Faust worker's CPU goes to ``Topic.send``). The batch goes to
-    the same partition number it came from, so per-key order is kept end to end.
+    hot path (docs/broker.md: ~30% of a Faust worker's CPU goes to ``Topic.send``). The batch
+    goes to the same partition number it came from, so per-key order is kept end to end.
     """
 
     model_config = ConfigDict(frozen=True)
