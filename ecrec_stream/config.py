@@ -367,7 +367,7 @@ class RobustnessSettings(BaseModel):
     max_per_example: int | None = Field(None, ge=1, le=100)
     seed: int = 0
     batch_max: int = Field(256, ge=1, le=100_000, description="examples per batched search")
-    state_path: Path | None = Field(None, description="default: <index.data_dir>/miner.json")
+    state_path: Path | None = Field(None, description="default: <index.data_dir>/miner.state")
 
 
 class Settings(BaseSettings):

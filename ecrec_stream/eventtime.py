@@ -7,6 +7,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 class Watermarks:
@@ -95,13 +96,33 @@ class ReorderBuffer:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def __setstate__(self, state: dict[str, object]) -> None:
-        """Wall-clock readings do not survive a restart: every input starts a fresh idle
-        period (a restored buffer waits at most ``max_idle_s`` once more)."""
-        self.__dict__.update(state)
+    def state_dict(self, encode: Callable[[object], Any]) -> dict[str, Any]:
+        """The waiting events (each through ``encode``, to state values) and each input's
+        newest event time. Wall-clock readings are not kept: see :meth:`load_state`."""
+        return {
+            "oldest": self._oldest,
+            "newest": dict(self._newest),
+            "heap": [[ts, seq, encode(event)] for ts, seq, event in self._heap],
+            "seq": self._seq,
+        }
+
+    def load_state(self, state: dict[str, Any], decode: Callable[[Any], object]) -> None:
+        """Resume ``state_dict``'s buffer. Every input starts a fresh idle period (a restored
+        buffer waits at most ``max_idle_s`` once more)."""
         now = self.clock()
-        self._last_heard = dict.fromkeys(self._last_heard, now)
-        self._started = min(self._started, now)
+        self._oldest = float(state["oldest"])
+        self._newest = {k: float(v) for k, v in state["newest"].items()}
+        self._last_heard = dict.fromkeys(self._newest, now)
+        self._started = now if self._newest else float("inf")
+        self._heap = [(float(ts), int(seq), decode(event)) for ts, seq, event in state["heap"]]
+        heapq.heapify(self._heap)
+        self._seq = int(state["seq"])
+
+    def reset_state(self) -> None:
+        self._oldest = float("inf")
+        self._newest, self._last_heard = {}, {}
+        self._started = float("inf")
+        self._heap, self._seq = [], 0
 
     def watermark(self) -> float:
         if not self._newest:

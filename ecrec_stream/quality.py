@@ -8,6 +8,7 @@ import hmac
 import re
 from collections import OrderedDict
 from collections.abc import Hashable
+from typing import Any
 
 _NON_WORD = re.compile(r"[^a-z0-9]+")
 
@@ -38,6 +39,19 @@ class BoundedSeen:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The remembered keys, oldest first (the project's keys are ids and hashes)."""
+        keys = list(self._keys)
+        if not all(isinstance(k, str) for k in keys):
+            raise TypeError("only a window of string keys can be saved")
+        return {"keys": keys}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self._keys = OrderedDict.fromkeys(state["keys"][-self.capacity :])
+
+    def reset_state(self) -> None:
+        self._keys.clear()
 
 
 def near_duplicate_key(text: str) -> str:

@@ -3,12 +3,13 @@ per closed window on ``ecrec.drift`` and retraining alerts on ``ecrec.alerts`` (
 webhook).
 
 State (references, open windows, alert policy) is snapshotted to
-``<data_dir>/drift/monitor.pkl`` with the last consumed offset of every partition: after a
-restart, redelivered messages at or below those offsets are skipped, so a window is never
-counted twice and an alert never raised twice. An alert is sent, then the snapshot written at
-once; only a crash between the two re-sends it, with the same ``alert_id`` (consumers drop it
-by id). A crash loses at most ``snapshot_interval_s`` of drift observations, never training
-data. Each worker monitors the partitions it is assigned (with one worker: all of them).
+``<data_dir>/drift/monitor.state`` (:mod:`ecrec_stream.state`, no pickle) with the last consumed
+offset of every partition: after a restart, redelivered messages at or below those offsets are
+skipped, so a window is never counted twice and an alert never raised twice. An alert is sent,
+then the snapshot written at once; only a crash between the two re-sends it, with the same
+``alert_id`` (consumers drop it by id). A crash loses at most ``snapshot_interval_s`` of drift
+observations, never training data. Each worker monitors the partitions it is assigned (with one
+worker: all of them).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ecrec_stream.config import Settings
 from ecrec_stream.contracts import DriftReport, ModelPublication
-from ecrec_stream.drift import DriftMonitor, MonitorStep, RetrainingAlert, load_state, save_state
+from ecrec_stream.drift import DriftMonitor, MonitorStep, RetrainingAlert
+from ecrec_stream.drift.monitor import STATE_KIND, STATE_VERSION
 from ecrec_stream.events import EventBatch
+from ecrec_stream.state import load_state, save_state
 from streams.catalog import CatalogCache, SharedModelWork
 from streams.failstop import stop_on_error
 
@@ -101,9 +104,13 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
         model_version=settings.embedding.model,
         inputs=tuple(f"{topic}:{p}" for topic in input_topics for p in range(settings.partitions)),
     )
-    path = settings.data_dir / "drift" / "monitor.pkl"
-    saved = load_state(monitor, path) or {}
-    offsets: dict[str, dict[int, int]] = defaultdict(dict, saved.get("offsets", {}))
+    path = settings.data_dir / "drift" / "monitor.state"
+    saved = load_state(path, kind=STATE_KIND, version=STATE_VERSION) or {}
+    if saved:
+        monitor.load_state(saved["monitor"])
+    offsets: dict[str, dict[int, int]] = defaultdict(dict)
+    for topic, parts in saved.get("offsets", {}).items():
+        offsets[topic] = {int(p): int(o) for p, o in parts.items()}
     if saved:
         LOG.info("drift monitor restored from %s (offsets %s)", path, dict(offsets))
     registry = CollectorRegistry()
@@ -139,7 +146,11 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
         return step, monitor.status()
 
     def snapshot() -> None:
-        save_state(monitor, path, {"offsets": {t: dict(p) for t, p in offsets.items()}})
+        state = {
+            "monitor": monitor.state_dict(),
+            "offsets": {t: {str(p): o for p, o in parts.items()} for t, parts in offsets.items()},
+        }
+        save_state(path, state, kind=STATE_KIND, version=STATE_VERSION)
 
     async def save(force: bool = False) -> None:
         """Snapshot now if forced, else if there is something new and the interval is up."""

@@ -18,10 +18,10 @@ from ecrec_stream.drift import (
     DriftMonitor,
     EmbeddingMMD,
     RiverRate,
-    load_state,
-    save_state,
 )
+from ecrec_stream.drift.monitor import STATE_KIND, STATE_VERSION
 from ecrec_stream.events import ClickEvent, ReviewEvent, SearchEvent
+from ecrec_stream.state import load_state, save_state
 
 
 def gaussian_stream(n: int, shift_at: int | None, seed: int, dim: int = 16) -> list:
@@ -212,6 +212,9 @@ def test_monitor_one_alert_after_the_shift_with_evidence_and_none_before() -> No
     assert m.status()["detectors"]["search_category"]["drifted"] is True
 
 
+STATE = {"kind": STATE_KIND, "version": STATE_VERSION}
+
+
 def test_monitor_is_deterministic_and_survives_a_restart(tmp_path: Path) -> None:
     events = shop_events(4000, shift_at=2500)
     whole = monitor(SMALL)
@@ -222,10 +225,14 @@ def test_monitor_is_deterministic_and_survives_a_restart(tmp_path: Path) -> None
     ]
     first = monitor(SMALL)
     got = [a.alert_id for i in range(0, 2600, 50) for a in first.observe(events[i : i + 50]).alerts]
-    save_state(first, tmp_path / "drift.pkl", {"offsets": {"t": {0: 5}}})
+    path = tmp_path / "drift.state"
+    save_state(path, {"monitor": first.state_dict(), "offsets": {"t": {"0": 5}}}, **STATE)
+    assert b"pickle" not in path.read_bytes()[:8] and path.read_bytes()[8:9] == b"{"
     resumed = monitor(SMALL)
-    extra = load_state(resumed, tmp_path / "drift.pkl")
-    assert extra == {"offsets": {"t": {0: 5}}}
+    saved = load_state(path, **STATE)
+    assert saved is not None and saved["offsets"] == {"t": {"0": 5}}
+    resumed.load_state(saved["monitor"])
+    assert resumed.state_dict().keys() == first.state_dict().keys()
     got += [
         a.alert_id
         for i in range(2600, len(events), 50)

@@ -201,9 +201,9 @@ def test_the_buffer_replaces_an_example_by_its_revision(tmp_path: Path) -> None:
     assert held["ex-3"].revision == 1 and held["ex-3"].label == 0
     assert held["ex-9"].label == 0 and held["ex-9"].revision == 1  # the copy follows
     assert held["ex-0"] in buffer.reservoir[0].items and len(buffer) == 5
-    buffer.save(tmp_path / "b.json")
+    buffer.save(tmp_path / "b.state")
     restored = ReplayBuffer(recent_size=2, reservoir_size=10)
-    restored.load(tmp_path / "b.json")
+    restored.load(tmp_path / "b.state")
     restored.add([relevance(3, 0, 1)])
     assert restored.counts["duplicates"] == buffer.counts["duplicates"] + 1
 

@@ -15,8 +15,10 @@ from ecrec_stream.config import IndexSettings, PerturbationName
 from ecrec_stream.index import LiveItemIndex
 from ecrec_stream.labels.adversarial import AdversarialMiner
 from ecrec_stream.labels.examples import TrainingExample
+from ecrec_stream.state import load_state
 from ecrec_stream.training.buffer import ReplayBuffer
 from tests.helpers import T0, item, relevant_pair
+from workers.miner import STATE_KIND, STATE_VERSION
 
 TITLES = [
     "Rolling Kitchen Cart with Drawers",
@@ -265,10 +267,11 @@ def test_an_index_replica_mines_what_its_serving_model_loses(broker: Any, tmp_pa
             on_delivery=lambda err, msg: marker_at.update({msg.partition(): msg.offset()}),
         )
     assert producer.flush(30) == 0 and len(marker_at) == 2
-    state = tmp_path / "indexer" / "miner.json"
+    state = tmp_path / "indexer" / "miner.state"
 
     def committed_markers() -> bool:
-        offsets = json.loads(state.read_text())["offsets"]
+        saved = load_state(state, kind=STATE_KIND, version=STATE_VERSION)
+        offsets = saved["offsets"] if saved else {}
         return all(offsets.get(str(p), 0) > at for p, at in marker_at.items())
 
     proc = indexer_process(broker.url, tmp_path, port, extra_env=env).start()

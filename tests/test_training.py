@@ -56,16 +56,16 @@ def test_buffer_survives_a_restart(tmp_path: Path) -> None:
     buffer = ReplayBuffer(recent_size=100, reservoir_size=60)
     buffer.add(examples)
     buffer.offsets = {"ecrec.examples": {0: 17, 3: 4}}
-    buffer.save(tmp_path / "buffer.json")
+    buffer.save(tmp_path / "buffer.state")
     back = ReplayBuffer(recent_size=100, reservoir_size=60)
-    assert back.load(tmp_path / "buffer.json")
+    assert back.load(tmp_path / "buffer.state")
     assert back.offsets == buffer.offsets
     assert list(back.recent) == list(buffer.recent)
     assert {k: (r.items, r.seen) for k, r in back.reservoir.items()} == {
         k: (r.items, r.seen) for k, r in buffer.reservoir.items()
     }
     assert back.add(examples[:10]) == 0  # ids seen before the restart are still duplicates
-    assert not ReplayBuffer().load(tmp_path / "missing.json")
+    assert not ReplayBuffer().load(tmp_path / "missing.state")
 
 
 def _retrainer(tmp_path: Path, **overrides: object) -> tuple[Retrainer, ModelRegistry, str]:

@@ -3,16 +3,16 @@ relevance examples on ``ecrec.examples``, perturbs their queries, searches the r
 live index (the serving model, swapped with it) and sends the pairs the index loses back to
 ``ecrec.examples`` for the trainer (:mod:`ecrec_stream.labels.adversarial`).
 
-It starts once the replica has caught up with the catalog (before that every search would
-miss), reads every partition by manual assignment and keeps its offsets in a small JSON file,
-written only after the producer has flushed what those messages mined: a crash re-mines a
-batch under the same ids, and the trainer's buffer drops the duplicates (at-least-once plus
-idempotent ids). Its own examples come back to it and are skipped (they are augmented).
+It starts once the replica has caught up with the catalog (before that every search would miss),
+reads every partition by manual assignment and keeps its offsets in a small state file
+(:mod:`ecrec_stream.state`), written only after the producer has flushed what those messages
+mined: a crash re-mines a batch under the same ids, and the trainer's buffer drops the
+duplicates (at-least-once plus idempotent ids). Its own examples come back to it and are skipped
+(they are augmented).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from pathlib import Path
@@ -24,9 +24,12 @@ from ecrec_stream.config import Settings
 from ecrec_stream.index import LiveItemIndex
 from ecrec_stream.labels.adversarial import AdversarialMiner
 from ecrec_stream.labels.examples import ExampleBatch, TrainingExample, example_batch_messages
+from ecrec_stream.state import load_state, save_state
 from streams.kafka import ensure_topics, fetch, new_producer, partition_reader
 
 LOG = logging.getLogger(__name__)
+STATE_KIND = "robustness_miner"
+STATE_VERSION = 1
 
 
 class RobustnessMinerThread:
@@ -45,7 +48,7 @@ class RobustnessMinerThread:
         self.live = live
         self.caught_up = caught_up
         self.topic = settings.topics.examples
-        self.state_path = cfg.state_path or Path(settings.index.data_dir) / "miner.json"
+        self.state_path = cfg.state_path or Path(settings.index.data_dir) / "miner.state"
         self.offsets: dict[int, int] = self._load_offsets()
         mode = live.resolve_mode(cfg.search_mode)
         self.miner = AdversarialMiner(
@@ -67,16 +70,14 @@ class RobustnessMinerThread:
         self._thread = threading.Thread(target=self._run, name="ecrec-miner", daemon=True)
 
     def _load_offsets(self) -> dict[int, int]:
-        if not self.state_path.exists():
+        state = load_state(self.state_path, kind=STATE_KIND, version=STATE_VERSION)
+        if state is None:
             return {}
-        state = json.loads(self.state_path.read_text())
-        return {int(p): int(o) for p, o in state.get("offsets", {}).items()}
+        return {int(p): int(o) for p, o in state["offsets"].items()}
 
     def _save_offsets(self) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"offsets": self.offsets, "stats": self.stats()}))
-        tmp.replace(self.state_path)
+        state = {"offsets": {str(p): o for p, o in self.offsets.items()}, "stats": self.stats()}
+        save_state(self.state_path, state, kind=STATE_KIND, version=STATE_VERSION)
 
     def start(self) -> None:
         self._thread.start()

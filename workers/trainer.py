@@ -36,6 +36,7 @@ from ecrec_stream.events import DeadLetterReason, EventBatch, ItemEvent, SourceP
 from ecrec_stream.index.store import ItemStore, plan_batch
 from ecrec_stream.labels.examples import ExampleBatch
 from ecrec_stream.registry import ModelRegistry
+from ecrec_stream.state import atomic_write
 from ecrec_stream.training import ReplayBuffer, Retrainer, RetrainOutcome
 from streams.kafka import ensure_topics, fetch, new_producer, partition_reader
 
@@ -58,7 +59,7 @@ class TrainerWorker:
         self.settings = settings
         self.bootstrap = bootstrap
         self.names = settings.topics
-        self.state_path = settings.trainer_dir / "buffer.json"
+        self.state_path = settings.trainer_dir / "buffer.state"
         self.status_path = settings.trainer_dir / "status.json"
         self.buffer = ReplayBuffer(
             cfg.recent_size, cfg.reservoir_size, dedupe_capacity=cfg.dedupe_capacity, seed=cfg.seed
@@ -289,9 +290,7 @@ class TrainerWorker:
 
     def save(self) -> None:
         self.buffer.save(self.state_path)
-        tmp = self.status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.status(), default=str, indent=2))
-        tmp.replace(self.status_path)
+        atomic_write(self.status_path, json.dumps(self.status(), default=str, indent=2).encode())
         self._dirty = False
         self._last_save = time.monotonic()
 

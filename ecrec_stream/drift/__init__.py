@@ -10,8 +10,6 @@ from ecrec_stream.drift.monitor import (
     MonitorStep,
     RetrainingAlert,
     alert_id,
-    load_state,
-    save_state,
 )
 from ecrec_stream.drift.rates import RiverRate
 
@@ -26,7 +24,5 @@ __all__ = [
     "RiverRate",
     "alert_id",
     "gamma_threshold",
-    "load_state",
     "mmd2",
-    "save_state",
 ]

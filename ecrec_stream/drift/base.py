@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -56,9 +56,14 @@ class DriftDetector(Protocol[T_contra]):
     def rebase(self) -> None:
         """Forget the reference: the next observations build a new one (after a publication)."""
 
-    def state_dict(self) -> dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]:
+        """The state protocol (:mod:`ecrec_stream.state`): JSON values and arrays only."""
+        ...
 
     def load_state(self, state: dict[str, Any]) -> None: ...
+
+    def reset_state(self) -> None:
+        """As newly built: the same as :meth:`rebase` for every detector here."""
 
     @property
     def ready(self) -> bool:
@@ -134,12 +139,16 @@ class WindowCutter(Generic[T]):
         window, self.current = self.current, Window()
         return window
 
-    def state(self) -> tuple[list[T], float, float]:
-        return list(self.current.values), self.current.start, self.current.end
+    def state_dict(self, pack: Callable[[list[T]], Any] = list) -> dict[str, Any]:
+        """The open window; ``pack`` turns its values into state values (e.g. one array)."""
+        cur = self.current
+        return {"values": pack(list(cur.values)), "start": cur.start, "end": cur.end}
 
-    def load(self, state: tuple[list[T], float, float]) -> None:
-        values, start, end = state
-        self.current = Window(list(values), float(start), float(end))
+    def load_state(self, state: dict[str, Any], unpack: Callable[[Any], list[T]] = list) -> None:
+        self.current = Window(unpack(state["values"]), float(state["start"]), float(state["end"]))
+
+    def reset_state(self) -> None:
+        self.current = Window()
 
 
 class WindowedTwoSample(Generic[T]):
@@ -221,24 +230,34 @@ class WindowedTwoSample(Generic[T]):
         self.windows = 0
         self._cutter = WindowCutter(self.window_events, self.window_s)
 
+    def _pack(self, values: list[T]) -> Any:
+        """Observations as state values (categories are strings already; vectors override)."""
+        return list(values)
+
+    def _unpack(self, packed: Any) -> list[T]:
+        return list(packed)
+
     def state_dict(self) -> dict[str, Any]:
         return {
-            "reference": list(self.reference),
-            "reference_span": self.reference_span,
+            "reference": self._pack(list(self.reference)),
+            "reference_span": list(self.reference_span),
             "threshold": self.threshold,
-            "null_statistics": list(self.null_statistics),
+            "null_statistics": [float(s) for s in self.null_statistics],
             "windows": self.windows,
-            "window": self._cutter.state(),
+            "window": self._cutter.state_dict(self._pack),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.reference = list(state["reference"])
+        self.reference = self._unpack(state["reference"])
         lo, hi = state["reference_span"]
         self.reference_span = (float(lo), float(hi))
         self.threshold = float(state["threshold"])
-        self.null_statistics = list(state["null_statistics"])
+        self.null_statistics = [float(s) for s in state["null_statistics"]]
         self.windows = int(state["windows"])
-        self._cutter.load(state["window"])
+        self._cutter.load_state(state["window"], self._unpack)
+
+    def reset_state(self) -> None:
+        self.rebase()
 
     # -- internals ----------------------------------------------------------------------------
     def _close(self, window: Window[T]) -> DriftResult:

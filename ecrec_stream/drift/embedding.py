@@ -86,6 +86,13 @@ class EmbeddingMMD(WindowedTwoSample[np.ndarray]):
         self.bandwidth = float("nan")
         self._reference_memo = None
 
+    def _pack(self, values: list[np.ndarray]) -> np.ndarray:
+        # one (n, dim) array instead of n small ones; (0, 0) when empty
+        return np.stack(values) if values else np.zeros((0, 0), dtype=np.float32)
+
+    def _unpack(self, packed: np.ndarray) -> list[np.ndarray]:
+        return list(np.asarray(packed))
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "bandwidth": self.bandwidth}
 

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import pickle
-import tempfile
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field, TypeAdapter
 
 from ecrec_stream.config import DriftDetectorName, DriftSettings
 from ecrec_stream.contracts.alerts import MovedCategory, RetrainingAlert
@@ -29,7 +26,9 @@ from ecrec_stream.events import AnyEvent, ClickEvent, ReviewEvent, SearchEvent
 from ecrec_stream.eventtime import ReorderBuffer
 from ecrec_stream.quality import BoundedSeen
 
-STATE_VERSION = 1
+STATE_KIND = "drift_monitor"
+STATE_VERSION = 2  # 1 was a pickle
+EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(Annotated[AnyEvent, Field(discriminator="type")])
 # searches waiting for their click-through horizon; beyond this the oldest is resolved early
 MAX_OPEN_SEARCHES = 200_000
 # clicks that came before their search (same timestamp, or reordered), kept for it
@@ -286,35 +285,59 @@ class DriftMonitor:
         self.consecutive.clear()
 
     def state_dict(self) -> dict[str, Any]:
+        """The state protocol (:mod:`ecrec_stream.state`): detectors, alert policy, the
+        event-time merge's waiting events, open searches and the dedupe window."""
         return {
-            "version": STATE_VERSION,
             "model_version": self.model_version,
             "detectors": {n: d.state_dict() for n, d in self.detectors.items()},
-            "latest": dict(self.latest),
+            "latest": {n: r.as_dict() for n, r in self.latest.items()},
             "consecutive": dict(self.consecutive),
             "last_alert_ts": self.last_alert_ts,
-            "alerts": list(self.alerts),
+            "alerts": [a.model_dump(mode="json") for a in self.alerts],
+            "samples": {n: list(s) for n, s in self.samples.items()},
+            "seen": self.seen.state_dict(),
+            "newest_ts": self.newest_ts,
             "counts": dict(self.counts),
-            "reorder": self.reorder,
-            "open_searches": list(self.open_searches.items()),
+            "reorder": self.reorder.state_dict(lambda ev: ev.model_dump_json()),  # type: ignore[attr-defined]
+            "open_searches": [
+                [sid, ts, clicked] for sid, (ts, clicked) in self.open_searches.items()
+            ],
             "early_clicks": list(self.early_clicks),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"drift state version {state.get('version')} is not supported")
         self.model_version = state["model_version"]
         for name, det_state in state["detectors"].items():
             if name in self.detectors:
                 self.detectors[name].load_state(det_state)
-        self.latest = dict(state["latest"])
+        self.latest = {n: DriftResult(**r) for n, r in state["latest"].items()}
         self.consecutive = defaultdict(int, state["consecutive"])
         self.last_alert_ts = float(state["last_alert_ts"])
-        self.alerts = deque(state["alerts"], maxlen=20)
+        self.alerts = deque((RetrainingAlert.model_validate(a) for a in state["alerts"]), maxlen=20)
+        self.samples = defaultdict(lambda: deque(maxlen=5))
+        for name, texts in state["samples"].items():
+            self.samples[name].extend(texts)
+        self.seen.load_state(state["seen"])
+        self.newest_ts = float(state["newest_ts"])
         self.counts = defaultdict(int, state["counts"])
-        self.reorder = state["reorder"]
-        self.open_searches = OrderedDict(state.get("open_searches", []))
-        self.early_clicks = OrderedDict.fromkeys(state.get("early_clicks", []))
+        self.reorder.load_state(state["reorder"], EVENT_ADAPTER.validate_json)
+        self.open_searches = OrderedDict(
+            (sid, [float(ts), bool(clicked)]) for sid, ts, clicked in state["open_searches"]
+        )
+        self.early_clicks = OrderedDict.fromkeys(state["early_clicks"])
+
+    def reset_state(self) -> None:
+        """As newly built with the same settings and model version."""
+        self.rebase(self.model_version)
+        self.last_alert_ts = -math.inf
+        self.alerts.clear()
+        self.samples.clear()
+        self.seen.reset_state()
+        self.newest_ts = -math.inf
+        self.counts.clear()
+        self.reorder.reset_state()
+        self.open_searches.clear()
+        self.early_clicks.clear()
 
     def status(self) -> dict[str, Any]:
         """Each detector's reference progress and latest statistic against its threshold, and
@@ -347,25 +370,3 @@ class DriftMonitor:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def save_state(monitor: DriftMonitor, path: Path, extra: dict[str, Any]) -> None:
-    """Write the monitor's state (plus ``extra``, e.g. consumed offsets) atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = pickle.dumps({"monitor": monitor.state_dict(), **extra}, protocol=5)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def load_state(monitor: DriftMonitor, path: Path) -> dict[str, Any] | None:
-    """Restore the monitor from ``path``; returns the saved extras, or ``None`` if absent."""
-    if not path.exists():
-        return None
-    with open(path, "rb") as fh:
-        saved: dict[str, Any] = pickle.load(fh)
-    monitor.load_state(saved.pop("monitor"))
-    return saved

@@ -4,15 +4,21 @@ reported per window like the two-sample detectors."""
 from __future__ import annotations
 
 import math
-import pickle
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 from river import drift as river_drift
 
 from ecrec_stream.drift.base import DriftResult, Window, WindowCutter
 
 RateMethod = Literal["adwin", "page_hinkley"]
+# River's detectors keep their window in compiled objects that only pickle can save; a restart
+# rebuilds the detector instead by replaying what it holds: ADWIN's last ``width``
+# observations, Page-Hinkley's since its last signal (it starts again at a signal), at most
+# this many (older ones only refine ADWIN's estimate of a stable rate).
+REPLAY_LIMIT = 20_000
 
 
 class RiverRate:
@@ -71,6 +77,8 @@ class RiverRate:
 
     def rebase(self) -> None:
         self.detector = self._new_detector()
+        self._recent: deque[float] = deque(maxlen=REPLAY_LIMIT)
+        self._since_signal = 0
         self.ref_sum = 0.0
         self.ref_n = 0
         self.windows = 0
@@ -83,6 +91,8 @@ class RiverRate:
         for ts, value in batch:
             before = self.detector.estimation if self.method == "adwin" else math.nan
             self.detector.update(value)
+            self._recent.append(value)
+            self._since_signal = 0 if self.detector.drift_detected else self._since_signal + 1
             if self.detector.drift_detected and self.ready:
                 self._signalled = True
                 if self.method == "adwin":
@@ -122,19 +132,32 @@ class RiverRate:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "detector": pickle.dumps(self.detector),
+            "replay": np.asarray(self._held(), dtype=np.float64),
             "ref_sum": self.ref_sum,
             "ref_n": self.ref_n,
             "windows": self.windows,
             "last_change": self.last_change,
-            "window": self._cutter.state(),
+            "window": self._cutter.state_dict(),
             "signalled": self._signalled,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.detector = pickle.loads(state["detector"])
+        self.rebase()
+        replay = np.asarray(state["replay"], dtype=np.float64).tolist()
+        for value in replay:
+            self.detector.update(value)  # a signal while replaying was signalled before
+            self._recent.append(value)
+        self._since_signal = len(replay)
         self.ref_sum, self.ref_n = float(state["ref_sum"]), int(state["ref_n"])
         self.windows = int(state["windows"])
         self.last_change = float(state["last_change"])
-        self._cutter.load(state["window"])
+        self._cutter.load_state(state["window"])
         self._signalled = bool(state["signalled"])
+
+    def reset_state(self) -> None:
+        self.rebase()
+
+    def _held(self) -> list[float]:
+        """The observations the detector's window holds now (the newest ones)."""
+        held = int(self.detector.width) if self.method == "adwin" else self._since_signal
+        return list(self._recent)[-held:] if held else []

@@ -4,16 +4,14 @@ A fine-tune on the newest traffic alone forgets what the model knew (catastrophi
 forgetting); the reservoir keeps a uniform, label-balanced sample of everything that left the
 recent window (Vitter's algorithm R, one reservoir per label). Duplicate example ids (an
 at-least-once redelivery) are dropped; a copy with a higher ``revision`` (an example the LLM
-annotator's late vote revised) replaces the one held. The buffer is saved as JSON (never
-pickle) together with the topic offsets it has read, so a restarted trainer resumes exactly
-where it stopped.
+annotator's late vote revised) replaces the one held. The buffer is saved with
+:mod:`ecrec_stream.state` (never pickle) together with the topic offsets it has read, so a
+restarted trainer resumes exactly where it stopped.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import random
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
@@ -23,8 +21,10 @@ from typing import Any
 
 from ecrec_stream.labels.examples import TrainingExample
 from ecrec_stream.labels.reservoir import Reservoir
+from ecrec_stream.state import load_state, rng_state, save_state, set_rng_state
 
-STATE_VERSION = 1
+STATE_KIND = "replay_buffer"
+STATE_VERSION = 2  # 1 was a JSON file of its own
 Offsets = dict[str, dict[int, int]]
 
 
@@ -72,11 +72,12 @@ class ReplayBuffer:
         self.recent_size = recent_size
         self.reservoir_size = reservoir_size
         self.dedupe_capacity = dedupe_capacity
+        self.seed = seed
         self.recent: deque[TrainingExample] = deque()
         # balanced: half the reservoir per label, both drawing from one seeded generator
-        rng = random.Random(seed)
+        self._rng = random.Random(seed)
         self.reservoir: dict[int, Reservoir[TrainingExample]] = {
-            label: Reservoir(reservoir_size // 2, rng=rng) for label in (0, 1)
+            label: Reservoir(reservoir_size // 2, rng=self._rng) for label in (0, 1)
         }
         self._seen: OrderedDict[str, int] = OrderedDict()  # example id -> revision held
         self.counts: dict[str, int] = {
@@ -191,41 +192,28 @@ class ReplayBuffer:
         train = [e for e in train if e.augmented_from is None or e.text not in held_queries]
         return BufferSplit(train, recent_eval, older_eval)
 
-    # -- persistence -------------------------------------------------------------------------
-    def save(self, path: Path) -> None:
-        """Write the buffer and its offsets atomically (JSON)."""
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The state protocol (:mod:`ecrec_stream.state`): examples, offsets read, the dedupe
+        window with the revision held per id, counts and the reservoirs' generator."""
 
         def dump(rows: Sequence[TrainingExample]) -> list[Any]:
             return [e.model_dump(mode="json") for e in rows]
 
-        state = {
-            "version": STATE_VERSION,
+        return {
             "offsets": {
                 t: {str(p): o for p, o in parts.items()} for t, parts in self.offsets.items()
             },
             "recent": dump(self.recent),
             "reservoir": {str(k): dump(r.items) for k, r in self.reservoir.items()},
             "evicted_seen": {str(k): r.seen for k, r in self.reservoir.items()},
+            "rng": rng_state(self._rng),
             "seen": list(self._seen),
             "revisions": {k: r for k, r in self._seen.items() if r},
-            "counts": self.counts,
+            "counts": dict(self.counts),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
 
-    def load(self, path: Path) -> bool:
-        """Restore from ``path``; False when there is no saved buffer."""
-        if not path.exists():
-            return False
-        state = json.loads(path.read_text())
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"replay buffer version {state.get('version')} is not supported")
-
+    def load_state(self, state: dict[str, Any]) -> None:
         def parse(rows: list[Any]) -> list[TrainingExample]:
             return [TrainingExample.model_validate(r) for r in rows]
 
@@ -236,7 +224,27 @@ class ReplayBuffer:
         for k, rows in state["reservoir"].items():
             self.reservoir[int(k)].items = parse(rows)
             self.reservoir[int(k)].seen = int(state["evicted_seen"][k])
+        set_rng_state(self._rng, state["rng"])
         revisions = state.get("revisions", {})
         self._seen = OrderedDict((k, int(revisions.get(k, 0))) for k in state["seen"])
         self.counts.update(state["counts"])
+
+    def reset_state(self) -> None:
+        self.__init__(  # type: ignore[misc]
+            self.recent_size,
+            self.reservoir_size,
+            dedupe_capacity=self.dedupe_capacity,
+            seed=self.seed,
+        )
+
+    def save(self, path: Path) -> None:
+        """Write the buffer and its offsets atomically (:func:`ecrec_stream.state.save_state`)."""
+        save_state(path, self.state_dict(), kind=STATE_KIND, version=STATE_VERSION)
+
+    def load(self, path: Path) -> bool:
+        """Restore from ``path``; False when there is no saved buffer."""
+        state = load_state(path, kind=STATE_KIND, version=STATE_VERSION)
+        if state is None:
+            return False
+        self.load_state(state)
         return True
