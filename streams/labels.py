@@ -14,6 +14,15 @@ Table writes happen once per session per incoming batch message, inside stream i
 current event's partition is the session's partition), never from timers: docs/broker.md explains
 the silent data loss otherwise. Model work runs in a one-thread executor, off the event loop.
 
+The rules (dedupe, bot filtering, which candidates exist) live in the domain stages
+(:mod:`ecrec_stream.labels.stages`); the agents decode, call a stage on the model thread, send
+and checkpoint. Every ``snapshot_interval_s`` the stages' state (label models, position model,
+seed classifier, dedupe windows) is taken between two messages, the producer is flushed (so
+every event in a dedupe window has its examples delivered) and the state written to
+``<data_dir>/labels/labels.state``; a restarted worker resumes it. Redelivered events after a
+restart are labelled again under the same ids (at-least-once); an event already in a restored
+dedupe window was delivered before the snapshot.
+
 Errors: a batch message that does not parse, and a record that a stage raises on (found by
 bisection, :mod:`ecrec_stream.isolation`), become dead letters and the agent goes on
 (``ECREC_ON_PROCESSING_ERROR=stop`` to stop instead). Any other error, a failed send above all,
@@ -26,10 +35,11 @@ import asyncio
 import dataclasses
 import json
 import logging
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -43,7 +53,7 @@ from ecrec_stream.events import (
     SearchEvent,
     SourcePosition,
 )
-from ecrec_stream.isolation import Failure, describe, isolate_failures
+from ecrec_stream.isolation import Failure, describe
 from ecrec_stream.labels.annotate import Annotator
 from ecrec_stream.labels.base import RelevanceCandidate, SentimentCandidate, Task
 from ecrec_stream.labels.examples import (
@@ -54,14 +64,17 @@ from ecrec_stream.labels.examples import (
     build_labelers,
     example_batch_messages,
 )
-from ecrec_stream.quality import BoundedSeen, near_duplicate_key
-from ecrec_stream.sessions import BotRules, SessionWindows, bot_reason, relevance_candidates
+from ecrec_stream.labels.stages import LabelStep, ReviewLabelStage, SessionLabelStage
+from ecrec_stream.sessions import BotRules, SessionWindows
+from ecrec_stream.state import load_state, save_state
 from ecrec_stream.validation import RawRecord, make_dead_letter
 from streams.catalog import CatalogCache, SharedModelWork
 from streams.failstop import stop_on_error
 
 LOG = logging.getLogger(__name__)
 PROCESSING = DeadLetterReason.PROCESSING_ERROR
+STATE_KIND = "label_stages"
+STATE_VERSION = 1
 
 
 def _candidate_json(candidate: RelevanceCandidate | SentimentCandidate) -> bytes:
@@ -112,7 +125,7 @@ class LabelRuntime:
 
 
 def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork) -> LabelRuntime:
-    """Register the label agents and the session table on ``app``."""
+    """Register the label agents, the session table and the state checkpoint on ``app``."""
     cfg = settings.labels
     names = settings.topics
     relevance, sentiment = build_labelers(cfg, shared.encoder)
@@ -120,6 +133,22 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
     titles = shared.catalog
     runtime = LabelRuntime(relevance, sentiment, titles, annotator=annotator)
     stats = runtime.stats
+    policy = settings.on_processing_error
+    review_stage = ReviewLabelStage(sentiment, dedupe_capacity=cfg.dedupe_capacity, on_error=policy)
+    bot_rules = BotRules(
+        cfg.bot_max_clicks_per_minute, cfg.bot_max_clicks, cfg.bot_min_median_dwell_ms
+    )
+    session_stage = SessionLabelStage(relevance, bot_rules, titles.get, on_error=policy)
+    state_path = settings.data_dir / "labels" / "labels.state"
+    saved = load_state(state_path, kind=STATE_KIND, version=STATE_VERSION)
+    if saved is not None:
+        review_stage.load_state(saved["reviews"])
+        session_stage.load_state(saved["sessions"])
+        stats["restored_state"] += 1
+        LOG.warning("label stages restored from %s", state_path)
+    # held while a message is processed: a checkpoint is taken between two messages
+    processing = asyncio.Lock()
+    last_checkpoint = [time.monotonic(), 0]  # when, and stats' total at the time
     examples_topic = app.topic(names.examples, value_serializer="raw", key_serializer="raw")
     sessions = app.Table(
         f"{settings.app_id}-sessions",
@@ -127,12 +156,6 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
         partitions=settings.partitions,
         schema=faust.Schema(key_serializer="json", value_serializer="json"),
     )
-    seen_reviews = BoundedSeen(cfg.dedupe_capacity)
-    seen_texts = BoundedSeen(cfg.dedupe_capacity)
-    bot_rules = BotRules(
-        cfg.bot_max_clicks_per_minute, cfg.bot_max_clicks, cfg.bot_min_median_dwell_ms
-    )
-    policy = settings.on_processing_error
     windows = SessionWindows(
         sessions,
         gap_s=cfg.session_gap_s,
@@ -190,15 +213,18 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                 event, kind, PROCESSING, failure.error, payload(failure.item), name(failure.item)
             )
 
-    async def label_isolated(
-        labeler: RelevanceLabeler | SentimentLabeler, cands: list[Any]
-    ) -> tuple[list[TrainingExample], list[Failure[Any]]]:
-        result: tuple[list[TrainingExample], list[Failure[Any]]] = await shared.off_loop(
-            isolate_failures, labeler.label_many, cands, policy
-        )
+    async def run_stage(
+        stage: ReviewLabelStage | SessionLabelStage,
+        labeler: RelevanceLabeler | SentimentLabeler,
+        batch: Sequence[Any],
+    ) -> LabelStep:
+        """The stage on the model thread; its counts into the stats, its examples offered to
+        the annotator (a deque append: never waits)."""
+        step: LabelStep = await shared.off_loop(stage.label_many, batch)
+        stats.update(step.counts)
         if annotator is not None:
-            annotator.offer(result[0], labeler.fast_names)  # a deque append: never waits
-        return result
+            annotator.offer(step.examples, labeler.fast_names)
+        return step
 
     if annotator is not None:
         llm_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecrec-llm")
@@ -238,49 +264,31 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
 
     reviews_topic = app.topic(names.valid_reviews, value_serializer="raw", key_serializer="raw")
 
-    def review_candidate(review: ReviewEvent) -> SentimentCandidate | None:
-        if not seen_reviews.add(review.event_id):
-            stats["duplicate_events"] += 1
-            return None
-        text = ". ".join(p for p in (review.title, review.text) if p.strip())
-        if text and not seen_texts.add(near_duplicate_key(text)):
-            stats["near_duplicate_reviews"] += 1
-            return None
-        return SentimentCandidate(
-            review.event_id,
-            review.item_id,
-            text,
-            review.rating,
-            review.user_id,
-            event_ts=review.ts.timestamp(),
-        )
-
     async def label_reviews(stream: faust.StreamT) -> None:
         async for event in stream.events():
             with stop_on_error("label.reviews"):
-                batch = await parse(event)
-                if batch is None:
-                    continue
-                reviews = [r for r in batch.events if isinstance(r, ReviewEvent)]
-                stats["reviews_read"] += len(reviews)
-                cands, failed = isolate_failures(
-                    lambda rs: [c for r in rs if (c := review_candidate(r)) is not None],
-                    reviews,
-                    policy,
-                )
-                examples, failed_labels = await label_isolated(sentiment, cands)
-                await dead_letter_failures(
-                    event, "review", failed, lambda r: r.model_dump_json().encode(), _event_id
-                )
-                await dead_letter_failures(
-                    event, "review", failed_labels, _candidate_json, _event_id
-                )
-                await emit(
-                    "sentiment",
-                    examples,
-                    batch.source.partition,
-                    f"sentiment:{batch.source.partition}:{batch.source.offset}",
-                )
+                async with processing:
+                    batch = await parse(event)
+                    if batch is None:
+                        continue
+                    reviews = [r for r in batch.events if isinstance(r, ReviewEvent)]
+                    step = await run_stage(review_stage, sentiment, reviews)
+                    await dead_letter_failures(
+                        event,
+                        "review",
+                        step.failed_inputs,
+                        lambda r: r.model_dump_json().encode(),
+                        _event_id,
+                    )
+                    await dead_letter_failures(
+                        event, "review", step.failed_candidates, _candidate_json, _event_id
+                    )
+                    await emit(
+                        "sentiment",
+                        step.examples,
+                        batch.source.partition,
+                        f"sentiment:{batch.source.partition}:{batch.source.offset}",
+                    )
 
     session_topics = app.topic(
         names.valid_searches, names.valid_clicks, value_serializer="raw", key_serializer="raw"
@@ -289,52 +297,64 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
     async def label_sessions(stream: faust.StreamT) -> None:
         async for event in stream.events():
             with stop_on_error("label.sessions"):
-                batch = await parse(event)
-                if batch is None:
-                    continue
-                part = event.message.partition
-                step = windows.add(
-                    part,
-                    event.message.topic,
-                    [ev for ev in batch.events if isinstance(ev, SearchEvent | ClickEvent)],
-                )
-                stats["late_events"] += step.late
-                stats["duplicate_events"] += step.duplicates
-                for ev, exc in step.failed:
-                    await dead_letter(
-                        event,
-                        ev.type,
-                        PROCESSING,
-                        describe(exc),
-                        ev.model_dump_json().encode(),
-                        ev.event_id,
-                    )
-                cands = []
-                for state in step.closed:
-                    reason = bot_reason(state, bot_rules)
-                    if reason:
-                        stats["bot_sessions"] += 1
-                        LOG.info(
-                            "session %s looks automated (%s): no labels",
-                            state["session_id"],
-                            reason,
-                        )
+                async with processing:
+                    batch = await parse(event)
+                    if batch is None:
                         continue
-                    stats["sessions_closed"] += 1
-                    cands.extend(relevance_candidates(state))
-                if cands:
-                    cands = [replace(c, item_title=titles.get(c.item_id)) for c in cands]
-                    examples, failed_labels = await label_isolated(relevance, cands)
+                    part = event.message.partition
+                    closed = windows.add(
+                        part,
+                        event.message.topic,
+                        [ev for ev in batch.events if isinstance(ev, SearchEvent | ClickEvent)],
+                    )
+                    stats["late_events"] += closed.late
+                    stats["duplicate_events"] += closed.duplicates
+                    for ev, exc in closed.failed:
+                        await dead_letter(
+                            event,
+                            ev.type,
+                            PROCESSING,
+                            describe(exc),
+                            ev.model_dump_json().encode(),
+                            ev.event_id,
+                        )
+                    if not closed.closed:
+                        continue
+                    step = await run_stage(session_stage, relevance, closed.closed)
                     await dead_letter_failures(
                         event,
                         "search",
-                        failed_labels,
+                        step.failed_candidates,
                         _candidate_json,
                         lambda c: f"{c.search_event_id}/{c.item_id}",
                     )
-                    await emit(
-                        "relevance", examples, part, f"relevance:{part}:{event.message.offset}"
-                    )
+                    if step.examples:
+                        await emit(
+                            "relevance",
+                            step.examples,
+                            part,
+                            f"relevance:{part}:{event.message.offset}",
+                        )
+
+    def stage_states() -> dict[str, Any]:
+        return {"reviews": review_stage.state_dict(), "sessions": session_stage.state_dict()}
+
+    @app.timer(cfg.snapshot_interval_s)
+    async def checkpoint() -> None:
+        """Save the stages' state when something changed: taken between two messages, then
+        the producer flushed, then written (see the module docstring)."""
+        total = sum(stats.values())
+        if total == last_checkpoint[1]:
+            return
+        with stop_on_error("label.checkpoint"):
+            async with processing:
+                state = await shared.off_loop(stage_states)
+            await app.producer.flush()
+            await shared.off_loop(
+                lambda: save_state(state_path, state, kind=STATE_KIND, version=STATE_VERSION)
+            )
+            last_checkpoint[:] = [time.monotonic(), total]
+            stats["checkpoints"] += 1
 
     app.agent(reviews_topic, name="ecrec.label.reviews")(label_reviews)
     app.agent(session_topics, name="ecrec.label.sessions")(label_sessions)

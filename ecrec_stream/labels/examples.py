@@ -236,6 +236,28 @@ class _Labeler:
             "revision_flipped": 0,
         }
 
+    # -- state protocol (ecrec_stream.state) --------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What the labels depend on besides the events: the label model (its reservoir of
+        vote rows and fit) and the counters; subclasses add their own models."""
+        return {
+            "functions": list(self.names),
+            "counts": dict(self.counts),
+            "model": self.model.state_dict(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if state["functions"] != self.names:
+            raise ConfigError(
+                f"saved {self.task} labels come from functions {state['functions']}, "
+                f"these are {self.names}: delete the state file to start afresh"
+            )
+        self.counts.update(state["counts"])
+        self.model.load_state(state["model"])
+
+    def reset_state(self) -> None:
+        _Labeler.__init__(self, self.functions, self.settings, self.augmenters, self.meaning_filter)
+
     def add_function(self, function: LabelFunction[Any]) -> None:
         """Add a label function (before any data is labelled: the label model restarts)."""
         if function.name in self.names:
@@ -432,6 +454,25 @@ class RelevanceLabeler(_Labeler):
         self.position_bias = position_bias
         self._since_refit = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "position_bias": self.position_bias.state_dict(),
+            "since_refit": self._since_refit,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self.position_bias.load_state(state["position_bias"])
+        self._since_refit = int(state["since_refit"])
+
+    def reset_state(self) -> None:
+        super().reset_state()
+        self.position_bias.__init__(  # type: ignore[misc]
+            eta=self.settings.ips_eta, min_pairs=self.settings.position_bias_min_pairs
+        )
+        self._since_refit = 0
+
     def _prepare(self, candidates: Sequence[RelevanceCandidate]) -> None:
         """Feed the impressions to the position-bias model; refit it now and then."""
         if self.settings.position_bias != "estimated":
@@ -530,6 +571,31 @@ class SentimentLabeler(_Labeler):
             return [v.label for v in lexicon.vote_many(cands)]
 
         return label_of
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "seeds": [[text, label] for text, label in self._seeds],
+            "since_fit": self._since_fit,
+            "seed_classifier": None
+            if self.seed_classifier is None
+            else self.seed_classifier.state_dict(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self._seeds.clear()
+        self._seeds.extend((str(text), int(label)) for text, label in state["seeds"])
+        self._since_fit = int(state["since_fit"])
+        if self.seed_classifier is not None and state["seed_classifier"] is not None:
+            self.seed_classifier.load_state(state["seed_classifier"])
+
+    def reset_state(self) -> None:
+        super().reset_state()
+        self._seeds.clear()
+        self._since_fit = 0
+        if self.seed_classifier is not None:
+            self.seed_classifier.reset_state()
 
     def _prepare(self, candidates: Sequence[SentimentCandidate]) -> None:
         """Learn seed labels from the batch's ratings before voting on it."""

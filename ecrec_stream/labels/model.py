@@ -33,6 +33,26 @@ class LabelModelFit:
     informative: np.ndarray | None = None
     fallback: str | None = None
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "confusion": self.confusion,
+            "priors": self.priors,
+            "iterations": self.iterations,
+            "informative": self.informative,
+            "fallback": self.fallback,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> LabelModelFit:
+        informative = state["informative"]
+        return cls(
+            np.asarray(state["confusion"]),
+            np.asarray(state["priors"]),
+            int(state["iterations"]),
+            None if informative is None else np.asarray(informative),
+            state["fallback"],
+        )
+
     @property
     def accuracies(self) -> np.ndarray:
         """P(vote right | function votes), averaged over classes by the priors."""
@@ -330,6 +350,36 @@ class OnlineLabelModel:
         elif self.sample.seen < self.min_rows:
             self.model.fitted = symmetric_fit(self.n_functions, self.model.k)
         return self.model.predict_proba(array, anchor)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state protocol (:mod:`ecrec_stream.state`): the reservoir of vote rows with
+        their anchors (two arrays), the current fit and the refit bookkeeping."""
+
+        def pack(items: list[tuple[np.ndarray, int]]) -> dict[str, np.ndarray]:
+            rows = np.stack([r for r, _ in items]) if items else np.zeros((0, self.n_functions))
+            return {"rows": rows.astype(np.int64), "anchors": np.asarray([a for _, a in items])}
+
+        fitted = self.model.fitted
+        return {
+            "sample": self.sample.state_dict(pack),
+            "fitted": None if fitted is None else fitted.state_dict(),
+            "fitted_at": self._fitted_at,
+            "fits": self.fits,
+            "fallbacks": self.fallbacks,
+            "last_fallback": self.last_fallback,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        def unpack(packed: dict[str, np.ndarray]) -> list[tuple[np.ndarray, int]]:
+            rows = np.asarray(packed["rows"], dtype=np.int64).reshape(-1, self.n_functions)
+            return [(row, int(a)) for row, a in zip(rows, packed["anchors"], strict=True)]
+
+        self.sample.load_state(state["sample"], unpack)
+        fitted = state["fitted"]
+        self.model.fitted = None if fitted is None else LabelModelFit.from_state(fitted)
+        self._fitted_at = int(state["fitted_at"])
+        self.fits, self.fallbacks = int(state["fits"]), int(state["fallbacks"])
+        self.last_fallback = state["last_fallback"]
 
     @property
     def warm(self) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -72,6 +73,44 @@ class PositionBiasModel:
         self.pairs_at_several_positions = 0  # as of the last fit() call
         # attractiveness (gamma) and impression count per (query, item), as of the last fit
         self.attractiveness: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state protocol: the impression reservoir (columns of strings, positions and
+        clicks), the fitted examination curve and attractiveness per pair."""
+
+        def pack(items: list[Observation]) -> dict[str, Any]:
+            return {
+                "query": [o.query for o in items],
+                "item": [o.item for o in items],
+                "position": np.asarray([o.position for o in items], dtype=np.int64),
+                "clicked": np.asarray([o.clicked for o in items], dtype=np.int8),
+            }
+
+        return {
+            "sample": self.sample.state_dict(pack),
+            "theta": self.theta,
+            "pairs_at_several_positions": self.pairs_at_several_positions,
+            "attractiveness": [[q, i, g, n] for (q, i), (g, n) in self.attractiveness.items()],
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        def unpack(packed: dict[str, Any]) -> list[Observation]:
+            return [
+                Observation(q, i, int(p), bool(c))
+                for q, i, p, c in zip(
+                    packed["query"],
+                    packed["item"],
+                    packed["position"],
+                    packed["clicked"],
+                    strict=True,
+                )
+            ]
+
+        self.sample.load_state(state["sample"], unpack)
+        theta = state["theta"]
+        self.theta = None if theta is None else np.asarray(theta, dtype=np.float64)
+        self.pairs_at_several_positions = int(state["pairs_at_several_positions"])
+        self.attractiveness = {(q, i): (float(g), int(n)) for q, i, g, n in state["attractiveness"]}
 
     def observe_many(self, observations: Iterable[Observation]) -> None:
         """Remember impressions (a uniform reservoir of at most ``capacity``)."""

@@ -8,7 +8,10 @@ whole population up front, so the ten lines live here, once.
 from __future__ import annotations
 
 import random
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from ecrec_stream.state import rng_state, set_rng_state
 
 T = TypeVar("T")
 
@@ -41,3 +44,13 @@ class Reservoir(Generic[T]):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def state_dict(self, pack: Callable[[list[T]], Any] = list) -> dict[str, Any]:
+        """The sample (through ``pack``, to state values), the count seen and the generator
+        (shared generators are saved by each reservoir; restoring one restores it)."""
+        return {"items": pack(list(self.items)), "seen": self.seen, "rng": rng_state(self._rng)}
+
+    def load_state(self, state: dict[str, Any], unpack: Callable[[Any], list[T]] = list) -> None:
+        self.items = unpack(state["items"])
+        self.seen = int(state["seen"])
+        set_rng_state(self._rng, state["rng"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -253,6 +253,32 @@ class SeedClassifierSentiment:
         with self._lock:
             self._clf = clf
         return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """The fitted logistic regression's parameters (``None`` until fitted)."""
+        with self._lock:
+            clf: Any = self._clf
+        if clf is None:
+            return {"fitted": None}
+        return {"fitted": {"coef": clf.coef_, "intercept": clf.intercept_, "classes": clf.classes_}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        fitted = state["fitted"]
+        clf: Any = None
+        if fitted is not None:
+            clf = LogisticRegression(max_iter=1000, class_weight="balanced", random_state=self.seed)
+            clf.coef_ = np.asarray(fitted["coef"], dtype=np.float64)
+            clf.intercept_ = np.asarray(fitted["intercept"], dtype=np.float64)
+            clf.classes_ = np.asarray(fitted["classes"])
+            clf.n_features_in_ = clf.coef_.shape[1]
+        with self._lock:
+            self._clf = clf
+
+    def reset_state(self) -> None:
+        with self._lock:
+            self._clf = None
 
     def vote_many(self, candidates: Sequence[SentimentCandidate]) -> list[Vote]:
         with self._lock:
