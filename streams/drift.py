@@ -28,7 +28,8 @@ from ecrec_stream.config import Settings
 from ecrec_stream.contracts import DriftReport, ModelPublication
 from ecrec_stream.drift import DriftMonitor, MonitorStep, RetrainingAlert
 from ecrec_stream.drift.monitor import STATE_KIND, STATE_VERSION
-from ecrec_stream.events import EventBatch
+from ecrec_stream.drift.stage import DriftRecord, DriftStage
+from ecrec_stream.events import AnyEvent, EventBatch
 from ecrec_stream.state import load_state, save_state
 from streams.catalog import CatalogCache, SharedModelWork
 from streams.failstop import stop_on_error
@@ -92,6 +93,13 @@ async def post_webhook(url: str, alert: RetrainingAlert, timeout_s: float, retri
     return False
 
 
+def _events(value: bytes) -> list[AnyEvent] | None:
+    try:
+        return list(EventBatch.model_validate_json(value).events)
+    except ValueError:
+        return None
+
+
 def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork) -> DriftRuntime:
     """Register the drift agent on ``app``; returns what the web pages show."""
     cfg = settings.drift
@@ -104,15 +112,12 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
         model_version=settings.embedding.model,
         inputs=tuple(f"{topic}:{p}" for topic in input_topics for p in range(settings.partitions)),
     )
+    stage = DriftStage(monitor)
     path = settings.data_dir / "drift" / "monitor.state"
-    saved = load_state(path, kind=STATE_KIND, version=STATE_VERSION) or {}
-    if saved:
-        monitor.load_state(saved["monitor"])
-    offsets: dict[str, dict[int, int]] = defaultdict(dict)
-    for topic, parts in saved.get("offsets", {}).items():
-        offsets[topic] = {int(p): int(o) for p, o in parts.items()}
-    if saved:
-        LOG.info("drift monitor restored from %s (offsets %s)", path, dict(offsets))
+    saved = load_state(path, kind=STATE_KIND, version=STATE_VERSION)
+    if saved is not None:
+        stage.load_state(saved)
+        LOG.info("drift monitor restored from %s (offsets %s)", path, dict(stage.offsets))
     registry = CollectorRegistry()
     metrics = DriftMetrics(registry)
     runtime = DriftRuntime(monitor, registry, shared.catalog, monitor.status())
@@ -124,33 +129,21 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
     pending: set[asyncio.Task[bool]] = set()
 
     def observe_messages(records: list[tuple[str, int, int, bytes]]) -> tuple[MonitorStep, Any]:
-        """Parse and observe a micro-batch of ``EventBatch`` messages (topic, partition,
-        offset, value), skipping redeliveries at or below the snapshot's offsets. Runs on the
-        model thread: one hand-off per micro-batch, not per message (per message, the drift
-        agent queued behind the label agents' model work and fell minutes behind in the demo)."""
-        step = MonitorStep()
-        for topic, part, offset, value in records:
-            if offset <= offsets[topic].get(part, -1):
-                runtime.stats["skipped_redelivered"] += 1
-                continue
-            try:
-                batch = EventBatch.model_validate_json(value)
-            except ValueError:
-                runtime.stats["skipped_batches"] += 1  # the label agents dead-letter it
-            else:
-                observed = monitor.observe(batch.events, f"{topic}:{part}")
-                step.results.extend(observed.results)
-                step.alerts.extend(observed.alerts)
-                runtime.stats["batches"] += 1
-            offsets[topic][part] = offset
+        """Decode a micro-batch of ``EventBatch`` messages (topic, partition, offset, value)
+        and hand it to the stage. Runs on the model thread: one hand-off per micro-batch, not
+        per message (per message, the drift agent queued behind the label agents' model work
+        and fell minutes behind in the demo)."""
+        decoded = [
+            DriftRecord(topic, part, offset, _events(value))
+            for topic, part, offset, value in records
+        ]
+        step = stage.observe_many(decoded)
+        for name, n in step.counts.items():
+            runtime.stats[name] += n
         return step, monitor.status()
 
     def snapshot() -> None:
-        state = {
-            "monitor": monitor.state_dict(),
-            "offsets": {t: {str(p): o for p, o in parts.items()} for t, parts in offsets.items()},
-        }
-        save_state(path, state, kind=STATE_KIND, version=STATE_VERSION)
+        save_state(path, stage.state_dict(), kind=STATE_KIND, version=STATE_VERSION)
 
     async def save(force: bool = False) -> None:
         """Snapshot now if forced, else if there is something new and the interval is up."""

@@ -207,10 +207,7 @@ def test_a_trigger_without_enough_pairs_waits_for_more_examples_then_is_rejected
     trainer.buffer.add(examples[200:])
     assert trainer._ready_to_retry()
 
-    expired = waiting.model_copy(
-        update={"training": waiting.training.model_copy(update={"defer_max_s": 0.0})}
-    )
-    trainer.settings = expired
+    trainer.schedule.defer_max_s = 0.0  # the wait is over
     trainer.pending = []
     outcome = trainer.retrain_now([trigger])
     assert not outcome.accepted and trainer.stats["rejected"] == 1 and not trainer.pending

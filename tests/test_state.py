@@ -17,6 +17,7 @@ import pytest
 
 from ecrec_stream.config import DriftSettings, LabelSettings
 from ecrec_stream.drift import CategoryMixJS, DriftMonitor, EmbeddingMMD, RiverRate
+from ecrec_stream.drift.stage import DriftRecord, DriftStage
 from ecrec_stream.events import ClickEvent, ReviewEvent, SearchEvent
 from ecrec_stream.labels.examples import RelevanceLabeler, SentimentLabeler, TrainingExample
 from ecrec_stream.labels.stages import LabelStep, ReviewLabelStage, SessionLabelStage
@@ -235,6 +236,17 @@ CASES = [
         _monitor,
         lambda k: _drift_events(250, k),
         lambda m, batch: _monitor_out(m.observe(batch)),
+        [],
+    ),
+    Case(
+        "drift_stage",
+        lambda: DriftStage(_monitor()),
+        # each batch also redelivers the previous one: skipped by offset, also after a restart
+        lambda k: [
+            DriftRecord("t", 0, k - 1, _drift_events(250, k - 1)),
+            DriftRecord("t", 0, k, _drift_events(250, k)),
+        ],
+        lambda stage, batch: [_monitor_out(step := stage.observe_many(batch)), dict(step.counts)],
         [],
     ),
     Case(

@@ -172,3 +172,29 @@ def test_logged_rerank_does_not_favour_the_model_that_chose_the_logged_items() -
     # a query whose logged items all have one gain says nothing about order
     only_positive = {"milk": {"a": 1.0, "b": 1.0}}
     assert logged_rerank_metrics(serving_query, serving, only_positive, 2)["queries"] == 0
+
+
+def test_the_retrain_schedule_defers_until_new_examples_and_gives_up_after_the_wait() -> None:
+    from ecrec_stream.contracts import RetrainRequest
+    from ecrec_stream.training.schedule import RetrainSchedule
+
+    now = [1000.0]
+    schedule = RetrainSchedule(min_interval_s=60, defer_max_s=300, clock=lambda: now[0])
+    first, second = (RetrainRequest(alert_id=f"r{i}", reason="t") for i in (1, 2))
+    schedule.add(first)
+    assert schedule.take_due(caught_up=False, examples_added=0) == []  # still reading
+    assert schedule.take_due(caught_up=True, examples_added=0) == [first]
+    assert schedule.defer([first], "too few pairs", examples_added=100)
+    schedule.add(second)
+    now[0] += 61
+    assert schedule.take_due(caught_up=True, examples_added=100) == []  # nothing new
+    assert schedule.take_due(caught_up=True, examples_added=150) == [first, second]
+    now[0] += 300
+    assert schedule.waited_s([first, second]) == 361
+    assert not schedule.defer([first, second], "too few pairs", examples_added=150)
+    schedule.finished([first, second])
+    assert schedule.deferral is None and schedule.pending == []
+    schedule.add(second)
+    assert schedule.take_due(caught_up=True, examples_added=150) == []  # min interval
+    now[0] += 60
+    assert schedule.take_due(caught_up=True, examples_added=150) == [second]

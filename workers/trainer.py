@@ -26,9 +26,7 @@ from pydantic import ValidationError
 from ecrec_stream.config import Settings
 from ecrec_stream.contracts import (
     ModelPublication,
-    RetrainingAlert,
     RetrainRejected,
-    RetrainRequest,
     parse_alert,
 )
 from ecrec_stream.embedding import item_text
@@ -38,10 +36,10 @@ from ecrec_stream.labels.examples import ExampleBatch
 from ecrec_stream.registry import ModelRegistry
 from ecrec_stream.state import atomic_write
 from ecrec_stream.training import ReplayBuffer, Retrainer, RetrainOutcome
+from ecrec_stream.training.schedule import RetrainSchedule, Trigger
 from streams.kafka import ensure_topics, fetch, new_producer, partition_reader
 
 LOG = logging.getLogger(__name__)
-Trigger = RetrainingAlert | RetrainRequest
 
 
 class TrainerWorker:
@@ -68,18 +66,14 @@ class TrainerWorker:
         self.catalog = ItemStore()
         self.registry = ModelRegistry(settings.registry_dir)
         self.retrainer = Retrainer(cfg, self.registry, settings.embedding)
-        self.pending: list[Trigger] = []
+        self.schedule = RetrainSchedule(
+            min_interval_s=cfg.min_interval_s, defer_max_s=cfg.defer_max_s
+        )
         self.outcomes: deque[dict[str, Any]] = deque(maxlen=20)
         self.stats: Counter[str] = Counter()
         self.on_step = on_step
         self.on_outcome = on_outcome
         self.started_ms = int(time.time() * 1000)
-        self._last_retrain = 0.0
-        # triggers waiting for enough training data: first try (monotonic) per trigger id,
-        # and the buffer's "added" count at the last try (retry only once it grew)
-        self._deferred_since: dict[str, float] = {}
-        self._added_at_deferral: int | None = None
-        self.deferral: dict[str, Any] | None = None
         self._last_save = time.monotonic()
         self._dirty = False
         self.stop_event = threading.Event()
@@ -134,7 +128,7 @@ class TrainerWorker:
             self.stats["stale_triggers"] += 1
             return
         self.stats["triggers"] += 1
-        self.pending.append(alert)
+        self.schedule.add(alert)
 
     def _dead_letter(self, message: Message, exc: ValidationError) -> None:
         from ecrec_stream.validation import RawRecord, make_dead_letter, summarise_errors
@@ -200,11 +194,9 @@ class TrainerWorker:
             on_step=self.on_step,
             buffer_s=buffer_s,
         )
-        if outcome.insufficient_data and self._defer(triggers, trigger_ids, outcome):
+        if outcome.insufficient_data and self._defer(triggers, outcome):
             return outcome
-        for trigger_id in trigger_ids:
-            self._deferred_since.pop(trigger_id, None)
-        self._added_at_deferral, self.deferral = None, None
+        self.schedule.finished(triggers)
         producer = new_producer(self.bootstrap)
         if outcome.accepted and outcome.manifest is not None:
             publication = ModelPublication.of(outcome.manifest, trigger=outcome.trigger)
@@ -232,44 +224,35 @@ class TrainerWorker:
             LOG.warning("retrain rejected: %s", rejection.reason)
         producer.flush(10)
         self.outcomes.append(outcome.summary())
-        self._last_retrain = time.monotonic()
         self.save()
         if self.on_outcome is not None:
             self.on_outcome(outcome)
         return outcome
 
-    def _defer(
-        self, triggers: list[Trigger], trigger_ids: list[str], outcome: RetrainOutcome
-    ) -> bool:
-        """Keep ``triggers`` pending while their oldest has waited less than ``defer_max_s``
-        (a drift alert comes right after a shift, before the labels of the new traffic);
-        ``False`` once the wait is over (the caller rejects them)."""
-        now = time.monotonic()
-        first = min(self._deferred_since.setdefault(t, now) for t in trigger_ids)
-        waited = now - first
-        if waited >= self.settings.training.defer_max_s:
+    def _defer(self, triggers: list[Trigger], outcome: RetrainOutcome) -> bool:
+        """Keep ``triggers`` for a retry (:meth:`RetrainSchedule.defer`); ``False`` once their
+        wait is over (the caller rejects them)."""
+        reason = "; ".join(outcome.reasons)
+        waited = self.schedule.waited_s(triggers)
+        if not self.schedule.defer(triggers, reason, self.buffer.counts["added"]):
             outcome.reasons.append(f"waited {waited:.0f} s for more examples")
             return False
-        self.pending = triggers + self.pending
-        self._added_at_deferral = self.buffer.counts["added"]
-        self._last_retrain = now
         self.stats["deferred"] += 1
-        self.deferral = {
-            "triggers": trigger_ids,
-            "reason": "; ".join(outcome.reasons),
-            "waited_s": round(waited, 1),
-        }
-        LOG.warning(
-            "retrain deferred (%s), retried once more examples arrive", "; ".join(outcome.reasons)
-        )
+        LOG.warning("retrain deferred (%s), retried once more examples arrive", reason)
         self.save()
         return True
 
     def _ready_to_retry(self) -> bool:
         """Whether deferred triggers have new examples to try again with."""
-        return (
-            self._added_at_deferral is None or self.buffer.counts["added"] > self._added_at_deferral
-        )
+        return self.schedule.has_new_examples(self.buffer.counts["added"])
+
+    @property
+    def pending(self) -> list[Trigger]:
+        return self.schedule.pending
+
+    @pending.setter
+    def pending(self, triggers: list[Trigger]) -> None:
+        self.schedule.pending = triggers
 
     # -- state ---------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -283,7 +266,7 @@ class TrainerWorker:
             "buffer_counts": dict(self.buffer.counts),
             "catalog_items": len(self.catalog),
             "pending_triggers": len(self.pending),
-            "deferred": self.deferral,
+            "deferred": self.schedule.deferral,
             "stats": dict(self.stats),
             "outcomes": list(self.outcomes),
         }
@@ -321,9 +304,10 @@ class TrainerWorker:
                 for message in messages:
                     self._handle(message)
                 caught_up = caught_up or not messages
-                due = time.monotonic() - self._last_retrain >= cfg.min_interval_s
-                if self.pending and caught_up and due and self._ready_to_retry():
-                    triggers, self.pending = self.pending, []
+                triggers = self.schedule.take_due(
+                    caught_up=caught_up, examples_added=self.buffer.counts["added"]
+                )
+                if triggers:
                     self.retrain_now(triggers)
                 if self._dirty and time.monotonic() - self._last_save >= cfg.save_interval_s:
                     self.save()
