@@ -55,13 +55,12 @@ from ecrec_stream.config import AnnotatorSettings, IndexSettings, LabelSettings
 from ecrec_stream.embedding import CachedEncoder
 from ecrec_stream.index import LiveItemIndex
 from ecrec_stream.labels.adversarial import AdversarialMiner
-from ecrec_stream.labels.annotate import route_reason
+from ecrec_stream.labels.annotate import build_annotator, route_reason
 from ecrec_stream.labels.base import ABSTAIN, SentimentCandidate
 from ecrec_stream.labels.examples import (
     RelevanceLabeler,
     SentimentLabeler,
     TrainingExample,
-    build_annotator,
     vote_matrix,
 )
 from ecrec_stream.labels.llm import LLMRelevance, LLMSentiment

@@ -47,7 +47,7 @@ def rss_mb() -> float:
 
 def instacart_titles() -> list[str]:
     """The product names of the Instacart catalog in ../shared/data (9,288)."""
-    from ecrec_stream.simulate import load_instacart_catalog
+    from workers.simulate import load_instacart_catalog
 
     return [item.title for item in load_instacart_catalog(SHARED_DATA / "instacart_catalog")]
 

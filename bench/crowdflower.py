@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from bench.common import SHARED_DATA
-from ecrec_stream.events import ClickEvent, SearchEvent
+from ecrec_stream.contracts.events import ClickEvent, SearchEvent
 from ecrec_stream.labels.base import RelevanceCandidate
-from ecrec_stream.sessions import add_event, new_session, relevance_candidates
+from ecrec_stream.labels.sessions import add_event, new_session, relevance_candidates
 
 DATA = SHARED_DATA / "crowdflower_search_relevance"
 EXAMINATION_EXPONENT = 0.8

@@ -28,9 +28,9 @@ import numpy as np
 
 from bench.common import SHARED_DATA, report
 from ecrec_stream.config import DriftSettings
+from ecrec_stream.contracts.events import AnyEvent, ClickEvent, ReviewEvent, SearchEvent
 from ecrec_stream.drift import DriftMonitor
 from ecrec_stream.embedding import SentenceTransformerEncoder
-from ecrec_stream.events import AnyEvent, ClickEvent, ReviewEvent, SearchEvent
 
 DATA = SHARED_DATA
 

@@ -24,7 +24,8 @@ from typing import Any
 from bench import crowdflower as cf
 from bench.common import report
 from bench.retrain import K, bm25_metrics, human_judgments
-from ecrec_stream.embedding import resolve_device, resolve_model_path
+from ecrec_stream.device import resolve_device
+from ecrec_stream.embedding import resolve_model_path
 from ecrec_stream.training import model_encoder, retrieval_metrics
 from ecrec_stream.training.evaluate import embed_catalog
 from ecrec_stream.training.finetune import FineTuneConfig, TrainPair, fine_tune

@@ -26,11 +26,11 @@ import httpx
 
 from bench.common import SHARED_DATA, percentile, proc_peak_rss_mb, report
 from ecrec_stream.config import Settings
-from ecrec_stream.events import utc_now
-from ecrec_stream.simulate import synthetic_catalog
+from ecrec_stream.contracts.events import utc_now
 from streams.broker import EmbeddedBroker, free_port
 from streams.kafka import all_topics, ensure_topics, new_producer, partition_reader
 from workers.processes import indexer_process, wait_until, worker_process
+from workers.simulate import synthetic_catalog
 
 TOPICS = Settings().topics
 
@@ -185,7 +185,7 @@ def _bulk_titles(n: int) -> tuple[list[str], str]:
     """Real Instacart product names when ../shared/data is beside the checkout, else generated."""
     folder = SHARED_DATA / "instacart_catalog"
     if folder.is_dir():
-        from ecrec_stream.simulate import load_instacart_catalog
+        from workers.simulate import load_instacart_catalog
 
         items = load_instacart_catalog(folder)
         titles = [i.title for i in items]

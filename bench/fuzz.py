@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.common import proc_cpu_seconds, proc_peak_rss_mb, report
 from ecrec_stream.config import TopicNames
-from ecrec_stream.events import utc_now
+from ecrec_stream.contracts.events import utc_now
 from streams.broker import EmbeddedBroker, free_port
 from streams.kafka import all_topics, ensure_topics, new_producer, partition_reader
 from workers.processes import wait_until, worker_process

@@ -33,8 +33,8 @@ from sklearn.metrics import f1_score
 from bench.common import SHARED_DATA, report
 from ecrec_stream.augment import EdaAugmenter, MeaningFilter, TypoAugmenter
 from ecrec_stream.config import LabelSettings
+from ecrec_stream.contracts.events import ClickEvent, SearchEvent
 from ecrec_stream.embedding import CachedEncoder, SentenceTransformerEncoder
-from ecrec_stream.events import ClickEvent, SearchEvent
 from ecrec_stream.labels.base import ABSTAIN, SentimentCandidate
 from ecrec_stream.labels.examples import RelevanceLabeler, SentimentLabeler, vote_matrix
 from ecrec_stream.labels.model import LabelModel, OnlineLabelModel
@@ -45,8 +45,8 @@ from ecrec_stream.labels.sentiment import (
     RatingSentiment,
     SeedClassifierSentiment,
 )
-from ecrec_stream.sessions import add_event, new_session, relevance_candidates
-from ecrec_stream.simulate import ShopSimulator, synthetic_catalog
+from ecrec_stream.labels.sessions import add_event, new_session, relevance_candidates
+from workers.simulate import ShopSimulator, synthetic_catalog
 
 REVIEWS = SHARED_DATA / "womens_clothing_reviews"
 

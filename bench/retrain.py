@@ -35,9 +35,9 @@ from bench import crowdflower as cf
 from bench.common import instacart_titles, percentile, report
 from ecrec_stream.config import EmbeddingSettings, IndexSettings, LabelSettings, TrainingSettings
 from ecrec_stream.labels.examples import RelevanceLabeler, TrainingExample
-from ecrec_stream.registry import ModelRegistry
 from ecrec_stream.training import ReplayBuffer, Retrainer, model_encoder, retrieval_metrics
 from ecrec_stream.training.evaluate import Judgments, embed_catalog, ndcg_at_k, recall_at_k
+from ecrec_stream.training.registry import ModelRegistry
 
 K = 10
 
@@ -231,8 +231,8 @@ def timing(
     packaged all-MiniLM-L6-v2)."""
     from sentence_transformers import SentenceTransformer
 
+    from ecrec_stream.contracts.events import ItemEvent
     from ecrec_stream.embedding import encode_pretokenised, resolve_model_path, weights_digest
-    from ecrec_stream.events import ItemEvent
     from ecrec_stream.index import LiveItemIndex
     from tests.helpers import relevant_pair, tiny_sentence_model
 

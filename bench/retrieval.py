@@ -35,7 +35,7 @@ from bench import crowdflower as cf
 from bench.common import instacart_titles, percentile, report, rss_mb
 from bench.retrain import K, human_judgments
 from ecrec_stream.config import EmbeddingSettings, IndexSettings
-from ecrec_stream.events import ItemEvent
+from ecrec_stream.contracts.events import ItemEvent
 from ecrec_stream.index import LiveItemIndex
 from ecrec_stream.index.lexical import Fts5Index, LexicalDoc, match_expression, tokens
 from ecrec_stream.training.evaluate import ndcg_at_k, recall_at_k
@@ -109,8 +109,8 @@ def fine_tuned_encoder(
     from sentence_transformers import SentenceTransformer
 
     from ecrec_stream.embedding import resolve_model_path
-    from ecrec_stream.registry import ModelRegistry
     from ecrec_stream.training.finetune import FineTuneConfig, TrainPair, fine_tune
+    from ecrec_stream.training.registry import ModelRegistry
 
     pairs = [
         TrainPair(q, title)

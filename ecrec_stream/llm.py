@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ecrec_stream.config import PACKAGED_LLM, LLMSettings
+from ecrec_stream.device import resolve_device
 from ecrec_stream.exceptions import ModelLoadError
 
 # One answer = the surface forms whose first-token probabilities add up to it.
@@ -42,14 +43,6 @@ def packaged_smollm2() -> tuple[Path, str]:
     if not files:
         raise ModelLoadError(f"no .gguf file in {folder}")
     return folder, files[0].name
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class CausalLM:

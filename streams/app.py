@@ -1,9 +1,10 @@
 """The Faust stream worker: one ingest agent per input topic.
 
-Each agent reads raw bytes in micro-batches, calls :func:`ecrec_stream.validation.validate_many`
-and emits two things: one :class:`~ecrec_stream.events.EventBatch` per input partition and
-micro-batch to the matching ``valid_*`` topic (same partition number, so per-key order holds),
-and one :class:`~ecrec_stream.events.DeadLetter` per rejected record to the DLQ topic.
+Each agent reads raw bytes in micro-batches, calls
+:func:`ecrec_stream.ingest.validation.validate_many` and emits two things: one
+:class:`~ecrec_stream.contracts.events.EventBatch` per input partition and micro-batch to the
+matching ``valid_*`` topic (same partition number, so per-key order holds), and one
+:class:`~ecrec_stream.contracts.events.DeadLetter` per rejected record to the DLQ topic.
 
 Delivery is at-least-once. Faust acknowledges a ``take_events`` batch when the loop body
 returns *or raises*, and commits acknowledged offsets after flushing the producer. So the body
@@ -23,11 +24,11 @@ from typing import Any
 import faust
 from faust.types import EventT
 
-from ecrec_stream.batching import event_batch_messages
 from ecrec_stream.config import Settings
+from ecrec_stream.contracts.events import DeadLetterReason, SourcePosition
 from ecrec_stream.contracts.http import DriftStatus, WorkerStats
-from ecrec_stream.events import DeadLetterReason, SourcePosition
-from ecrec_stream.validation import RawRecord, make_dead_letter, validate_many
+from ecrec_stream.ingest.batching import event_batch_messages
+from ecrec_stream.ingest.validation import RawRecord, make_dead_letter, validate_many
 from streams.failstop import stop_on_error
 
 LOG = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         web_port=settings.worker_web_port if web_enabled else 6066,
         web_host="127.0.0.1",
         web_enabled=web_enabled,
-        # Every message is packed under max_message_bytes (ecrec_stream.batching); the
+        # Every message is packed under max_message_bytes (ecrec_stream.ingest.batching); the
         # producer's own limit must admit that plus its record overhead.
         producer_max_request_size=settings.max_message_bytes + 65_536,
     )

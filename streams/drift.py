@@ -26,10 +26,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ecrec_stream.config import Settings
 from ecrec_stream.contracts import DriftReport, ModelPublication
+from ecrec_stream.contracts.events import AnyEvent, EventBatch
 from ecrec_stream.drift import DriftMonitor, MonitorStep, RetrainingAlert
 from ecrec_stream.drift.monitor import STATE_KIND, STATE_VERSION
 from ecrec_stream.drift.stage import DriftRecord, DriftStage
-from ecrec_stream.events import AnyEvent, EventBatch
 from ecrec_stream.state import load_state, save_state
 from streams.catalog import CatalogCache, SharedModelWork
 from streams.failstop import stop_on_error

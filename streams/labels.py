@@ -24,7 +24,7 @@ restart are labelled again under the same ids (at-least-once); an event already 
 dedupe window was delivered before the snapshot.
 
 Errors: a batch message that does not parse, and a record that a stage raises on (found by
-bisection, :mod:`ecrec_stream.isolation`), become dead letters and the agent goes on
+bisection, :mod:`ecrec_stream.ingest.isolation`), become dead letters and the agent goes on
 (``ECREC_ON_PROCESSING_ERROR=stop`` to stop instead). Any other error, a failed send above all,
 stops the worker before it commits (:func:`streams.failstop.stop_on_error`).
 """
@@ -45,7 +45,7 @@ from typing import Any
 import faust
 
 from ecrec_stream.config import Settings
-from ecrec_stream.events import (
+from ecrec_stream.contracts.events import (
     ClickEvent,
     DeadLetterReason,
     EventBatch,
@@ -53,21 +53,20 @@ from ecrec_stream.events import (
     SearchEvent,
     SourcePosition,
 )
-from ecrec_stream.isolation import Failure, describe
-from ecrec_stream.labels.annotate import Annotator
+from ecrec_stream.ingest.isolation import Failure, describe
+from ecrec_stream.ingest.validation import RawRecord, make_dead_letter
+from ecrec_stream.labels.annotate import Annotator, build_annotator
 from ecrec_stream.labels.base import RelevanceCandidate, SentimentCandidate, Task
 from ecrec_stream.labels.examples import (
     RelevanceLabeler,
     SentimentLabeler,
     TrainingExample,
-    build_annotator,
     build_labelers,
     example_batch_messages,
 )
+from ecrec_stream.labels.sessions import BotRules, SessionWindows
 from ecrec_stream.labels.stages import LabelStep, ReviewLabelStage, SessionLabelStage
-from ecrec_stream.sessions import BotRules, SessionWindows
 from ecrec_stream.state import load_state, save_state
-from ecrec_stream.validation import RawRecord, make_dead_letter
 from streams.catalog import CatalogCache, SharedModelWork
 from streams.failstop import stop_on_error
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ecrec_stream.events import ItemEvent
+from ecrec_stream.contracts.events import ItemEvent
 from workers.processes import wait_until
 
 __all__ = ["wait_until"]  # re-exported for the tests

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from ecrec_stream.events import utc_now
+from ecrec_stream.contracts.events import utc_now
 from tests.helpers import batch_events, read_topic, unique
 from workers.cli import app
 from workers.replay import read_records

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ecrec_stream.events import utc_now
+from ecrec_stream.contracts.events import utc_now
 from streams.broker import free_port
 from streams.kafka import all_topics, ensure_topics, new_producer
 from tests.helpers import (

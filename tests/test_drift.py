@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ecrec_stream.config import DriftSettings, load_settings
+from ecrec_stream.contracts.events import ClickEvent, ReviewEvent, SearchEvent
 from ecrec_stream.drift import (
     CategoryMixJS,
     DriftMonitor,
@@ -20,7 +21,6 @@ from ecrec_stream.drift import (
     RiverRate,
 )
 from ecrec_stream.drift.monitor import STATE_KIND, STATE_VERSION
-from ecrec_stream.events import ClickEvent, ReviewEvent, SearchEvent
 from ecrec_stream.state import load_state, save_state
 
 

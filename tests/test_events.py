@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from ecrec_stream.events import (
+from ecrec_stream.contracts.events import (
     MAX_IMPRESSIONS,
     ClickEvent,
     EventBatch,

@@ -10,12 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from ecrec_stream.batching import event_batch_messages, pack_by_bytes
 from ecrec_stream.config import Settings, load_settings
-from ecrec_stream.events import DeadLetter, EventBatch, ReviewEvent, SourcePosition
-from ecrec_stream.isolation import isolate_failures
+from ecrec_stream.contracts.events import DeadLetter, EventBatch, ReviewEvent, SourcePosition
+from ecrec_stream.ingest.batching import event_batch_messages, pack_by_bytes
+from ecrec_stream.ingest.isolation import isolate_failures
+from ecrec_stream.ingest.validation import RawRecord, validate_many, validate_one
 from ecrec_stream.labels.examples import ExampleBatch, TrainingExample, example_batch_messages
-from ecrec_stream.validation import RawRecord, validate_many, validate_one
 
 KINDS = ["item", "search", "click", "review"]
 LIMITS = {"max_payload_bytes": 65_536, "max_raw_bytes": 16_384}
@@ -117,7 +117,7 @@ def test_huge_integer_is_malformed_json_with_the_reason() -> None:
 def test_a_record_that_makes_validation_raise_is_a_processing_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import ecrec_stream.validation as validation
+    import ecrec_stream.ingest.validation as validation
 
     real = validation.validate_one
 

@@ -262,7 +262,7 @@ def test_replica_embeds_a_bulk_load_in_bounded_steps() -> None:
     """One fetched message can hold a whole ingest batch (500 items): the replica applies at
     most ``batch_max`` items at a time, each step searchable before the next is embedded."""
     from ecrec_stream.config import Settings
-    from ecrec_stream.events import EventBatch, SourcePosition
+    from ecrec_stream.contracts.events import EventBatch, SourcePosition
     from workers.indexer import IndexReplica
 
     settings = Settings(index={"batch_max": 100})

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from ecrec_stream.config import Settings
-from ecrec_stream.events import utc_now
+from ecrec_stream.contracts.events import utc_now
 from streams.kafka import new_producer
 from tests.helpers import read_topic, unique
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from ecrec_stream.config import Settings
-from ecrec_stream.events import utc_now
+from ecrec_stream.contracts.events import utc_now
 from tests.helpers import batch_events, produce, read_topic, unique, wait_until
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ecrec_stream.embedding import weights_digest
-from ecrec_stream.registry import ArtifactError, ModelRegistry
+from ecrec_stream.training.registry import ArtifactError, ModelRegistry
 from tests.helpers import tiny_sentence_model
 
 

@@ -13,10 +13,10 @@ import torch
 
 from ecrec_stream.config import load_settings
 from ecrec_stream.contracts import ModelPublication, RetrainRejected, RetrainRequest, parse_alert
-from ecrec_stream.events import EventBatch, ItemEvent
+from ecrec_stream.contracts.events import EventBatch, ItemEvent
 from ecrec_stream.index import LiveItemIndex
 from ecrec_stream.labels.examples import ExampleBatch
-from ecrec_stream.registry import ModelRegistry
+from ecrec_stream.training.registry import ModelRegistry
 from streams.kafka import all_topics, ensure_topics
 from tests.helpers import (
     at,

@@ -175,7 +175,7 @@ def test_an_index_replica_mines_what_its_serving_model_loses(broker: Any, tmp_pa
     the miner's saved offsets mines nothing twice."""
     import httpx
 
-    from ecrec_stream.events import EventBatch, SourcePosition
+    from ecrec_stream.contracts.events import EventBatch, SourcePosition
     from ecrec_stream.labels.examples import ExampleBatch
     from streams.broker import free_port
     from streams.kafka import all_topics, ensure_topics, new_producer

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from ecrec_stream.events import ClickEvent, SearchEvent
-from ecrec_stream.sessions import (
+from ecrec_stream.contracts.events import ClickEvent, SearchEvent
+from ecrec_stream.labels.sessions import (
     BotRules,
     SessionWindows,
     add_event,

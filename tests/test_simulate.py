@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ecrec_stream.events import ClickEvent, ReviewEvent, SearchEvent
-from ecrec_stream.simulate import ShopSimulator, load_instacart_catalog, synthetic_catalog
+from ecrec_stream.contracts.events import ClickEvent, ReviewEvent, SearchEvent
 from tests.conftest import SHARED_DATA
+from workers.simulate import ShopSimulator, load_instacart_catalog, synthetic_catalog
 
 T = datetime(2026, 1, 1, tzinfo=timezone.utc)
 MODELS = {"search": SearchEvent, "click": ClickEvent, "review": ReviewEvent}

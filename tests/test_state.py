@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from ecrec_stream.config import DriftSettings, LabelSettings
+from ecrec_stream.contracts.events import ClickEvent, ReviewEvent, SearchEvent
 from ecrec_stream.drift import CategoryMixJS, DriftMonitor, EmbeddingMMD, RiverRate
 from ecrec_stream.drift.stage import DriftRecord, DriftStage
-from ecrec_stream.events import ClickEvent, ReviewEvent, SearchEvent
 from ecrec_stream.labels.examples import RelevanceLabeler, SentimentLabeler, TrainingExample
+from ecrec_stream.labels.sessions import BotRules, add_event, new_session
 from ecrec_stream.labels.stages import LabelStep, ReviewLabelStage, SessionLabelStage
-from ecrec_stream.sessions import BotRules, add_event, new_session
 from ecrec_stream.state import StateError, Stateful, load_state, save_state
 from ecrec_stream.training import ReplayBuffer
 from tests.helpers import HashEncoder, relevant_pair

@@ -10,13 +10,13 @@ import pytest
 
 from ecrec_stream.config import EmbeddingSettings, TrainingSettings
 from ecrec_stream.embedding import weights_digest
-from ecrec_stream.registry import ModelRegistry
 from ecrec_stream.training import BufferSplit, ReplayBuffer, Retrainer, query_bucket
 from ecrec_stream.training.evaluate import (
     EmbeddedCatalog,
     logged_rerank_metrics,
     retrieval_metrics,
 )
+from ecrec_stream.training.registry import ModelRegistry
 from tests.helpers import tiny_sentence_model, toy_relevance
 
 FAST = TrainingSettings(

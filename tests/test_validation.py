@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from ecrec_stream.events import DeadLetter, DeadLetterReason, ReviewEvent, SourcePosition
-from ecrec_stream.validation import RawRecord, validate_many, validate_one
+from ecrec_stream.contracts.events import DeadLetter, DeadLetterReason, ReviewEvent, SourcePosition
+from ecrec_stream.ingest.validation import RawRecord, validate_many, validate_one
 
 POS = SourcePosition(topic="ecrec.reviews", partition=3, offset=41)
 GOOD = json.dumps(

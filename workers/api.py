@@ -1,7 +1,9 @@
-"""HTTP API of an index replica: search, item lookup, stats, health and Prometheus metrics."""
+"""HTTP API of an index replica (search, item lookup, stats, health and Prometheus metrics),
+and the replica process that serves it."""
 
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, HTTPException, Query
@@ -17,7 +19,8 @@ from ecrec_stream.contracts.http import (
     SearchResult,
 )
 from ecrec_stream.exceptions import IndexError_
-from workers.indexer import IndexReplica
+from ecrec_stream.index import LiveItemIndex
+from workers.indexer import IndexReplica, serving_encoder
 
 if TYPE_CHECKING:
     from workers.miner import RobustnessMinerThread
@@ -112,3 +115,31 @@ def create_api(
         return Health(ok=True)
 
     return api
+
+
+def serve_indexer(settings: Settings, bootstrap: str, *, log_level: str = "warning") -> None:
+    """Run one replica with its HTTP API until SIGINT/SIGTERM; snapshot on the way out."""
+    import uvicorn
+
+    encoder = serving_encoder(settings)
+    live = LiveItemIndex(encoder, settings.index)
+    replica = IndexReplica(settings, bootstrap, live)
+    replica.start()
+    miner = None
+    if settings.robustness.enabled:
+        from workers.miner import RobustnessMinerThread
+
+        miner = RobustnessMinerThread(settings, bootstrap, live, replica.caught_up)
+        miner.start()
+    api = create_api(settings, replica, miner)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal into the
+    # handler that was installed before it. Make that a no-op so the final snapshot below runs
+    # and the process exits 0 instead of dying by the signal.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: None)
+    try:
+        uvicorn.run(api, host=settings.index.host, port=settings.index.port, log_level=log_level)
+    finally:
+        if miner is not None:
+            miner.stop()
+        replica.stop(final_snapshot=True)

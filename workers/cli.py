@@ -146,7 +146,7 @@ def indexer(
     With ECREC_ROBUSTNESS__ENABLED=true it also mines adversarial training pairs: relevant
     examples whose item its index loses once the query is perturbed go back to
     ecrec.examples for the trainer (turn it on for one replica)."""
-    from workers.indexer import serve_indexer
+    from workers.api import serve_indexer
 
     _setup_logging(log_level)
     settings = _settings(**({"index": {"port": port}} if port is not None else {}))
@@ -381,7 +381,7 @@ def models(
     """List the published model versions with their metrics, or switch the serving version."""
     from rich.table import Table
 
-    from ecrec_stream.registry import ArtifactError, ModelRegistry
+    from ecrec_stream.training.registry import ArtifactError, ModelRegistry
 
     reg = ModelRegistry(registry or _settings().registry_dir)
     if use is not None:

@@ -23,11 +23,11 @@ from rich.live import Live
 from rich.table import Table
 
 from ecrec_stream.config import Settings
-from ecrec_stream.simulate import ShopSimulator, load_instacart_catalog, synthetic_catalog
 from streams.broker import EmbeddedBroker, free_port
 from streams.kafka import all_topics, ensure_topics, new_producer, resolve_bootstrap
 from workers.processes import indexer_process, trainer_process, worker_process
 from workers.replay import topic_for
+from workers.simulate import ShopSimulator, load_instacart_catalog, synthetic_catalog
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -26,12 +25,12 @@ from pydantic import ValidationError
 
 from ecrec_stream.config import Settings
 from ecrec_stream.contracts import ModelPublication
+from ecrec_stream.contracts.events import EventBatch, ItemEvent
 from ecrec_stream.embedding import Encoder
-from ecrec_stream.events import EventBatch, ItemEvent
 from ecrec_stream.exceptions import EcrecError
 from ecrec_stream.index import LiveItemIndex
 from ecrec_stream.index.persist import Offsets, snapshot_model
-from ecrec_stream.registry import ModelRegistry
+from ecrec_stream.training.registry import ModelRegistry
 from streams.kafka import ensure_topics, fetch, partition_reader, topic_partitions
 
 LOG = logging.getLogger(__name__)
@@ -277,33 +276,3 @@ def serving_encoder(settings: Settings) -> Encoder:
                 settings.embedding.model,
             )
     return SentenceTransformerEncoder(settings.embedding)
-
-
-def serve_indexer(settings: Settings, bootstrap: str, *, log_level: str = "warning") -> None:
-    """Run one replica with its HTTP API until SIGINT/SIGTERM; snapshot on the way out."""
-    import uvicorn
-
-    from workers.api import create_api
-
-    encoder = serving_encoder(settings)
-    live = LiveItemIndex(encoder, settings.index)
-    replica = IndexReplica(settings, bootstrap, live)
-    replica.start()
-    miner = None
-    if settings.robustness.enabled:
-        from workers.miner import RobustnessMinerThread
-
-        miner = RobustnessMinerThread(settings, bootstrap, live, replica.caught_up)
-        miner.start()
-    api = create_api(settings, replica, miner)
-    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal into the
-    # handler that was installed before it. Make that a no-op so the final snapshot below runs
-    # and the process exits 0 instead of dying by the signal.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: None)
-    try:
-        uvicorn.run(api, host=settings.index.host, port=settings.index.port, log_level=log_level)
-    finally:
-        if miner is not None:
-            miner.stop()
-        replica.stop(final_snapshot=True)

@@ -29,13 +29,13 @@ from ecrec_stream.contracts import (
     RetrainRejected,
     parse_alert,
 )
+from ecrec_stream.contracts.events import DeadLetterReason, EventBatch, ItemEvent, SourcePosition
 from ecrec_stream.embedding import item_text
-from ecrec_stream.events import DeadLetterReason, EventBatch, ItemEvent, SourcePosition
 from ecrec_stream.index.store import ItemStore, plan_batch
 from ecrec_stream.labels.examples import ExampleBatch
-from ecrec_stream.registry import ModelRegistry
 from ecrec_stream.state import atomic_write
 from ecrec_stream.training import ReplayBuffer, Retrainer, RetrainOutcome
+from ecrec_stream.training.registry import ModelRegistry
 from ecrec_stream.training.schedule import RetrainSchedule, Trigger
 from streams.kafka import ensure_topics, fetch, new_producer, partition_reader
 
@@ -131,7 +131,7 @@ class TrainerWorker:
         self.schedule.add(alert)
 
     def _dead_letter(self, message: Message, exc: ValidationError) -> None:
-        from ecrec_stream.validation import RawRecord, make_dead_letter, summarise_errors
+        from ecrec_stream.ingest.validation import RawRecord, make_dead_letter, summarise_errors
 
         record = RawRecord(
             position=SourcePosition(

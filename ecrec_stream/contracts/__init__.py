@@ -2,9 +2,9 @@
 
 :data:`TOPIC_CONTRACTS` maps each topic (by its :class:`~ecrec_stream.config.TopicNames` field)
 to the model its messages validate against; producers build these models and consumers
-validate with them. Input events, batches, dead letters and examples are defined beside the
-stage that owns them and re-exported here; alerts, drift reports and model announcements live
-in this package.
+validate with them. Each topic's models live in a module of this package: ``events`` (input
+events, batches, dead letters), ``examples``, ``drift``, ``alerts``, ``models``; ``http`` holds
+the HTTP answers.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from ecrec_stream.contracts.alerts import (
     parse_alert,
 )
 from ecrec_stream.contracts.drift import DriftReport
-from ecrec_stream.contracts.models import ModelPublication
-from ecrec_stream.events import (
+from ecrec_stream.contracts.events import (
     ClickEvent,
     DeadLetter,
     EventBatch,
@@ -33,7 +32,8 @@ from ecrec_stream.events import (
     ReviewEvent,
     SearchEvent,
 )
-from ecrec_stream.labels.examples import ExampleBatch
+from ecrec_stream.contracts.examples import ExampleBatch, TrainingExample
+from ecrec_stream.contracts.models import ModelPublication
 
 # topic field -> what one message's value is
 TOPIC_CONTRACTS: dict[str, Any] = {
@@ -121,6 +121,7 @@ __all__ = [
     "RetrainingAlert",
     "ReviewEvent",
     "SearchEvent",
+    "TrainingExample",
     "contract_name",
     "parse_alert",
     "topic_table",

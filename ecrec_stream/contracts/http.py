@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from ecrec_stream.contracts.alerts import RetrainingAlert
-from ecrec_stream.events import ItemEvent
+from ecrec_stream.contracts.events import ItemEvent
 
 
 class _Answer(BaseModel):

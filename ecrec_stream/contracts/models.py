@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from ecrec_stream.registry import ModelManifest
+    from ecrec_stream.training.registry import ModelManifest
 
 MODELS_SCHEMA_VERSION: Literal[1] = 1
 

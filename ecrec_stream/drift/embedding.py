@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ecrec_stream.device import resolve_device
 from ecrec_stream.drift.base import WindowedTwoSample
 
 
@@ -42,12 +43,6 @@ def mmd2(
     return float((kxx + kyy - 2 * kxy).clamp_min(0.0))
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class EmbeddingMMD(WindowedTwoSample[np.ndarray]):
     """MMD between embeddings of a window and of the reference; the kernel bandwidth is the
     median pairwise distance within the reference (the median heuristic), fixed at
@@ -56,7 +51,7 @@ class EmbeddingMMD(WindowedTwoSample[np.ndarray]):
     def __init__(self, name: str, *, device: str = "auto", **options: Any) -> None:
         """``options``: those of :class:`WindowedTwoSample`."""
         super().__init__(name, **options)
-        self.device = resolve_device(device)
+        self.device = torch.device(resolve_device(device))
         self.bandwidth = float("nan")
         # the last reference sample compared (the live reference, or the calibration's inner
         # half), its tensor and kernel mean: reused while the same list object comes back

@@ -18,13 +18,13 @@ from pydantic import Field, TypeAdapter
 from ecrec_stream.config import DriftDetectorName, DriftSettings
 from ecrec_stream.contracts.alerts import MovedCategory, RetrainingAlert
 from ecrec_stream.contracts.drift import DriftReport
+from ecrec_stream.contracts.events import AnyEvent, ClickEvent, ReviewEvent, SearchEvent
 from ecrec_stream.drift.base import DriftResult, WindowedTwoSample
 from ecrec_stream.drift.categories import CategoryMixJS
 from ecrec_stream.drift.embedding import EmbeddingMMD
 from ecrec_stream.drift.rates import RiverRate
-from ecrec_stream.events import AnyEvent, ClickEvent, ReviewEvent, SearchEvent
-from ecrec_stream.eventtime import ReorderBuffer
-from ecrec_stream.quality import BoundedSeen
+from ecrec_stream.ingest.eventtime import ReorderBuffer
+from ecrec_stream.ingest.quality import BoundedSeen
 
 STATE_KIND = "drift_monitor"
 STATE_VERSION = 2  # 1 was a pickle

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ecrec_stream.contracts.events import AnyEvent
 from ecrec_stream.drift.monitor import DriftMonitor, MonitorStep
-from ecrec_stream.events import AnyEvent
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,8 @@ from typing import Any, get_args
 import numpy as np
 
 from ecrec_stream.config import IndexSettings, SearchMode
+from ecrec_stream.contracts.events import ItemEvent, utc_now
 from ecrec_stream.embedding import Encoder, item_text
-from ecrec_stream.events import ItemEvent, utc_now
 from ecrec_stream.exceptions import IndexError_
 from ecrec_stream.index.faiss_index import FaissItemIndex, SearchHit
 from ecrec_stream.index.fusion import fuse

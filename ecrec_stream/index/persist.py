@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ecrec_stream.events import ItemEvent
+from ecrec_stream.contracts.events import ItemEvent
 from ecrec_stream.exceptions import SnapshotError
 
 CURRENT = "CURRENT"

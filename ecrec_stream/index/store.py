@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from ecrec_stream.events import ItemEvent
+from ecrec_stream.contracts.events import ItemEvent
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ecrec_stream.config import AnnotatorSettings
+from ecrec_stream.config import AnnotatorSettings, LabelSettings
+from ecrec_stream.contracts.examples import TrainingExample
 from ecrec_stream.labels.base import (
     ABSTAIN,
     LabelFunction,
@@ -26,7 +27,8 @@ from ecrec_stream.labels.base import (
     SentimentCandidate,
     Vote,
 )
-from ecrec_stream.labels.examples import TrainingExample, in_sample
+from ecrec_stream.labels.examples import RelevanceLabeler, SentimentLabeler, _Labeler, in_sample
+from ecrec_stream.llm import CausalLM
 
 
 class TokenBucket:
@@ -195,3 +197,31 @@ class Annotator:
         self.stats.annotated += len(out)
         self.stats.abstained += sum(v.abstained for _, v in out)
         return out
+
+
+def build_annotator(
+    settings: LabelSettings,
+    relevance: RelevanceLabeler,
+    sentiment: SentimentLabeler,
+    lm: CausalLM | None = None,
+) -> Annotator:
+    """Add the LLM annotator's late label function to the labelers of
+    ``settings.annotator.tasks`` (before they label anything) and return the annotator that
+    feeds them. ``lm`` defaults to the configured model."""
+    from ecrec_stream.labels.llm import LLMRelevance, LLMSentiment
+
+    cfg = settings.annotator
+    lm = lm or CausalLM.from_settings(cfg.llm)
+    functions: dict[str, LabelFunction[Any]] = {}
+    labelers: list[tuple[_Labeler, type[LLMRelevance | LLMSentiment]]] = [
+        (relevance, LLMRelevance),
+        (sentiment, LLMSentiment),
+    ]
+    for labeler, function_class in labelers:
+        if labeler.task in cfg.tasks:
+            function = function_class(
+                lm, abstain_band=cfg.abstain_band, max_chars=cfg.max_text_chars
+            )
+            labeler.add_function(function)
+            functions[labeler.task] = function
+    return Annotator(functions, cfg)

@@ -12,20 +12,18 @@ import hashlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
-
-if TYPE_CHECKING:
-    from ecrec_stream.labels.annotate import Annotator
 
 from ecrec_stream.augment import Augmenter, MeaningFilter
-from ecrec_stream.batching import json_array_messages, list_envelope
 from ecrec_stream.config import LabelSettings
+from ecrec_stream.contracts.events import utc_now
+from ecrec_stream.contracts.examples import ExampleBatch, TrainingExample
 from ecrec_stream.embedding import Encoder
-from ecrec_stream.events import utc_now
 from ecrec_stream.exceptions import ConfigError
+from ecrec_stream.ingest.batching import json_array_messages, list_envelope
+from ecrec_stream.ingest.quality import Pseudonymiser
 from ecrec_stream.labels.base import (
     ABSTAIN,
     NEGATIVE,
@@ -54,50 +52,6 @@ from ecrec_stream.labels.sentiment import (
     SeedClassifierSentiment,
 )
 from ecrec_stream.llm import CausalLM
-from ecrec_stream.quality import Pseudonymiser
-
-
-class TrainingExample(BaseModel):
-    """One weakly labelled example on ``ecrec.examples``.
-
-    Relevance: ``text`` is the query, ``text_pair`` the item title, ``label`` 1 relevant / 0 not,
-    ``grade`` the behavioural grade (3 purchase ... 0 skipped). Sentiment: ``text`` is the
-    review, ``label`` 1 positive / 0 negative. ``ts`` is the source event's time (the search's,
-    the review's), so a trainer can hold back the newest. ``weight`` = label-model confidence
-    x position-bias correction (relevance) x meaning similarity (augmented copies).
-    ``revision`` counts late votes folded in (the LLM annotator's): a consumer replaces a copy
-    of the same id by one of a higher revision.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    example_id: str
-    task: Literal["relevance", "sentiment"]
-    text: str
-    text_pair: str | None = None
-    item_id: str
-    label: int
-    grade: int | None = None
-    confidence: float
-    weight: float
-    votes: dict[str, int]
-    source_event_ids: list[str]
-    augmented_from: str | None = None
-    augmenter: str | None = None
-    user_key: str | None = None
-    ts: datetime = Field(default_factory=utc_now)
-    revision: int = Field(0, ge=0)
-    schema_version: Literal[1] = 1
-
-
-class ExampleBatch(BaseModel):
-    """The ``ecrec.examples`` message: the examples of one micro-batch (or of one part of it,
-    when it would not fit in one message)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    task: Literal["relevance", "sentiment"]
-    examples: list[TrainingExample]
 
 
 def example_batch_messages(
@@ -685,35 +639,6 @@ def build_labelers(
         labeler: _Labeler = relevance if function.task == "relevance" else sentiment
         labeler.add_function(function)
     return relevance, sentiment
-
-
-def build_annotator(
-    settings: LabelSettings,
-    relevance: RelevanceLabeler,
-    sentiment: SentimentLabeler,
-    lm: CausalLM | None = None,
-) -> Annotator:
-    """Add the LLM annotator's late label function to the labelers of
-    ``settings.annotator.tasks`` (before they label anything) and return the annotator that
-    feeds them. ``lm`` defaults to the configured model."""
-    from ecrec_stream.labels.annotate import Annotator
-    from ecrec_stream.labels.llm import LLMRelevance, LLMSentiment
-
-    cfg = settings.annotator
-    lm = lm or CausalLM.from_settings(cfg.llm)
-    functions: dict[str, LabelFunction[Any]] = {}
-    labelers: list[tuple[_Labeler, type[LLMRelevance | LLMSentiment]]] = [
-        (relevance, LLMRelevance),
-        (sentiment, LLMSentiment),
-    ]
-    for labeler, function_class in labelers:
-        if labeler.task in cfg.tasks:
-            function = function_class(
-                lm, abstain_band=cfg.abstain_band, max_chars=cfg.max_text_chars
-            )
-            labeler.add_function(function)
-            functions[labeler.task] = function
-    return Annotator(functions, cfg)
 
 
 def load_label_function(path: str, settings: LabelSettings) -> LabelFunction[Any]:

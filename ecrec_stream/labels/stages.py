@@ -8,7 +8,7 @@
 Each has one verb, ``label_many(batch) -> LabelStep``, and the state protocol of
 :mod:`ecrec_stream.state` (the labeler's models and the dedupe windows), so every rule is
 testable without a broker and a restarted worker resumes where it was. A record a rule or a
-label function raises on is isolated (:func:`~ecrec_stream.isolation.isolate_failures`) and
+label function raises on is isolated (:func:`~ecrec_stream.ingest.isolation.isolate_failures`) and
 returned as a failure for the runner to dead-letter.
 """
 
@@ -20,12 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from ecrec_stream.events import ReviewEvent
-from ecrec_stream.isolation import Failure, isolate_failures
+from ecrec_stream.contracts.events import ReviewEvent
+from ecrec_stream.ingest.isolation import Failure, isolate_failures
+from ecrec_stream.ingest.quality import BoundedSeen, near_duplicate_key
 from ecrec_stream.labels.base import RelevanceCandidate, SentimentCandidate
 from ecrec_stream.labels.examples import RelevanceLabeler, SentimentLabeler, TrainingExample
-from ecrec_stream.quality import BoundedSeen, near_duplicate_key
-from ecrec_stream.sessions import BotRules, bot_reason, relevance_candidates
+from ecrec_stream.labels.sessions import BotRules, bot_reason, relevance_candidates
 
 LOG = logging.getLogger(__name__)
 OnError = Literal["dead_letter", "stop"]
@@ -123,7 +123,7 @@ class ReviewLabelStage:
 
 class SessionLabelStage:
     """Closed sessions (the session table's states) to relevance examples; sessions that look
-    automated (:func:`~ecrec_stream.sessions.bot_reason`) give none. ``title_of`` looks up an
+    automated (:func:`~ecrec_stream.labels.sessions.bot_reason`) give none. ``title_of`` looks up an
     item's catalog title (``None`` when unknown)."""
 
     def __init__(

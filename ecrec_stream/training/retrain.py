@@ -19,13 +19,12 @@ from typing import Any
 import numpy as np
 
 from ecrec_stream.config import EmbeddingSettings, TrainingSettings
+from ecrec_stream.device import resolve_device
 from ecrec_stream.embedding import (
     encode_pretokenised,
-    resolve_device,
     resolve_model_path,
     weights_digest,
 )
-from ecrec_stream.registry import ModelManifest, ModelRegistry
 from ecrec_stream.training.buffer import BufferSplit
 from ecrec_stream.training.evaluate import (
     EmbeddedCatalog,
@@ -36,6 +35,7 @@ from ecrec_stream.training.evaluate import (
 )
 from ecrec_stream.training.finetune import FineTuneConfig, FineTuneReport, TrainPair, fine_tune
 from ecrec_stream.training.gate import GateDecision, evaluation_gate
+from ecrec_stream.training.registry import ModelManifest, ModelRegistry
 
 PHASES = ("buffer", "train", "evaluate", "publish")
 

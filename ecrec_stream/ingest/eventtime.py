@@ -1,6 +1,6 @@
 """Event-time bookkeeping shared by the session labeller and the drift monitor: watermarks over
 several inputs and the lateness rule. (BoundedSeen, the bounded de-duplication both use, lives
-in :mod:`ecrec_stream.quality`.)"""
+in :mod:`ecrec_stream.ingest.quality`.)"""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from ecrec_stream.events import (
+from ecrec_stream.contracts.events import (
     EVENT_MODELS,
     AnyEvent,
     DeadLetter,
@@ -18,7 +18,7 @@ from ecrec_stream.events import (
     SourcePosition,
     utc_now,
 )
-from ecrec_stream.isolation import describe
+from ecrec_stream.ingest.isolation import describe
 
 MAX_ERROR_CHARS = 2_000
 PREVIEW_CHARS = 512
@@ -70,7 +70,7 @@ def parse_json(raw: bytes) -> object:
     >>> parse_json(b'{"a": 1, "a": 2}')
     Traceback (most recent call last):
     ...
-    ecrec_stream.validation._NotStrictJson: duplicate key 'a'
+    ecrec_stream.ingest.validation._NotStrictJson: duplicate key 'a'
     """
     return json.loads(raw, parse_constant=_reject_constant, object_pairs_hook=_no_duplicate_keys)
 

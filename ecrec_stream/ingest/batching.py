@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from ecrec_stream.events import AnyEvent, EventBatch, SourcePosition
+from ecrec_stream.contracts.events import AnyEvent, EventBatch, SourcePosition
 
 # Room kept for the envelope around the items ({"kind":...,"source":{...},"events":[...]}).
 ENVELOPE_BYTES = 512

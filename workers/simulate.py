@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ecrec_stream.events import utc_now
+from ecrec_stream.contracts.events import utc_now
 
 # A small grocery and household vocabulary: department -> aisle -> product nouns.
 _TAXONOMY: dict[str, dict[str, list[str]]] = {

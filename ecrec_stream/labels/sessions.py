@@ -9,8 +9,8 @@ from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from ecrec_stream.events import ClickEvent, SearchEvent
-from ecrec_stream.eventtime import Watermarks
+from ecrec_stream.contracts.events import ClickEvent, SearchEvent
+from ecrec_stream.ingest.eventtime import Watermarks
 from ecrec_stream.labels.base import RelevanceCandidate
 from ecrec_stream.labels.relevance import ACTION_GRADE
 
@@ -150,7 +150,7 @@ class SessionWindows:
     """Session windows over searches and clicks, closed by event time, per partition.
 
     A session closes once its partition's watermark (the slower of the ``inputs``, see
-    :class:`~ecrec_stream.eventtime.Watermarks`) passes its last event by ``gap_s``. An event
+    :class:`~ecrec_stream.ingest.eventtime.Watermarks`) passes its last event by ``gap_s``. An event
     that arrives after that point is late: counted, never folded into a bogus new session.
     Session state lives in ``store`` (a Faust table in the worker: written once per touched
     session per batch, one tombstone per closed session; a dict in tests). Which sessions are
