@@ -22,8 +22,11 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
+from pydantic import ValidationError
 
 from ecrec_stream.config import Settings, TopicNames, bootstrap_servers
+from ecrec_stream.contracts.events import DeadLetter, DeadLetterReason, SourcePosition
+from ecrec_stream.ingest.validation import RawRecord, make_dead_letter, summarise_errors
 
 LOG = logging.getLogger(__name__)
 
@@ -106,6 +109,40 @@ def fetch(consumer: Consumer, num_messages: int, timeout: float) -> list[Message
         elif err.code() != KafkaError._PARTITION_EOF:
             raise RuntimeError(f"consume error: {err}")
     return out
+
+
+def dead_letter_message(
+    producer: Producer,
+    dlq_topic: str,
+    message: Message,
+    kind: str,
+    exc: ValidationError,
+    *,
+    max_raw_bytes: int,
+) -> DeadLetter:
+    """Set ``message`` aside on ``dlq_topic``: it failed its topic's contract. The dead letter's
+    id is the message's position, so replicas that all refuse it write one id."""
+    record = RawRecord(
+        position=SourcePosition(
+            topic=message.topic() or "",
+            partition=message.partition() or 0,
+            offset=message.offset() or 0,
+        ),
+        key=message.key(),
+        value=message.value(),
+    )
+    letter = make_dead_letter(
+        record,
+        kind,
+        DeadLetterReason.SCHEMA_VIOLATION,
+        summarise_errors(exc),
+        max_raw_bytes=max_raw_bytes,
+    )
+    producer.produce(
+        dlq_topic, key=letter.dead_letter_id.encode(), value=letter.model_dump_json().encode()
+    )
+    LOG.error("%s set aside as a dead letter: %s", letter.dead_letter_id, letter.error)
+    return letter
 
 
 def new_producer(bootstrap: str, **extra: Any) -> Producer:

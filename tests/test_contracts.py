@@ -129,3 +129,47 @@ def test_the_trainer_dead_letters_an_alert_that_fails_its_contract(
     assert letter.kind == "alert" and letter.reason == "schema_violation"
     assert "retrain_please" in letter.raw_preview and letter.source.topic == names.alerts
     assert not trainer.pending  # neither the bad message nor the rejection is a trigger
+
+
+@pytest.mark.integration
+def test_a_replica_dead_letters_what_fails_its_contract_and_keeps_serving(
+    broker: Any, tmp_path: Path
+) -> None:
+    from ecrec_stream.contracts import EventBatch, ItemEvent
+    from ecrec_stream.index import LiveItemIndex
+    from tests.helpers import HashEncoder, at
+    from workers.indexer import IndexReplica
+
+    names, _ = isolated_env(unique("replica-dlq"))
+    ensure_topics(broker.bootstrap, all_topics(names), 2)
+    settings = load_settings(
+        topics=names.model_dump(),
+        partitions=2,
+        data_dir=str(tmp_path / "data"),
+        index={"data_dir": str(tmp_path / "index"), "lexical": False, "search_mode": "dense"},
+    )
+    good = EventBatch(
+        kind="item",
+        source={"topic": names.items, "partition": 0, "offset": 0},
+        last_offset=0,
+        events=[ItemEvent(event_id="e1", ts=at(0), op="upsert", item_id="mug", title="blue mug")],
+    )
+    produce(
+        broker.bootstrap,
+        [
+            (names.valid_items, "x", b'{"kind": "item", "events": "not a list"}'),
+            (names.models, "m", b'{"version": 7}'),
+            (names.valid_items, "mug", good.model_dump_json().encode()),
+        ],
+    )
+    replica = IndexReplica(settings, broker.bootstrap, LiveItemIndex(HashEncoder(), settings.index))
+    replica.start()
+    try:
+        wait_until(lambda: replica.live.get("mug") is not None, timeout_s=60)
+        wait_until(lambda: replica.skipped_messages == 2, timeout_s=30)
+        letters = read_topic(broker.bootstrap, names.dlq, done=lambda ms: len(ms) >= 2)
+    finally:
+        replica.stop(final_snapshot=False)
+    kinds = sorted(DeadLetter.model_validate_json(m.value()).kind for m in letters)
+    assert kinds == ["batch", "model_publication"]
+    assert replica.live.search("blue mug", 1)[0].item.item_id == "mug"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
 from ecrec_stream.config import Settings, describe_validation_error, load_settings
@@ -76,6 +76,16 @@ def _check_broker(bootstrap: str) -> None:
         "or point ECREC_BROKER at your Kafka",
     ):
         AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=5)
+
+
+def _publish(bootstrap: str, topic: str, key: str, message: BaseModel, what: str) -> None:
+    """Send one contract message and wait for its delivery; one line and exit 1 if it fails."""
+    from streams.kafka import new_producer
+
+    producer = new_producer(bootstrap)
+    producer.produce(topic, key=key.encode(), value=message.model_dump_json().encode())
+    if producer.flush(10):
+        _fail(f"the {what} was not delivered to {bootstrap} within 10 s")
 
 
 def _external_bootstrap(settings: Settings) -> str:
@@ -257,18 +267,11 @@ def retrain(
 
     settings = _settings()
     bootstrap = _external_bootstrap(settings)
-    from streams.kafka import ensure_topics, new_producer
+    from streams.kafka import ensure_topics
 
     request = RetrainRequest.new(reason)
     ensure_topics(bootstrap, [settings.topics.alerts], settings.partitions)
-    producer = new_producer(bootstrap)
-    producer.produce(
-        settings.topics.alerts,
-        key=request.alert_id.encode(),
-        value=request.model_dump_json().encode(),
-    )
-    if producer.flush(10):
-        _fail(f"the request was not delivered to {bootstrap} within 10 s")
+    _publish(bootstrap, settings.topics.alerts, request.alert_id, request, "request")
     console.print(f"retrain requested: {request.alert_id}")
     if wait <= 0:
         return
@@ -399,20 +402,13 @@ def models(
             )
             return
         from ecrec_stream.contracts import ModelPublication
-        from streams.kafka import new_producer, resolve_bootstrap
+        from streams.kafka import resolve_bootstrap
 
         manifest = reg.manifest(use)
         publication = ModelPublication.of(manifest, trigger="rollback", kind="rollback")
         bootstrap = resolve_bootstrap(settings)
         _check_broker(bootstrap)
-        producer = new_producer(bootstrap)
-        producer.produce(
-            settings.topics.models,
-            key=manifest.name.encode(),
-            value=publication.model_dump_json().encode(),
-        )
-        if producer.flush(10):
-            _fail(f"the announcement was not delivered to {bootstrap} within 10 s")
+        _publish(bootstrap, settings.topics.models, manifest.name, publication, "announcement")
         console.print(f"announced on {settings.topics.models}: replicas swap to {use}")
         return
     current = reg.current()

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import Message, Producer, TopicPartition
 from pydantic import ValidationError
 
 from ecrec_stream.config import Settings
@@ -31,7 +31,14 @@ from ecrec_stream.exceptions import EcrecError
 from ecrec_stream.index import LiveItemIndex
 from ecrec_stream.index.persist import Offsets, snapshot_model
 from ecrec_stream.training.registry import ModelRegistry
-from streams.kafka import ensure_topics, fetch, partition_reader, topic_partitions
+from streams.kafka import (
+    dead_letter_message,
+    ensure_topics,
+    fetch,
+    new_producer,
+    partition_reader,
+    topic_partitions,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -60,7 +67,8 @@ class IndexReplica:
         self._offsets_lock = threading.Lock()
         self.model_stats: dict[str, Any] = {"loaded": 0, "refused": 0, "last_error": None}
         self.restored_from_snapshot = False
-        self.skipped_messages = 0
+        self.skipped_messages = 0  # messages that failed their contract (dead-lettered)
+        self._dlq_producer: Producer | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._on_error = on_error
@@ -159,15 +167,8 @@ class IndexReplica:
                 batch = EventBatch.model_validate_json(message.value() or b"")
             except ValidationError as exc:
                 # The stream worker validated these already; a bad one means another producer
-                # wrote to the validated topic. Skip it loudly rather than stop the index.
-                LOG.error(
-                    "skipping malformed batch at %s[%d]@%d: %s",
-                    message.topic(),
-                    message.partition(),
-                    message.offset(),
-                    exc,
-                )
-                self.skipped_messages += 1
+                # wrote to the validated topic. Set it aside rather than stop the index.
+                self._dead_letter(message, "batch", exc)
             else:
                 for event in batch.events:
                     if isinstance(event, ItemEvent):
@@ -186,14 +187,29 @@ class IndexReplica:
             self.offsets[self.topic] = advanced
         self._dirty = True
 
+    def _dead_letter(self, message: Message, kind: str, exc: ValidationError) -> None:
+        """A message that fails its topic's contract goes to the dead-letter topic (every
+        replica refuses it under the same id) and is skipped."""
+        self.skipped_messages += 1
+        if self._dlq_producer is None:
+            self._dlq_producer = new_producer(self.bootstrap)
+        dead_letter_message(
+            self._dlq_producer,
+            self.settings.topics.dlq,
+            message,
+            kind,
+            exc,
+            max_raw_bytes=self.settings.ingest.dlq_max_raw_bytes,
+        )
+        self._dlq_producer.flush(10)
+
     # -- following ecrec.models ----------------------------------------------------------
     def _queue_model(self, message: Message) -> None:
         partition, offset = message.partition(), message.offset()
         try:
             publication = ModelPublication.model_validate_json(message.value() or b"")
         except ValidationError as exc:
-            LOG.error("skipping malformed model publication @%s: %s", offset, exc)
-            self.skipped_messages += 1
+            self._dead_letter(message, "model_publication", exc)
             self._advance_models(partition, offset)
             return
         self._models.put((publication, partition or 0, offset or 0))

@@ -29,7 +29,7 @@ from ecrec_stream.contracts import (
     RetrainRejected,
     parse_alert,
 )
-from ecrec_stream.contracts.events import DeadLetterReason, EventBatch, ItemEvent, SourcePosition
+from ecrec_stream.contracts.events import EventBatch, ItemEvent
 from ecrec_stream.embedding import item_text
 from ecrec_stream.index.store import ItemStore, plan_batch
 from ecrec_stream.labels.examples import ExampleBatch
@@ -37,7 +37,13 @@ from ecrec_stream.state import atomic_write
 from ecrec_stream.training import ReplayBuffer, Retrainer, RetrainOutcome
 from ecrec_stream.training.registry import ModelRegistry
 from ecrec_stream.training.schedule import RetrainSchedule, Trigger
-from streams.kafka import ensure_topics, fetch, new_producer, partition_reader
+from streams.kafka import (
+    dead_letter_message,
+    ensure_topics,
+    fetch,
+    new_producer,
+    partition_reader,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -86,8 +92,7 @@ class TrainerWorker:
             try:
                 batch = ExampleBatch.model_validate_json(value)
             except ValidationError as exc:
-                LOG.error("skipping malformed example batch at %s@%s: %s", partition, offset, exc)
-                self.stats["malformed_messages"] += 1
+                self._dead_letter(message, "examples", exc)
             else:
                 self.stats["examples_read"] += len(batch.examples)
                 self.buffer.add(batch.examples)
@@ -96,8 +101,8 @@ class TrainerWorker:
         elif topic == self.names.valid_items:
             try:
                 events = EventBatch.model_validate_json(value).events
-            except ValidationError:
-                self.stats["malformed_messages"] += 1
+            except ValidationError as exc:
+                self._dead_letter(message, "batch", exc)
                 events = []
             plan, _ = plan_batch([e for e in events if isinstance(e, ItemEvent)], self.catalog)
             for event in plan.values():
@@ -115,8 +120,7 @@ class TrainerWorker:
             alert = parse_alert(value)
         except ValidationError as exc:
             # not an alert of any known shape: set aside with the reason, never retrained on
-            self.stats["malformed_messages"] += 1
-            self._dead_letter(message, exc)
+            self._dead_letter(message, "alert", exc)
             return
         if isinstance(alert, RetrainRejected):
             return  # the trainer's own answer
@@ -130,33 +134,19 @@ class TrainerWorker:
         self.stats["triggers"] += 1
         self.schedule.add(alert)
 
-    def _dead_letter(self, message: Message, exc: ValidationError) -> None:
-        from ecrec_stream.ingest.validation import RawRecord, make_dead_letter, summarise_errors
-
-        record = RawRecord(
-            position=SourcePosition(
-                topic=message.topic() or "",
-                partition=message.partition() or 0,
-                offset=message.offset() or 0,
-            ),
-            key=message.key(),
-            value=message.value(),
-        )
-        letter = make_dead_letter(
-            record,
-            "alert",
-            DeadLetterReason.SCHEMA_VIOLATION,
-            summarise_errors(exc),
+    def _dead_letter(self, message: Message, kind: str, exc: ValidationError) -> None:
+        """A message that fails its topic's contract: set aside with the reason."""
+        self.stats["malformed_messages"] += 1
+        producer = new_producer(self.bootstrap)
+        dead_letter_message(
+            producer,
+            self.names.dlq,
+            message,
+            kind,
+            exc,
             max_raw_bytes=self.settings.ingest.dlq_max_raw_bytes,
         )
-        producer = new_producer(self.bootstrap)
-        producer.produce(
-            self.names.dlq,
-            key=letter.dead_letter_id.encode(),
-            value=letter.model_dump_json().encode(),
-        )
         producer.flush(10)
-        LOG.error("alert at %s set aside as a dead letter: %s", letter.dead_letter_id, letter.error)
 
     # -- retraining ----------------------------------------------------------------------
     def catalog_texts(self) -> dict[str, str]:
