@@ -149,6 +149,19 @@ def isolated_env(tag: str) -> tuple[Any, dict[str, str]]:
     return names, env
 
 
+def isolated_settings(bootstrap: str, tag: str, data_dir: Path, **overrides: Any) -> Any:
+    """Settings on topics of their own (created, 2 partitions) with ``data_dir``, for a test
+    that runs a trainer or a replica in process."""
+    from ecrec_stream.config import load_settings
+    from streams.kafka import all_topics, ensure_topics
+
+    names, _ = isolated_env(unique(tag))
+    ensure_topics(bootstrap, all_topics(names), 2)
+    return load_settings(
+        topics=names.model_dump(), partitions=2, data_dir=str(data_dir), **overrides
+    )
+
+
 def produce(bootstrap: str, records: list[tuple[str, str, bytes]]) -> list[tuple[int, int]]:
     """Send (topic, key, value) records; return (partition, offset) of each, in order."""
     from streams.kafka import new_producer

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from ecrec_stream.config import TopicNames, load_settings
+from ecrec_stream.config import TopicNames
 from ecrec_stream.contracts import (
     TOPIC_CONTRACTS,
     DeadLetter,
@@ -26,8 +26,7 @@ from ecrec_stream.contracts import (
     validate_message,
 )
 from ecrec_stream.drift.base import DriftResult
-from streams.kafka import all_topics, ensure_topics
-from tests.helpers import isolated_env, produce, read_topic, unique, wait_until
+from tests.helpers import isolated_settings, produce, read_topic, wait_until
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "topics.md"
 
@@ -98,11 +97,8 @@ def test_the_replica_openapi_schema_names_every_answer(indexer: str) -> None:
 def test_the_trainer_dead_letters_an_alert_that_fails_its_contract(
     broker: Any, tmp_path: Path
 ) -> None:
-    names, _ = isolated_env(unique("alerts"))
-    ensure_topics(broker.bootstrap, all_topics(names), 2)
-    settings = load_settings(
-        topics=names.model_dump(), partitions=2, data_dir=str(tmp_path / "data")
-    )
+    settings = isolated_settings(broker.bootstrap, "alerts", tmp_path / "data")
+    names = settings.topics
     produce(
         broker.bootstrap,
         [
@@ -140,14 +136,9 @@ def test_a_replica_dead_letters_what_fails_its_contract_and_keeps_serving(
     from tests.helpers import HashEncoder, at
     from workers.indexer import IndexReplica
 
-    names, _ = isolated_env(unique("replica-dlq"))
-    ensure_topics(broker.bootstrap, all_topics(names), 2)
-    settings = load_settings(
-        topics=names.model_dump(),
-        partitions=2,
-        data_dir=str(tmp_path / "data"),
-        index={"data_dir": str(tmp_path / "index"), "lexical": False, "search_mode": "dense"},
-    )
+    index = {"data_dir": str(tmp_path / "index"), "lexical": False, "search_mode": "dense"}
+    settings = isolated_settings(broker.bootstrap, "replica-dlq", tmp_path / "data", index=index)
+    names = settings.topics
     good = EventBatch(
         kind="item",
         source={"topic": names.items, "partition": 0, "offset": 0},
