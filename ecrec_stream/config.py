@@ -373,6 +373,31 @@ class RobustnessSettings(BaseModel):
     state_path: Path | None = Field(None, description="default: <index.data_dir>/miner.state")
 
 
+class RecommendSettings(BaseModel):
+    """Recommendations of an index replica (``ECREC_RECOMMEND__*``): behaviour from
+    ``ecrec.valid.clicks``, content from the replica's FAISS index, popularity as fallback."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    neighbours: int = Field(50, ge=1, le=10_000, description="kept per item and relation")
+    half_life_s: float = Field(7 * 86_400.0, gt=0, description="event time to halve a weight")
+    session_items: int = Field(20, ge=1, le=1_000, description="recent items kept per session")
+    session_ttl_s: float = Field(1800.0, gt=0, description="event-time idleness that ends one")
+    max_sessions: int = Field(100_000, ge=1)
+    popular_top: int = Field(200, ge=1, le=100_000, description="popular items kept per scope")
+    dedupe_capacity: int = Field(200_000, ge=100)
+    candidates: int = Field(100, ge=1, le=10_000, description="drawn from each source")
+    # Fusion weights of the normalised source scores; chosen on dev splits of both data sets
+    # (bench.recommend, docs/benchmarks.md).
+    behaviour_weight: float = Field(1.0, ge=0)
+    content_weight: float = Field(0.3, ge=0)
+    popularity_weight: float = Field(0.1, ge=0)
+    covisit_mix: float = Field(0.5, ge=0, description="next item: share of plain co-visits")
+    max_k: int = Field(100, ge=1)
+    max_items: int = Field(50, ge=1, description="anchor items a request may name")
+
+
 class Settings(BaseSettings):
     """Everything a process needs; frozen once built."""
 
@@ -399,6 +424,7 @@ class Settings(BaseSettings):
     drift: DriftSettings = DriftSettings()
     training: TrainingSettings = TrainingSettings()
     robustness: RobustnessSettings = RobustnessSettings()
+    recommend: RecommendSettings = RecommendSettings()
     # Every message an agent sends stays under this many bytes (batches are split); Kafka's
     # default broker and producer limit is 1 MiB, so keep a margin below it.
     max_message_bytes: int = Field(524_288, ge=16_384, le=1_000_000)

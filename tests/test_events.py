@@ -40,7 +40,7 @@ def _item(**over: Any) -> bytes:
 def test_valid_item_is_normalised_to_utc() -> None:
     event = ItemEvent.model_validate_json(_item())
     assert event.ts.tzinfo == timezone.utc and event.ts.hour == 10
-    assert event.schema_version == 1 and event.type == "item"
+    assert event.schema_version == 2 and event.type == "item"  # the current version
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_valid_item_is_normalised_to_utc() -> None:
         ({"category_path": ["a"] * 9}, "category_path"),
         ({"attributes": {f"k{i}": "v" for i in range(51)}}, "attributes"),
         ({"op": "merge"}, "op"),
-        ({"schema_version": 2}, "schema_version"),
+        ({"schema_version": 3}, "schema_version"),
     ],
 )
 def test_item_rejections(override: dict[str, Any], fragment: str) -> None:
@@ -147,3 +147,28 @@ def test_event_batch_round_trips_mixed_kinds() -> None:
     )
     again = EventBatch.model_validate_json(batch.model_dump_json())
     assert again.events == [event]
+
+
+def test_version_1_events_stay_valid_and_clicks_gain_views_cart_removals_and_surfaces() -> None:
+    from ecrec_stream.contracts.events import ClickEvent
+    from ecrec_stream.ingest.validation import RawRecord, validate_one
+
+    old = {
+        "event_id": "c1",
+        "ts": "2026-01-01T00:00:00Z",
+        "schema_version": 1,
+        "session_id": "s",
+        "item_id": "i",
+        "action": "purchase",
+    }
+    new = {**old, "event_id": "c2", "schema_version": 2, "action": "view", "surface": "browse"}
+    for doc in (old, new):
+        record = RawRecord(
+            json.dumps(doc).encode(), SourcePosition(topic="t", partition=0, offset=0)
+        )
+        outcome = validate_one("click", record, max_payload_bytes=65_536, max_raw_bytes=1024)
+        assert isinstance(outcome, ClickEvent), outcome
+    bad = {**new, "surface": "email"}
+    record = RawRecord(json.dumps(bad).encode(), SourcePosition(topic="t", partition=0, offset=0))
+    refused = validate_one("click", record, max_payload_bytes=65_536, max_raw_bytes=1024)
+    assert not isinstance(refused, ClickEvent) and "surface" in refused.error

@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ecrec_stream.config import DriftSettings, LabelSettings
+from ecrec_stream.config import DriftSettings, LabelSettings, RecommendSettings
 from ecrec_stream.contracts.events import ClickEvent, ReviewEvent, SearchEvent
 from ecrec_stream.drift import CategoryMixJS, DriftMonitor, EmbeddingMMD, RiverRate
 from ecrec_stream.drift.stage import DriftRecord, DriftStage
 from ecrec_stream.labels.examples import RelevanceLabeler, SentimentLabeler, TrainingExample
 from ecrec_stream.labels.sessions import BotRules, add_event, new_session
 from ecrec_stream.labels.stages import LabelStep, ReviewLabelStage, SessionLabelStage
+from ecrec_stream.recommend import Recommender
 from ecrec_stream.state import StateError, Stateful, load_state, save_state
 from ecrec_stream.training import ReplayBuffer
 from tests.helpers import HashEncoder, relevant_pair
@@ -164,6 +165,32 @@ def _monitor_out(step: Any) -> list[Any]:
     ]
 
 
+def _click_stream(n: int, seed: int) -> list[ClickEvent]:
+    rng = random.Random(seed)
+    actions = ["view", "view", "click", "add_to_cart", "remove_from_cart", "purchase"]
+    return [
+        ClickEvent(
+            event_id=f"k{seed}-{i}",
+            ts=T0 + timedelta(seconds=seed * n + i),
+            session_id=f"u{rng.randrange(6)}",
+            item_id=f"{rng.choice('abc')}-{rng.randrange(12)}",
+            action=rng.choice(actions),  # type: ignore[arg-type]
+        )
+        for i in range(n)
+    ]
+
+
+def _recommend_out(rec: Recommender, batch: list[ClickEvent]) -> list[Any]:
+    step = rec.observe_many(batch)
+    answers = [
+        [(r.item_id, r.score, r.source) for r in rec.recommend([f"a-{i}"], 5, kind=kind)]
+        for i in range(3)
+        for kind in ("next", "similar", "bought_together")
+    ]
+    sessions = [rec.for_session(f"u{i}", 5) for i in range(6)]
+    return [dict(step.counts), answers, [[r.item_id for r in s] if s else None for s in sessions]]
+
+
 def _buffer_examples(n: int, seed: int) -> list[TrainingExample]:
     rng = random.Random(seed)
     out = []
@@ -247,6 +274,17 @@ CASES = [
             DriftRecord("t", 0, k, _drift_events(250, k)),
         ],
         lambda stage, batch: [_monitor_out(step := stage.observe_many(batch)), dict(step.counts)],
+        [],
+    ),
+    Case(
+        "recommender",
+        lambda: Recommender(
+            RecommendSettings(neighbours=5, session_items=5),
+            category_of=lambda item: item.split("-")[0],
+            content=lambda anchors, k: [(f"cold-{a}", 0.5) for a in anchors][:k],
+        ),
+        lambda k: _click_stream(80, k),
+        _recommend_out,
         [],
     ),
     Case(

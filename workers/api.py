@@ -4,7 +4,7 @@ and the replica process that serves it."""
 from __future__ import annotations
 
 import signal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.concurrency import run_in_threadpool
@@ -14,18 +14,25 @@ from ecrec_stream.config import SearchMode, Settings
 from ecrec_stream.contracts.http import (
     Health,
     ItemResponse,
+    RecommendRequest,
+    RecommendResponse,
+    RecommendResult,
     ReplicaStats,
     SearchResponse,
     SearchResult,
 )
 from ecrec_stream.exceptions import IndexError_
 from ecrec_stream.index import LiveItemIndex
+from ecrec_stream.recommend import Recommendation
+from ecrec_stream.recommend.recommender import Kind as RecommendKind
 from workers.indexer import IndexReplica, serving_encoder
 
 if TYPE_CHECKING:
     from workers.miner import RobustnessMinerThread
 
 SEARCHES = Counter("ecrec_search_requests_total", "Search requests served")
+RECOMMENDS = Counter("ecrec_recommend_requests_total", "Recommendation requests", ["kind"])
+RECOMMEND_SECONDS = Histogram("ecrec_recommend_seconds", "Recommendation latency", ["kind"])
 SEARCH_SECONDS = Histogram(
     "ecrec_search_seconds", "Search latency (embed + FAISS and/or BM25 + fusion)", ["mode"]
 )
@@ -86,6 +93,110 @@ def create_api(
             ],
         )
 
+    rcfg = settings.recommend
+
+    def recommended(
+        kind: RecommendKind,
+        anchors: list[str],
+        k: int,
+        results: list[Recommendation],
+        **extra: Any,
+    ) -> RecommendResponse:
+        rows = []
+        for r in results:
+            stored = live.get(r.item_id)
+            item = stored.item if stored else None
+            rows.append(
+                RecommendResult(
+                    item_id=r.item_id,
+                    score=r.score,
+                    source=r.source,
+                    reason=r.reason,
+                    behaviour=r.behaviour,
+                    content=r.content,
+                    popularity=r.popularity,
+                    title=item.title if item else None,
+                    category_path=item.category_path if item else [],
+                    price=item.price if item else None,
+                )
+            )
+        return RecommendResponse(
+            kind=kind, anchors=anchors, k=k, index_size=len(live), results=rows, **extra
+        )
+
+    def run_recommend(
+        kind: RecommendKind, anchors: list[str], k: int, **options: Any
+    ) -> list[Recommendation]:
+        with replica.recommend_lock:
+            return replica.recommender.recommend(anchors, k, kind=kind, **options)
+
+    def check_enabled() -> None:
+        if replica.clicks_topic is None:
+            raise HTTPException(status_code=404, detail="recommendations are off here")
+
+    kind_query = Query(None, description="similar (default with item_id), bought_together, next")
+
+    @api.get("/recommend", response_model=RecommendResponse)
+    async def recommend(
+        item_id: str | None = Query(None, max_length=256, description="similar to this item"),
+        session_id: str | None = Query(None, max_length=256, description="next for a session"),
+        k: int = Query(10, ge=1, le=rcfg.max_k, description="number of results"),
+        kind: RecommendKind | None = kind_query,
+        category: str | None = Query(None, max_length=256, description="only this category"),
+        category_cap: int | None = Query(None, ge=1, description="at most this many per category"),
+    ) -> RecommendResponse:
+        """Items similar to or bought with ``item_id``, or the next items for a live
+        ``session_id`` (its cart and purchases left out); exactly one of the two."""
+        check_enabled()
+        if (item_id is None) == (session_id is None):
+            raise HTTPException(status_code=422, detail="give exactly one of item_id, session_id")
+        options: dict[str, Any] = {"category": category, "category_cap": category_cap}
+        if session_id is not None:
+            RECOMMENDS.labels("session").inc()
+            with RECOMMEND_SECONDS.labels("session").time(), replica.recommend_lock:
+                session = replica.recommender.sessions.get(session_id)
+                anchors = session.items() if session else []
+                found = session is not None
+                results = (
+                    replica.recommender.for_session(session_id, k, **options)
+                    if found
+                    else replica.recommender.recommend([], k, **options)
+                )
+            return recommended(
+                "next", anchors, k, results or [], session_id=session_id, session_found=found
+            )
+        chosen: RecommendKind = kind or "similar"
+        RECOMMENDS.labels(chosen).inc()
+        with RECOMMEND_SECONDS.labels(chosen).time():
+            results = await run_in_threadpool(run_recommend, chosen, [item_id or ""], k, **options)
+        return recommended(chosen, [item_id or ""], k, results)
+
+    @api.post("/recommend", response_model=RecommendResponse)
+    async def recommend_for_items(request: RecommendRequest) -> RecommendResponse:
+        """Next items for these item ids (newest last), as for a cart or a session the shop
+        tracks itself."""
+        check_enabled()
+        if not 1 <= request.k <= rcfg.max_k:
+            raise HTTPException(status_code=422, detail=f"k must be 1-{rcfg.max_k}")
+        if not 1 <= len(request.item_ids) <= rcfg.max_items:
+            raise HTTPException(
+                status_code=422, detail=f"item_ids must hold 1-{rcfg.max_items} ids"
+            )
+        if request.category_cap is not None and request.category_cap < 1:
+            raise HTTPException(status_code=422, detail="category_cap must be at least 1")
+        RECOMMENDS.labels(request.kind).inc()
+        with RECOMMEND_SECONDS.labels(request.kind).time():
+            results = await run_in_threadpool(
+                run_recommend,
+                request.kind,
+                request.item_ids,
+                request.k,
+                exclude=request.exclude,
+                category=request.category,
+                category_cap=request.category_cap,
+            )
+        return recommended(request.kind, request.item_ids, request.k, results)
+
     @api.get("/items/{item_id}", response_model=ItemResponse)
     async def get_item(item_id: str) -> ItemResponse:
         stored = live.get(item_id)
@@ -105,6 +216,7 @@ def create_api(
                 "caught_up": replica.caught_up.is_set(),
                 "models": replica.model_stats,  # swaps done, artifacts refused, last error
                 "robustness": miner.stats() if miner is not None else {"enabled": False},
+                "recommend": replica.recommend_stats(),
             }
         )
 

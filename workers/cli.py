@@ -335,6 +335,51 @@ def search(
 
 
 @app.command()
+def recommend(
+    item: Annotated[str | None, typer.Option(help="similar to / bought with this item id")] = None,
+    session: Annotated[str | None, typer.Option(help="next items for this live session")] = None,
+    items: Annotated[
+        str | None, typer.Option(help="next items for these comma-separated item ids")
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(help="similar, bought_together or next (default: similar for --item)"),
+    ] = None,
+    k: Annotated[int, typer.Option(help="number of results")] = 10,
+    category: Annotated[str | None, typer.Option(help="only items of this category")] = None,
+    url: Annotated[str, typer.Option(help="index replica base URL")] = "http://127.0.0.1:8080",
+) -> None:
+    """Recommendations from a running index replica: similar or bought-together items
+    (--item), the next items for a live session (--session) or for a list of items (--items);
+    each result says which source found it and why."""
+    import httpx
+
+    if sum(x is not None for x in (item, session, items)) != 1:
+        _fail("give exactly one of --item, --session, --items", 2)
+    base = url.rstrip("/")
+    with _reaching("an index replica", url, "start one with `ecrec-stream indexer` or pass --url"):
+        if items is not None:
+            body: dict[str, Any] = {
+                "item_ids": [i.strip() for i in items.split(",") if i.strip()],
+                "k": k,
+                "kind": kind or "next",
+                "category": category,
+            }
+            response = httpx.post(f"{base}/recommend", json=body, timeout=10)
+        else:
+            params: dict[str, Any] = {"k": k}
+            params.update({"item_id": item} if item else {"session_id": session})
+            params.update({key: v for key, v in (("kind", kind), ("category", category)) if v})
+            response = httpx.get(f"{base}/recommend", params=params, timeout=10)
+    if response.status_code != 200:
+        console.print(f"[red]{response.status_code}[/] {response.text}")
+        raise typer.Exit(1)
+    from workers.demo import recommend_table
+
+    console.print(recommend_table(response.json()))
+
+
+@app.command()
 def status(
     url: Annotated[
         str | None, typer.Option(help="stream worker base URL (default: ECREC_WORKER_WEB_PORT)")

@@ -117,6 +117,28 @@ def results_table(payload: dict[str, Any]) -> Table:
     return table
 
 
+def recommend_table(payload: dict[str, Any]) -> Table:
+    """A rich table of one ``/recommend`` response: each result's source and why."""
+    anchors = ", ".join(payload["anchors"][-3:]) or "-"
+    title = f"recommend ({payload['kind']}) from {anchors}"
+    if payload.get("session_id"):
+        found = "" if payload.get("session_found") else ", session not live: popular items"
+        title = f"recommend next for session {payload['session_id']}{found}"
+    table = Table(title=title)
+    for col in ("#", "score", "source", "item", "title", "why"):
+        table.add_column(col)
+    for rank, hit in enumerate(payload["results"], 1):
+        table.add_row(
+            str(rank),
+            f"{hit['score']:.3f}",
+            hit["source"],
+            hit["item_id"],
+            hit["title"] or "",
+            hit["reason"],
+        )
+    return table
+
+
 def drift_table(status: dict[str, Any]) -> Table:
     """Each drift detector's latest window statistic against its calibrated threshold."""
     table = Table(title=f"drift detectors (serving model {status.get('model_version', '?')})")
@@ -489,7 +511,13 @@ def _example_searches(
             console.print(f"[red]search failed:[/] {exc}")
             return
         if response.status_code == 200:
-            tables.append(results_table(response.json()))
+            payload = response.json()
+            tables.append(results_table(payload))
+            if payload["results"]:  # what the shop would show beside the top result
+                top = payload["results"][0]["item_id"]
+                rec = httpx.get(f"{index_url}/recommend", params={"item_id": top, "k": 5})
+                if rec.status_code == 200:
+                    tables.append(recommend_table(rec.json()))
         else:
             console.print(f"[red]{response.status_code}[/] {response.text}")
     console.print(Group(*tables))

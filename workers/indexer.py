@@ -25,11 +25,13 @@ from pydantic import ValidationError
 
 from ecrec_stream.config import Settings
 from ecrec_stream.contracts import ModelPublication
-from ecrec_stream.contracts.events import EventBatch, ItemEvent
+from ecrec_stream.contracts.events import ClickEvent, EventBatch, ItemEvent
 from ecrec_stream.embedding import Encoder
 from ecrec_stream.exceptions import EcrecError
 from ecrec_stream.index import LiveItemIndex
 from ecrec_stream.index.persist import Offsets, snapshot_model
+from ecrec_stream.recommend import Recommender
+from ecrec_stream.state import dumps_state, loads_state
 from ecrec_stream.training.registry import ModelRegistry
 from streams.kafka import (
     dead_letter_message,
@@ -41,6 +43,9 @@ from streams.kafka import (
 )
 
 LOG = logging.getLogger(__name__)
+RECOMMEND_FILE = "recommend.state"
+RECOMMEND_KIND = "recommender"
+RECOMMEND_VERSION = 1
 
 
 class IndexReplica:
@@ -59,8 +64,18 @@ class IndexReplica:
         self.live = live
         self.topic = settings.topics.valid_items
         self.models_topic = settings.topics.models
+        # recommendations learn from validated clicks, in the same loop and snapshot
+        self.clicks_topic = settings.topics.valid_clicks if settings.recommend.enabled else None
         self.data_dir = Path(settings.index.data_dir)
-        self.offsets: Offsets = {self.topic: {}, self.models_topic: {}}
+        self.offsets: Offsets = {t: {} for t in self.topics}
+        self.recommender = Recommender(
+            settings.recommend,
+            category_of=self._category_of,
+            available=lambda item: live.get(item) is not None,
+            content=live.neighbours,
+        )
+        # the API thread reads the recommender while this loop updates it
+        self.recommend_lock = threading.Lock()
         self.registry = ModelRegistry(settings.registry_dir)
         # publications wait here for the model thread, with their (partition, offset)
         self._models: queue.Queue[tuple[ModelPublication, int, int]] = queue.Queue()
@@ -76,21 +91,34 @@ class IndexReplica:
         self.caught_up = threading.Event()
         self.error: Exception | None = None
 
+    @property
+    def topics(self) -> list[str]:
+        """What this replica reads (every partition of each)."""
+        return [self.topic, self.models_topic] + ([self.clicks_topic] if self.clicks_topic else [])
+
+    def _category_of(self, item: str) -> str | None:
+        stored = self.live.get(item)
+        return stored.item.category_path[0] if stored and stored.item.category_path else None
+
     def start(self) -> None:
         """Restore the latest snapshot, assign every partition at its offset, start consuming."""
         restored = self.live.load_snapshot(self.data_dir)
         if restored is not None:
-            self.offsets = {
-                self.topic: dict(restored.get(self.topic, {})),
-                self.models_topic: dict(restored.get(self.models_topic, {})),
-            }
+            self.offsets = {t: dict(restored.get(t, {})) for t in self.topics}
+            blob = self.live.snapshot_extras.get(RECOMMEND_FILE)
+            if self.clicks_topic and blob is not None:
+                self.recommender.load_state(
+                    loads_state(blob, kind=RECOMMEND_KIND, version=RECOMMEND_VERSION)
+                )
+            elif self.clicks_topic:
+                self.offsets[self.clicks_topic] = {}  # no recommender state: read clicks again
             self.restored_from_snapshot = True
             LOG.info(
                 "restored %d items from snapshot; resuming at %s",
                 len(self.live),
                 self.offsets[self.topic],
             )
-        ensure_topics(self.bootstrap, [self.topic, self.models_topic], self.settings.partitions)
+        ensure_topics(self.bootstrap, self.topics, self.settings.partitions)
         self._thread = threading.Thread(target=self._run, name="index-replica", daemon=True)
         self._thread.start()
         self._model_thread = threading.Thread(
@@ -102,7 +130,7 @@ class IndexReplica:
         cfg = self.settings.index
         consumer = partition_reader(
             self.bootstrap,
-            [self.topic, self.models_topic],
+            self.topics,
             name=f"ecrec-index-{cfg.replica_id}",
             offsets=self.offsets,
         )
@@ -158,7 +186,8 @@ class IndexReplica:
         """
         limit = self.settings.index.batch_max
         events: list[ItemEvent] = []
-        advanced = dict(self.offsets[self.topic])
+        clicks: list[ClickEvent] = []
+        advanced = {t: dict(self.offsets[t]) for t in (self.topic, self.clicks_topic) if t}
         for message in messages:
             if message.topic() == self.models_topic:
                 self._queue_model(message)
@@ -171,21 +200,34 @@ class IndexReplica:
                 self._dead_letter(message, "batch", exc)
             else:
                 for event in batch.events:
-                    if isinstance(event, ItemEvent):
+                    if isinstance(event, ClickEvent):
+                        clicks.append(event)
+                    elif isinstance(event, ItemEvent):
                         events.append(event)
                         if len(events) >= limit:
-                            self.live.apply_many(events)
+                            self._apply_items(events)
                             events = []
-            partition, offset = message.partition(), message.offset()
-            if partition is not None and offset is not None:
-                advanced[partition] = offset + 1
+            partition, offset, topic = message.partition(), message.offset(), message.topic()
+            if partition is not None and offset is not None and topic in advanced:
+                advanced[topic][partition] = offset + 1
         if events:
-            self.live.apply_many(events)
+            self._apply_items(events)
+        if clicks:
+            with self.recommend_lock:
+                self.recommender.observe_many(clicks)
         # Offsets move only after the events are in the index, so a snapshot never claims
         # more than it holds.
         with self._offsets_lock:
-            self.offsets[self.topic] = advanced
+            self.offsets.update(advanced)
         self._dirty = True
+
+    def _apply_items(self, events: list[ItemEvent]) -> None:
+        """Apply item changes; items they deleted leave every recommendation, too."""
+        self.live.apply_many(events)
+        gone = [e.item_id for e in events if e.is_delete and self.live.get(e.item_id) is None]
+        if gone and self.clicks_topic:
+            with self.recommend_lock:
+                self.recommender.forget_items(gone)
 
     def _dead_letter(self, message: Message, kind: str, exc: ValidationError) -> None:
         """A message that fails its topic's contract goes to the dead-letter topic (every
@@ -256,7 +298,14 @@ class IndexReplica:
     def snapshot(self) -> Path:
         with self._offsets_lock:
             offsets = {t: dict(p) for t, p in self.offsets.items()}
-        path = self.live.save_snapshot(self.data_dir, offsets)
+        extras = {}
+        if self.clicks_topic:
+            with self.recommend_lock:
+                state = self.recommender.state_dict()
+            extras[RECOMMEND_FILE] = dumps_state(
+                state, kind=RECOMMEND_KIND, version=RECOMMEND_VERSION
+            )
+        path = self.live.save_snapshot(self.data_dir, offsets, extras)
         self._dirty = False
         return path
 
@@ -268,6 +317,22 @@ class IndexReplica:
             self._model_thread.join(timeout=60)
         if final_snapshot and self._dirty:
             self.snapshot()
+
+    def recommend_stats(self) -> dict[str, Any]:
+        """What the recommender holds (``enabled`` false when it is off)."""
+        if self.clicks_topic is None:
+            return {"enabled": False}
+        rec = self.recommender
+        with self.recommend_lock:
+            return {
+                "enabled": True,
+                "items_with_links": len(rec.covisit),
+                "links": rec.covisit.entries() + rec.follows.entries() + rec.bought.entries(),
+                "updates": rec.covisit.updates + rec.follows.updates + rec.bought.updates,
+                "pruned": rec.covisit.pruned + rec.follows.pruned + rec.bought.pruned,
+                "live_sessions": len(rec.sessions),
+                "deleted": len(rec.deleted),
+            }
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

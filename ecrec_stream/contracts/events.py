@@ -4,7 +4,8 @@ Rules every event follows:
 
 * ``event_id`` is the idempotency key; a redelivered event keeps its id.
 * ``ts`` is event time and must carry a timezone; it is normalised to UTC.
-* ``schema_version`` is ``1``; a consumer rejects versions it does not know.
+* ``schema_version`` is ``2`` (``1`` is still read: version 2 only added click actions and
+  the click's ``surface``); a consumer rejects versions it does not know.
 * Unknown fields are **rejected** (``extra="forbid"``): a typo in a producer fails loudly in
   the dead-letter topic instead of silently dropping data.
 * Types are **strict**: ``"5"`` is not a rating and ``"9.99"`` is not a price.
@@ -27,7 +28,13 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION: Literal[1] = 1
+# 2 added the click actions "view" and "remove_from_cart" and the click's ``surface``; every
+# version-1 event is a valid version-2 event, so both are read.
+SCHEMA_VERSION: Literal[2] = 2
+SUPPORTED_VERSIONS = (1, 2)
+SchemaVersion = Literal[1, 2]
+Surface = Literal["search", "recommendation", "browse"]
+ClickAction = Literal["view", "click", "add_to_cart", "remove_from_cart", "purchase"]
 
 EventId = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@/-]+$")
@@ -58,7 +65,7 @@ class _Event(BaseModel):
 
     event_id: EventId
     ts: AwareDatetime
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: SchemaVersion = SCHEMA_VERSION
 
     @field_validator("ts")
     @classmethod
@@ -109,7 +116,9 @@ class SearchEvent(_Event):
 
 
 class ClickEvent(_Event):
-    """An interaction with an item, usually on a search result page."""
+    """An interaction with an item: a product view, a click on a result, a cart change or a
+    purchase. ``surface`` says where it happened (a search result page, a recommendation, or
+    browsing); ``search_id`` ties it to a search, ``position`` is its rank on that surface."""
 
     type: Literal["click"] = "click"
     session_id: EntityId
@@ -117,8 +126,9 @@ class ClickEvent(_Event):
     user_id: EntityId | None = None
     item_id: EntityId
     position: int | None = Field(None, ge=0, lt=MAX_IMPRESSIONS)
-    action: Literal["click", "add_to_cart", "purchase"] = "click"
+    action: ClickAction = "click"
     dwell_ms: int | None = Field(None, ge=0, le=86_400_000)
+    surface: Surface | None = None
 
 
 class ReviewEvent(_Event):
@@ -184,7 +194,7 @@ class DeadLetter(BaseModel):
     raw_preview: str
     raw_size: int
     raw_truncated: bool
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
 
 
 class EventBatch(BaseModel):

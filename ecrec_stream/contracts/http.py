@@ -7,7 +7,7 @@ counters, each detector's row, the miner's stats) are typed as JSON objects here
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -76,6 +76,7 @@ class ReplicaStats(_Answer):
     caught_up: bool
     models: dict[str, Any]
     robustness: dict[str, Any]
+    recommend: dict[str, Any]
 
 
 class Health(_Answer):
@@ -107,3 +108,38 @@ class DriftStatus(_Answer):
     observed_until: datetime | None = None
     stats: dict[str, int] = {}
     catalog_items: int = 0
+
+
+class RecommendRequest(_Answer):
+    """``POST /recommend``: next items for an explicit list of item ids (newest last)."""
+
+    item_ids: list[str]
+    k: int = 10
+    kind: Literal["next", "similar", "bought_together"] = "next"
+    exclude: list[str] = []
+    category: str | None = None
+    category_cap: int | None = None
+
+
+class RecommendResult(_Answer):
+    item_id: str
+    score: float
+    source: Literal["behaviour", "content", "popularity"]
+    reason: str
+    # each source's normalised score (null: that source did not find the item)
+    behaviour: float | None
+    content: float | None
+    popularity: float | None
+    title: str | None
+    category_path: list[str]
+    price: float | None
+
+
+class RecommendResponse(_Answer):
+    kind: str
+    anchors: list[str]  # the items the recommendations start from (a session's, newest last)
+    session_id: str | None = None
+    session_found: bool | None = None  # an unknown or expired session gets popular items
+    k: int
+    index_size: int
+    results: list[RecommendResult]

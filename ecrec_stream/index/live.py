@@ -103,8 +103,11 @@ CATCH_UP_UNDER_LOCK = 64
 class LiveItemIndex:
     """FAISS vectors + item store + freshness accounting for one index replica."""
 
+    snapshot_extras: dict[str, bytes]  # what the loaded snapshot held beside the index
+
     def __init__(self, encoder: Encoder, settings: IndexSettings | None = None) -> None:
         self.settings = settings or IndexSettings()
+        self.snapshot_extras = {}
         self._pair = ServingPair(encoder, self._new_faiss(encoder.dim))
         self.store = ItemStore()
         # Lexical matches do not depend on the model: one lexical index outlives every swap.
@@ -254,6 +257,24 @@ class LiveItemIndex:
         with self._lock:
             return self.store.get(item_id)
 
+    def neighbours(self, item_ids: Sequence[str], k: int) -> list[tuple[str, float]]:
+        """Content neighbours of ``item_ids``: the items nearest to the mean of their stored
+        vectors (cosine; the anchors themselves left out), best first. Items not indexed are
+        ignored; none indexed gives none. Nothing is embedded: an item is recommendable by
+        its content from the moment it is indexed."""
+        with self._lock:
+            index = self._pair.index
+            vectors = [index.vector(i) for i in item_ids if i in index]
+            if not vectors:
+                return []
+            query = np.mean(vectors, axis=0, keepdims=True)
+            norm = float(np.linalg.norm(query))
+            if norm > 0:
+                query /= norm
+            hits = index.search(query, k + len(item_ids))[0]
+        anchors = set(item_ids)
+        return [(h.item_id, h.score) for h in hits if h.item_id not in anchors][:k]
+
     def freshness(self, window_s: float = FRESHNESS_WINDOW_S) -> dict[str, float | int | None]:
         """Event-time to searchable lag of the upserts applied in the last ``window_s``
         seconds (at most the last 2,000), in seconds."""
@@ -322,8 +343,11 @@ class LiveItemIndex:
         return self.swap_encoder(self.encoder, batch_size)
 
     # -- snapshots ----------------------------------------------------------------------
-    def save_snapshot(self, data_dir: Path, offsets: Offsets) -> Path:
-        """Persist everything needed to resume at ``offsets`` without re-embedding."""
+    def save_snapshot(
+        self, data_dir: Path, offsets: Offsets, extras: dict[str, bytes] | None = None
+    ) -> Path:
+        """Persist everything needed to resume at ``offsets`` without re-embedding, with
+        ``extras`` (other stages' state at the same offsets) beside it."""
         with self._lock:
             pair = self._pair
             blob, meta = pair.index.to_state()
@@ -336,6 +360,7 @@ class LiveItemIndex:
                 offsets={t: dict(p) for t, p in offsets.items()},
                 created_at=utc_now(),
                 lexical_blob=None if self.lexical is None else self.lexical.to_state(),
+                extras=dict(extras or {}),
             )
         return write_snapshot(data_dir, snap, keep=self.settings.snapshot_keep)
 
@@ -348,6 +373,7 @@ class LiveItemIndex:
         snap = read_snapshot(data_dir)
         if snap is None:
             return None
+        self.snapshot_extras = snap.extras
         with self._lock:
             self.store = ItemStore()
             self.store.restore_tombstones(snap.tombstones)

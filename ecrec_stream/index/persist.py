@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ INDEX_FILE = "index.faiss"
 ITEMS_FILE = "items.jsonl"
 TOMBSTONES_FILE = "tombstones.json"
 LEXICAL_FILE = "lexical.sqlite"
+CORE_FILES = {INDEX_FILE, ITEMS_FILE, TOMBSTONES_FILE, LEXICAL_FILE}
 FORMAT_VERSION = 1
 
 Offsets = dict[str, dict[int, int]]
@@ -52,6 +53,8 @@ class SnapshotData:
     offsets: Offsets
     created_at: datetime
     lexical_blob: bytes | None = None  # None: no lexical index (off, or an older snapshot)
+    # other stages' state taken at the same offsets (file name -> bytes), e.g. the recommender
+    extras: dict[str, bytes] = field(default_factory=dict)
 
 
 def _fsync_file(path: Path, data: bytes) -> str:
@@ -91,6 +94,10 @@ def write_snapshot(data_dir: Path, snap: SnapshotData, *, keep: int = 2) -> Path
     }
     if snap.lexical_blob is not None:
         files[LEXICAL_FILE] = _fsync_file(tmp / LEXICAL_FILE, snap.lexical_blob)
+    for name, blob in snap.extras.items():
+        if name in files or name == MANIFEST or "/" in name:
+            raise SnapshotError(f"snapshot extra {name!r} clashes with a snapshot file")
+        files[name] = _fsync_file(tmp / name, blob)
     manifest = {
         "format": FORMAT_VERSION,
         "created_at": snap.created_at.isoformat(),
@@ -167,6 +174,7 @@ def read_snapshot(data_dir: Path) -> SnapshotData | None:
         offsets=offsets,
         created_at=datetime.fromisoformat(manifest["created_at"]),
         lexical_blob=blobs.get(LEXICAL_FILE),
+        extras={n: b for n, b in blobs.items() if n not in CORE_FILES},
     )
 
 

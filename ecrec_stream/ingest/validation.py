@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from ecrec_stream.contracts.events import (
     EVENT_MODELS,
+    SUPPORTED_VERSIONS,
     AnyEvent,
     DeadLetter,
     DeadLetterReason,
@@ -161,10 +162,11 @@ def validate_one(
             DeadLetterReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(doc).__name__}"
         )
     version = doc.get("schema_version", 1)
-    if version != 1:
+    if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
         return dead(
             DeadLetterReason.UNSUPPORTED_VERSION,
-            f"schema_version {version!r} is not supported (this build reads 1)",
+            f"schema_version {version!r} is not supported (this build reads "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))})",
         )
     try:
         return model.model_validate_json(raw)  # type: ignore[return-value]

@@ -18,7 +18,9 @@ from ecrec_stream.labels.base import (
     Vote,
 )
 
-ACTION_GRADE = {"click": 1, "add_to_cart": 2, "purchase": 3}
+# A product view after a search is a click-through; a removal from the cart is no evidence of
+# relevance (the session folding skips it).
+ACTION_GRADE = {"view": 1, "click": 1, "add_to_cart": 2, "purchase": 3}
 
 
 def behaviour_grade(candidate: RelevanceCandidate) -> int | None:

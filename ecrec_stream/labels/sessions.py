@@ -46,6 +46,8 @@ def add_event(state: dict[str, Any], event: SearchEvent | ClickEvent, *, max_cli
             "query": event.query,
             "impressions": list(event.impressions),
         }
+    elif event.action == "remove_from_cart":
+        pass  # no evidence of relevance; its id is kept for the dedupe above
     elif len(state["clicks"]) < max_clicks:
         state["clicks"].append(
             {
