@@ -394,6 +394,11 @@ class RecommendSettings(BaseModel):
     content_weight: float = Field(0.3, ge=0)
     popularity_weight: float = Field(0.1, ge=0)
     covisit_mix: float = Field(0.5, ge=0, description="next item: share of plain co-visits")
+    # An anchor's weight is 1 / (its rank from the newest) ** recency (0: all anchors alike).
+    recency: float = Field(1.0, ge=0, le=4)
+    # Behaviour scores saturate: raw / (raw + shrink), so one co-visit is weak evidence and
+    # fifty are strong (normalising by the best candidate would make both 1).
+    behaviour_shrink: float = Field(1.0, gt=0)
     max_k: int = Field(100, ge=1)
     max_items: int = Field(50, ge=1, description="anchor items a request may name")
 

@@ -21,7 +21,8 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize(
-    "command", ["demo", "worker", "indexer", "replay", "search", "broker", "status", "models"]
+    "command",
+    ["demo", "worker", "indexer", "replay", "search", "recommend", "broker", "status", "models"],
 )
 def test_every_command_has_help(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
@@ -161,6 +162,7 @@ def _free_port() -> int:
     [
         (["search", "organic whole milk", "--url"], False, "an index replica"),
         (["status", "--url"], False, "a stream worker"),
+        (["recommend", "--item", "ic-1", "--url"], False, "an index replica"),
         (["retrain"], True, "the broker"),
         (["replay", "items.jsonl", "--topic", "item"], True, "the broker"),
     ],

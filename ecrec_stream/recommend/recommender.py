@@ -14,10 +14,12 @@ gets the geometric mean of its two). It also keeps each live session's recent it
 per category.
 
 ``recommend(item_ids, k)`` scores candidates from the anchors (a session's items, newest
-weighted most: ``1 / rank from the newest``) in each source, normalises each source to [0, 1]
-and fuses them with weights (:class:`~ecrec_stream.config.RecommendSettings`), so an item never
-clicked is recommendable by its content the moment it is indexed, and popularity fills in where
-behaviour and content have nothing. Every result says which source found it and why.
+weighted most: ``rank ** -recency`` from the newest) in each source, brings each source to [0,
+1] (behaviour saturating, ``raw / (raw + shrink)``; popularity by the most popular; content is a
+cosine) and fuses them with weights (:class:`~ecrec_stream.config.RecommendSettings`), so an
+item never clicked is recommendable by its content the moment it is indexed, and popularity
+fills in where behaviour and content have nothing. Every result says which source found it and
+why.
 """
 
 from __future__ import annotations
@@ -203,7 +205,10 @@ class Recommender:
                 if "popularity" not in cand.scores:
                     cand.scores["popularity_raw"] = weight
                     cand.anchor["popularity"] = (scope or "the whole shop", weight)
-        _normalise(candidates, "behaviour")
+        for cand in candidates.values():
+            if "behaviour_raw" in cand.scores:
+                raw = cand.scores.pop("behaviour_raw")
+                cand.scores["behaviour"] = raw / (raw + cfg.behaviour_shrink)
         _normalise(candidates, "popularity", raw="popularity_raw")
         weights: dict[Source, float] = {
             "behaviour": cfg.behaviour_weight,
@@ -258,9 +263,8 @@ class Recommender:
             relations = [(self.covisit, 1.0)]
         else:
             relations = [(self.bought, 1.0)]
-        m = len(anchors)
         for rank, anchor in enumerate(reversed(anchors), start=1):
-            recency = 1.0 / rank if m > 1 else 1.0
+            recency = rank**-cfg.recency
             for relation, mix in relations:
                 for item, weight in relation.neighbours(anchor, pool):
                     cand = candidates[item]
