@@ -6,7 +6,7 @@ STAMP := $(VENV)/.ecrec-installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-tansu test-kafka lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/ecrec-stream demo $(ARGS)
 
-test: $(STAMP)
+# The whole suite on the embedded broker, then the integration tests again on Apache Kafka
+# (fetched once with Maven into tests/kafka/libs; needs java 17+ and mvn).
+test: test-tansu test-kafka
+
+test-tansu: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-kafka: $(STAMP)
+	$(PY) -m pytest -m integration --broker kafka $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ecrec_stream streams workers tests bench
@@ -35,6 +42,7 @@ bench: $(STAMP)
 	$(PY) -m bench.labels
 	$(PY) -m bench.fuzz
 	$(PY) -m bench.rewrites
+	$(PY) -m bench.recommend
 
 clean:
-	rm -rf $(VENV) .ecrec bench/results
+	rm -rf $(VENV) .ecrec bench/results tests/kafka/libs

@@ -407,12 +407,12 @@ def quality() -> dict[str, Any]:
                 ]
             )
         baselines = [m for m in methods if not m.startswith("ecrec")]
-        best = max(baselines, key=lambda m: data_out[data.name]["methods"][m]["all"]["hr@20"])
+        rival = max(baselines, key=lambda m: data_out[data.name]["methods"][m]["all"]["hr@20"])
         ours = "ecrec: fused (dev-chosen)"
-        diff = paired_difference(ranks[ours], ranks[best])
-        data_out[data.name]["vs_best_baseline"] = {"baseline": best, **diff}
+        diff = paired_difference(ranks[ours], ranks[rival])
+        data_out[data.name]["vs_best_baseline"] = {"baseline": rival, **diff}
         diffs.append(
-            f"{data.name}: {ours} - {best}: HR@20 {diff['hr@20']:+.4f} "
+            f"{data.name}: {ours} - {rival}: HR@20 {diff['hr@20']:+.4f} "
             f"(95% CI {diff['hr@20_ci95'][0]:+.4f} to {diff['hr@20_ci95'][1]:+.4f}), "
             f"MRR@20 {diff['mrr@20']:+.4f} "
             f"(95% CI {diff['mrr@20_ci95'][0]:+.4f} to {diff['mrr@20_ci95'][1]:+.4f})"

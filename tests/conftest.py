@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,13 +15,34 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--broker",
+        choices=("tansu", "kafka"),
+        default="tansu",
+        help="the broker of the integration tests: the embedded Tansu (default) or Apache "
+        "Kafka (KRaft, fetched with Maven by tests/kafka/pom.xml; needs java and mvn)",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"broker for integration tests: {config.getoption('--broker')}"
+
+
 @pytest.fixture(scope="session")
-def broker() -> Iterator[object]:
+def broker(request: pytest.FixtureRequest) -> Iterator[object]:
+    """The broker every integration test talks to: Tansu or Apache Kafka, never a mock."""
     from ecrec_stream.config import Settings
     from streams.broker import EmbeddedBroker
     from streams.kafka import all_topics, ensure_topics
 
-    with EmbeddedBroker() as running:
+    if request.config.getoption("--broker") == "kafka":
+        from tests.kafka_broker import KafkaBroker
+
+        running: Any = KafkaBroker()
+    else:
+        running = EmbeddedBroker()
+    with running:
         ensure_topics(running.bootstrap, all_topics(Settings().topics), 4)
         yield running
 

@@ -52,8 +52,9 @@ def test_each_item_keeps_its_heaviest_neighbours_within_the_bound() -> None:
     assert cv.pruned > 0
 
 
-def test_sessions_are_bounded_and_expire_in_event_time() -> None:
-    tracker = SessionTracker(max_items=3, ttl_s=60, max_sessions=2)
+def test_sessions_are_bounded_split_by_event_time_and_expire_by_wall_clock() -> None:
+    wall = [0.0]
+    tracker = SessionTracker(max_items=3, ttl_s=60, max_sessions=2, clock=lambda: wall[0])
     for n, item in enumerate("abcd"):
         tracker.add("s1", item, float(n), "add_to_cart" if item == "b" else "view")
     session = tracker.get("s1")
@@ -63,7 +64,10 @@ def test_sessions_are_bounded_and_expire_in_event_time() -> None:
     tracker.add("s2", "x", 6.0, "view")
     tracker.add("s3", "y", 7.0, "view")  # over max_sessions: the least recent (s1) goes
     assert tracker.get("s1") is None and tracker.get("s3") is not None
-    assert tracker.get("s2", now=100.0) is None  # idle for more than ttl_s
+    again = tracker.add("s3", "z", 7.0 + 61, "view")  # its own events 61 s apart: a new session
+    assert again.items() == [] and tracker.get("s3").items() == ["z"]  # type: ignore[union-attr]
+    wall[0] = 61.0
+    assert tracker.get("s2") is None  # not updated for more than ttl_s
 
 
 def _shop() -> Recommender:
@@ -209,9 +213,17 @@ def test_clicks_make_neighbours_deletes_vanish_and_a_restart_answers_the_same(
             body = httpx.get(f"{base}/recommend", params={"item_id": a, "k": 5}).json()
             return any(r["item_id"] == b and r["source"] == "behaviour" for r in body["results"])
 
-        wait_until(b_is_a_neighbour, timeout_s=60, interval_s=0.2)
-        session = httpx.get(f"{base}/recommend", params={"session_id": sessions[0][0]}).json()
-        assert session["session_found"] and session["anchors"] == [a, b, c]
+        def first_session() -> dict[str, Any]:
+            params = {"session_id": sessions[0][0]}
+            return dict(httpx.get(f"{base}/recommend", params=params).json())
+
+        wait_until(
+            lambda: b_is_a_neighbour() and first_session()["anchors"] == [a, b, c],
+            timeout_s=60,
+            interval_s=0.2,
+        )
+        session = first_session()
+        assert session["session_found"]
         assert b not in [r["item_id"] for r in session["results"]]  # in its cart
         posted = httpx.post(
             f"{base}/recommend", json={"item_ids": [a], "k": 5, "kind": "bought_together"}

@@ -1,8 +1,17 @@
-"""Each live session's recent items and its cart, bounded and expiring in event time."""
+"""Each live session's recent items and its cart, bounded and expiring.
+
+Two clocks, each where it is robust: a session's own events split it into two when they are
+more than ``ttl_s`` of *event time* apart (a returning shopper starts afresh, whatever order
+the topics were read in), while a lookup treats a session as over once it has not been updated
+for ``ttl_s`` of *wall-clock time*. The newest event time seen across all sessions would be
+the other choice for lookups, but one producer with a clock hours ahead would then end every
+live session at once."""
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +24,8 @@ class LiveSession:
     recent: list[tuple[str, float, str]] = field(default_factory=list)
     cart: set[str] = field(default_factory=set)
     bought: set[str] = field(default_factory=set)
-    last_ts: float = 0.0
+    last_ts: float = 0.0  # event time of its newest event
+    touched: float = 0.0  # wall-clock time it was last updated
 
     def items(self) -> list[str]:
         """Distinct recent items, newest last."""
@@ -28,32 +38,37 @@ class LiveSession:
 
 class SessionTracker:
     """The last ``max_items`` interactions of at most ``max_sessions`` sessions (least recently
-    active dropped first); a session idle for ``ttl_s`` of event time is forgotten.
+    active dropped first); a session idle for ``ttl_s`` is over (see the module docstring).
 
-    >>> tracker = SessionTracker(max_items=2, ttl_s=60)
+    >>> wall = [0.0]
+    >>> tracker = SessionTracker(max_items=2, ttl_s=60, clock=lambda: wall[0])
     >>> for n, item in enumerate("abc"):
     ...     _ = tracker.add("s1", item, float(n), "view")
-    >>> tracker.get("s1", now=2.0).items()
+    >>> tracker.get("s1").items()
     ['b', 'c']
-    >>> tracker.get("s1", now=100.0) is None
+    >>> wall[0] = 100.0; tracker.get("s1") is None
     True
     """
 
     def __init__(
-        self, *, max_items: int = 20, ttl_s: float = 1800.0, max_sessions: int = 100_000
+        self,
+        *,
+        max_items: int = 20,
+        ttl_s: float = 1800.0,
+        max_sessions: int = 100_000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_items = max_items
         self.ttl_s = ttl_s
         self.max_sessions = max_sessions
+        self.clock = clock
         self._sessions: OrderedDict[str, LiveSession] = OrderedDict()
-        self.newest_ts = 0.0
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def add(self, session_id: str, item: str, ts: float, action: str) -> LiveSession:
         """Record an interaction; returns the session as it was *before* it (for pairing)."""
-        self.newest_ts = max(self.newest_ts, ts)
         session = self._sessions.pop(session_id, None)
         if session is None or ts - session.last_ts > self.ttl_s:
             session = LiveSession()
@@ -68,16 +83,16 @@ class SessionTracker:
                 session.bought.add(item)
                 session.cart.discard(item)
         session.last_ts = max(session.last_ts, ts)
+        session.touched = self.clock()
         self._sessions[session_id] = session
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
         return before
 
-    def get(self, session_id: str, now: float | None = None) -> LiveSession | None:
-        """The session, unless it expired by ``now`` (default: the newest event time seen)."""
+    def get(self, session_id: str) -> LiveSession | None:
+        """The session, unless it has not been updated for ``ttl_s`` (wall clock)."""
         session = self._sessions.get(session_id)
-        current = self.newest_ts if now is None else now
-        if session is None or current - session.last_ts > self.ttl_s:
+        if session is None or self.clock() - session.touched > self.ttl_s:
             return None
         return session
 
@@ -87,15 +102,20 @@ class SessionTracker:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "newest_ts": self.newest_ts,
             "sessions": [
-                [sid, [list(r) for r in s.recent], sorted(s.cart), sorted(s.bought), s.last_ts]
+                [
+                    sid,
+                    [list(r) for r in s.recent],
+                    sorted(s.cart),
+                    sorted(s.bought),
+                    s.last_ts,
+                    s.touched,
+                ]
                 for sid, s in self._sessions.items()
             ],
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.newest_ts = float(state["newest_ts"])
         self._sessions = OrderedDict(
             (
                 sid,
@@ -104,11 +124,11 @@ class SessionTracker:
                     set(cart),
                     set(bought),
                     float(last),
+                    float(touched),
                 ),
             )
-            for sid, recent, cart, bought, last in state["sessions"]
+            for sid, recent, cart, bought, last, touched in state["sessions"]
         )
 
     def reset_state(self) -> None:
         self._sessions.clear()
-        self.newest_ts = 0.0
