@@ -477,21 +477,29 @@ def cost(sizes: list[int], dim: int = 384, clicks: int = 200_000, seed: int = 0)
             )  # type: ignore[arg-type]
             for j, (r, a) in enumerate(zip(ranks, actions, strict=True))
         ]
-        tracemalloc.start()
+        tracemalloc.start()  # memory on one build, time on another (tracing slows it)
+        traced = Recommender(RecommendSettings())
+        for start in range(0, len(events), 500):
+            traced.observe_many(events[start : start + 500])
+        model_bytes = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        del traced
         rec = Recommender(RecommendSettings(), content=live.neighbours)
         started = time.perf_counter()
         for start in range(0, len(events), 500):
             rec.observe_many(events[start : start + 500])
         update_us = 1e6 * (time.perf_counter() - started) / len(events)
-        model_bytes = tracemalloc.get_traced_memory()[0]
-        tracemalloc.stop()
         items_with_links = len(rec.covisit)
         latencies = []
         sessions = [f"s{j}" for j in rng.integers(0, clicks // 8, 400)]
+        answered = 0
         for sid in sessions:
             started = time.perf_counter()
-            rec.for_session(sid, 20)
+            answer = rec.for_session(sid, 20)
             latencies.append(1000 * (time.perf_counter() - started))
+            answered += bool(answer) and len(answer or []) == 20
+        if answered < len(sessions) * 0.9:
+            raise RuntimeError(f"only {answered} of {len(sessions)} requests got 20 results")
         rec.settings = RecommendSettings(content_weight=0.0)  # the same model, no FAISS call
         no_content = []
         for sid in sessions:
@@ -507,6 +515,7 @@ def cost(sizes: list[int], dim: int = 384, clicks: int = 200_000, seed: int = 0)
             "behaviour_only_p50_ms": percentile(no_content, 50),
             "behaviour_only_p99_ms": percentile(no_content, 99),
             "items_with_links": items_with_links,
+            "answered": answered,
             "model_bytes": model_bytes,
             "bytes_per_linked_item": model_bytes / max(items_with_links, 1),
             "links": rec.covisit.entries() + rec.follows.entries() + rec.bought.entries(),
