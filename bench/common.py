@@ -90,3 +90,20 @@ def report(
     path.write_text(json.dumps(payload, indent=2))
     console.print(f"wrote {path}")
     return path
+
+
+def cached_vectors(prefix: str, key: str, texts: list[str], encode: Any) -> Any:
+    """``encode(texts)``, kept in ``bench/.cache/<prefix>-<digest>.npy`` for the next run
+    (``key`` names the model: another model's vectors are never reused)."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha1("\n".join([key, *texts]).encode()).hexdigest()[:16]
+    path = Path(__file__).resolve().parent / ".cache" / f"{prefix}-{digest}.npy"
+    if path.exists():
+        return np.load(path)
+    vectors = encode(texts)
+    path.parent.mkdir(exist_ok=True)
+    np.save(path, vectors)
+    return vectors

@@ -21,12 +21,11 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.common import SHARED_DATA, report
+from bench.common import SHARED_DATA, cached_vectors, report
 from ecrec_stream.config import DriftSettings
 from ecrec_stream.contracts.events import AnyEvent, ClickEvent, ReviewEvent, SearchEvent
 from ecrec_stream.drift import DriftMonitor
@@ -126,20 +125,11 @@ def embed_all(encoder: SentenceTransformerEncoder, texts: list[str]) -> tuple[An
     """Embed ``texts`` once (reusing ``bench/.cache`` from an earlier run of the same texts and
     model: 17k texts take minutes here) and return a lookup ``encode`` for the monitor, plus
     the CPU microseconds per text of a fresh encode of 300 of them (measured every run)."""
-    import hashlib
-
     sample = texts[:300]
     t0 = time.process_time()
     encoder.encode(sample)
     per_text_us = (time.process_time() - t0) / len(sample) * 1e6
-    digest = hashlib.sha1("\n".join([encoder.name, *texts]).encode()).hexdigest()[:16]
-    path = Path(__file__).resolve().parent / ".cache" / f"embeddings-{digest}.npy"
-    if path.exists():
-        vectors = np.load(path)
-    else:
-        vectors = encoder.encode(texts)
-        path.parent.mkdir(exist_ok=True)
-        np.save(path, vectors)
+    vectors = cached_vectors("embeddings", encoder.name, texts, encoder.encode)
     table = dict(zip(texts, vectors, strict=True))
     return (lambda batch: np.stack([table[t] for t in batch])), per_text_us
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import SHARED_DATA, console, percentile, report
+from bench.common import SHARED_DATA, cached_vectors, console, percentile, report
 from ecrec_stream.config import EmbeddingSettings, IndexSettings, RecommendSettings
 from ecrec_stream.contracts.events import ClickEvent, ItemEvent
 from ecrec_stream.recommend import Recommender
@@ -299,16 +299,7 @@ class _TableEncoder:
 
 
 def _cached(encoder: Any, texts: list[str]) -> _TableEncoder:
-    from pathlib import Path
-
-    digest = hashlib.sha1("\n".join([encoder.version, *texts]).encode()).hexdigest()[:16]
-    path = Path(__file__).resolve().parent / ".cache" / f"recommend-{digest}.npy"
-    if path.exists():
-        vectors = np.load(path)
-    else:
-        vectors = encoder.encode(texts)
-        path.parent.mkdir(exist_ok=True)
-        np.save(path, vectors)
+    vectors = cached_vectors("recommend", encoder.version, texts, encoder.encode)
     return _TableEncoder(encoder, dict(zip(texts, vectors, strict=True)))
 
 

