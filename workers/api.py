@@ -152,16 +152,20 @@ def create_api(
             raise HTTPException(status_code=422, detail="give exactly one of item_id, session_id")
         options: dict[str, Any] = {"category": category, "category_cap": category_cap}
         if session_id is not None:
+            sid = session_id
+
+            def for_session() -> tuple[list[str], bool, list[Recommendation]]:
+                with replica.recommend_lock:
+                    session = replica.recommender.sessions.get(sid)
+                    if session is None:  # unknown or expired: popular items
+                        return [], False, replica.recommender.recommend([], k, **options)
+                    results = replica.recommender.for_session(sid, k, **options) or []
+                    return session.items(), True, results
+
             RECOMMENDS.labels("session").inc()
-            with RECOMMEND_SECONDS.labels("session").time(), replica.recommend_lock:
-                session = replica.recommender.sessions.get(session_id)
-                anchors = session.items() if session else []
-                found = session is not None
-                results = (
-                    replica.recommender.for_session(session_id, k, **options)
-                    if found
-                    else replica.recommender.recommend([], k, **options)
-                )
+            with RECOMMEND_SECONDS.labels("session").time():
+                # the content search is CPU work: off the event loop, as /search does
+                anchors, found, results = await run_in_threadpool(for_session)
             return recommended(
                 "next", anchors, k, results or [], session_id=session_id, session_found=found
             )
