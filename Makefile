@@ -6,7 +6,7 @@ STAMP := $(VENV)/.ecrec-installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-tansu test-kafka lint bench clean
+.PHONY: demo test test-tansu test-kafka test-kafka4 lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,14 +23,20 @@ demo: $(STAMP)
 	$(VENV)/bin/ecrec-stream demo $(ARGS)
 
 # The whole suite on the embedded broker, then the integration tests again on Apache Kafka
-# (fetched once with Maven into tests/kafka/libs; needs java 17+ and mvn).
-test: test-tansu test-kafka
+# 3.9.0 (fetched once with Maven into tests/kafka/libs; needs java 17+ and mvn), then a smoke
+# leg (the pipeline and broker tests) on Kafka 4.1.0.
+KAFKA4 ?= 4.1.0
+
+test: test-tansu test-kafka test-kafka4
 
 test-tansu: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-kafka: $(STAMP)
 	$(PY) -m pytest -m integration --broker kafka $(PYTEST_ARGS)
+
+test-kafka4: $(STAMP)
+	$(PY) -m pytest --broker kafka --kafka-version $(KAFKA4) tests/test_pipeline.py tests/test_brokers.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ecrec_stream streams workers tests bench
@@ -45,4 +51,4 @@ bench: $(STAMP)
 	$(PY) -m bench.recommend
 
 clean:
-	rm -rf $(VENV) .ecrec bench/results tests/kafka/libs
+	rm -rf $(VENV) .ecrec bench/results tests/kafka/libs tests/kafka/libs-*

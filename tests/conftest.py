@@ -23,10 +23,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="the broker of the integration tests: the embedded Tansu (default) or Apache "
         "Kafka (KRaft, fetched with Maven by tests/kafka/pom.xml; needs java and mvn)",
     )
+    parser.addoption(
+        "--kafka-version",
+        default="3.9.0",
+        help="with --broker kafka: the Apache Kafka release (3.9.0, the compose file's, or 4.x)",
+    )
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"broker for integration tests: {config.getoption('--broker')}"
+    broker = config.getoption("--broker")
+    if broker == "kafka":
+        broker += f" {config.getoption('--kafka-version')}"
+    return f"broker for integration tests: {broker}"
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +47,7 @@ def broker(request: pytest.FixtureRequest) -> Iterator[object]:
     if request.config.getoption("--broker") == "kafka":
         from tests.kafka_broker import KafkaBroker
 
-        running: Any = KafkaBroker()
+        running: Any = KafkaBroker(version=request.config.getoption("--kafka-version"))
     else:
         running = EmbeddedBroker()
     with running:

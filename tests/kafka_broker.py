@@ -20,16 +20,21 @@ from pathlib import Path
 from streams.broker import RunsInTheBackground, _die_with_parent, free_port
 
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
-LIBS = KAFKA_DIR / "libs"
+DEFAULT_VERSION = "3.9.0"  # what docker-compose.yml runs; tests/kafka/pom.xml's default
+
+
+def libs_dir(version: str) -> Path:
+    return KAFKA_DIR / ("libs" if version == DEFAULT_VERSION else f"libs-{version}")
 
 
 class KafkaUnavailable(RuntimeError):
     """Apache Kafka could not be fetched or started (the message says why)."""
 
 
-def kafka_libs() -> Path:
-    """The Kafka jars, fetched with Maven on first use."""
-    if not any(LIBS.glob("kafka_2.13-*.jar")):
+def kafka_libs(version: str = DEFAULT_VERSION) -> Path:
+    """The jars of Kafka ``version``, fetched with Maven on first use."""
+    libs = libs_dir(version)
+    if not any(libs.glob(f"kafka_2.13-{version}.jar")):
         mvn = shutil.which("mvn")
         if mvn is None or shutil.which("java") is None:
             raise KafkaUnavailable("the Kafka leg needs java (17+) and mvn on the PATH")
@@ -40,21 +45,29 @@ def kafka_libs() -> Path:
             "-f",
             str(KAFKA_DIR / "pom.xml"),
             "dependency:copy-dependencies",
-            f"-DoutputDirectory={LIBS}",
+            f"-DoutputDirectory={libs}",
+            f"-Dkafka.version={version}",
         ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         if done.returncode != 0:
             raise KafkaUnavailable(
                 f"mvn could not fetch Kafka: {done.stdout[-2000:]}{done.stderr[-2000:]}"
             )
-    return LIBS
+    return libs
 
 
 class KafkaBroker(RunsInTheBackground):
     """Start Apache Kafka (KRaft, one node) on loopback; ``url`` and ``bootstrap`` like
     :class:`streams.broker.EmbeddedBroker`, so a fixture can yield either."""
 
-    def __init__(self, *, host: str = "127.0.0.1", start_timeout_s: float = 90.0) -> None:
+    def __init__(
+        self,
+        *,
+        version: str = DEFAULT_VERSION,
+        host: str = "127.0.0.1",
+        start_timeout_s: float = 90.0,
+    ) -> None:
+        self.version = version
         self.host = host
         self.start_timeout_s = start_timeout_s
         self.port: int | None = None
@@ -101,7 +114,7 @@ class KafkaBroker(RunsInTheBackground):
         )
 
     def start(self) -> KafkaBroker:
-        libs = kafka_libs()
+        libs = kafka_libs(self.version)
         self._dir = Path(tempfile.mkdtemp(prefix="ecrec-kafka-"))
         port, controller = free_port(self.host), free_port(self.host)
         props = self._dir / "server.properties"
