@@ -193,7 +193,11 @@ def test_clicks_make_neighbours_deletes_vanish_and_a_restart_answers_the_same(
 
     proc = replica()
     try:
-        wait_until(lambda: httpx.get(f"{base}/items/{cold}").status_code == 200, timeout_s=60)
+        # every item indexed (they are keyed by id: partitions may be applied in any order)
+        wait_until(
+            lambda: all(httpx.get(f"{base}/items/{i}").status_code == 200 for i in (a, b, c, cold)),
+            timeout_s=60,
+        )
         # cold: never clicked, recommendable by its content as soon as it is indexed
         assert cold in _ids(base, item_id=a, k=5)
         sessions = [
