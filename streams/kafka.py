@@ -111,38 +111,43 @@ def fetch(consumer: Consumer, num_messages: int, timeout: float) -> list[Message
     return out
 
 
-def dead_letter_message(
-    producer: Producer,
-    dlq_topic: str,
-    message: Message,
-    kind: str,
-    exc: ValidationError,
-    *,
-    max_raw_bytes: int,
-) -> DeadLetter:
-    """Set ``message`` aside on ``dlq_topic``: it failed its topic's contract. The dead letter's
-    id is the message's position, so replicas that all refuse it write one id."""
-    record = RawRecord(
-        position=SourcePosition(
-            topic=message.topic() or "",
-            partition=message.partition() or 0,
-            offset=message.offset() or 0,
-        ),
-        key=message.key(),
-        value=message.value(),
-    )
-    letter = make_dead_letter(
-        record,
-        kind,
-        DeadLetterReason.SCHEMA_VIOLATION,
-        summarise_errors(exc),
-        max_raw_bytes=max_raw_bytes,
-    )
-    producer.produce(
-        dlq_topic, key=letter.dead_letter_id.encode(), value=letter.model_dump_json().encode()
-    )
-    LOG.error("%s set aside as a dead letter: %s", letter.dead_letter_id, letter.error)
-    return letter
+class DeadLetterSink:
+    """Sets aside on the dead-letter topic the messages a reader finds failing their topic's
+    contract, with the reason. The dead letter's id is the message's
+    position, so readers that all refuse one (every replica) write one id. Its producer is
+    made on first use and each letter is flushed before the reader moves on."""
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self.topic = settings.topics.dlq
+        self.bootstrap = bootstrap
+        self.max_raw_bytes = settings.ingest.dlq_max_raw_bytes
+        self._producer: Producer | None = None
+
+    def send(self, message: Message, kind: str, exc: ValidationError) -> DeadLetter:
+        record = RawRecord(
+            position=SourcePosition(
+                topic=message.topic() or "",
+                partition=message.partition() or 0,
+                offset=message.offset() or 0,
+            ),
+            key=message.key(),
+            value=message.value(),
+        )
+        letter = make_dead_letter(
+            record,
+            kind,
+            DeadLetterReason.SCHEMA_VIOLATION,
+            summarise_errors(exc),
+            max_raw_bytes=self.max_raw_bytes,
+        )
+        if self._producer is None:
+            self._producer = new_producer(self.bootstrap)
+        self._producer.produce(
+            self.topic, key=letter.dead_letter_id.encode(), value=letter.model_dump_json().encode()
+        )
+        self._producer.flush(10)
+        LOG.error("%s set aside as a dead letter: %s", letter.dead_letter_id, letter.error)
+        return letter
 
 
 def new_producer(bootstrap: str, **extra: Any) -> Producer:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Message, Producer, TopicPartition
+from confluent_kafka import Message, TopicPartition
 from pydantic import ValidationError
 
 from ecrec_stream.config import Settings
@@ -34,10 +34,9 @@ from ecrec_stream.recommend import Recommender
 from ecrec_stream.state import dumps_state, loads_state
 from ecrec_stream.training.registry import ModelRegistry
 from streams.kafka import (
-    dead_letter_message,
+    DeadLetterSink,
     ensure_topics,
     fetch,
-    new_producer,
     partition_reader,
     topic_partitions,
 )
@@ -83,7 +82,7 @@ class IndexReplica:
         self.model_stats: dict[str, Any] = {"loaded": 0, "refused": 0, "last_error": None}
         self.restored_from_snapshot = False
         self.skipped_messages = 0  # messages that failed their contract (dead-lettered)
-        self._dlq_producer: Producer | None = None
+        self.dead_letters = DeadLetterSink(settings, bootstrap)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._on_error = on_error
@@ -230,20 +229,10 @@ class IndexReplica:
                 self.recommender.forget_items(gone)
 
     def _dead_letter(self, message: Message, kind: str, exc: ValidationError) -> None:
-        """A message that fails its topic's contract goes to the dead-letter topic (every
-        replica refuses it under the same id) and is skipped."""
+        """A message that fails its topic's contract goes to the dead-letter topic and is
+        skipped (every replica refuses it under the same id)."""
         self.skipped_messages += 1
-        if self._dlq_producer is None:
-            self._dlq_producer = new_producer(self.bootstrap)
-        dead_letter_message(
-            self._dlq_producer,
-            self.settings.topics.dlq,
-            message,
-            kind,
-            exc,
-            max_raw_bytes=self.settings.ingest.dlq_max_raw_bytes,
-        )
-        self._dlq_producer.flush(10)
+        self.dead_letters.send(message, kind, exc)
 
     # -- following ecrec.models ----------------------------------------------------------
     def _queue_model(self, message: Message) -> None:

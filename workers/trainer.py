@@ -38,7 +38,7 @@ from ecrec_stream.training import ReplayBuffer, Retrainer, RetrainOutcome
 from ecrec_stream.training.registry import ModelRegistry
 from ecrec_stream.training.schedule import RetrainSchedule, Trigger
 from streams.kafka import (
-    dead_letter_message,
+    DeadLetterSink,
     ensure_topics,
     fetch,
     new_producer,
@@ -83,6 +83,7 @@ class TrainerWorker:
         self._last_save = time.monotonic()
         self._dirty = False
         self.stop_event = threading.Event()
+        self.dead_letters = DeadLetterSink(settings, bootstrap)
 
     # -- reading the topics ------------------------------------------------------------
     def _handle(self, message: Message) -> None:
@@ -137,16 +138,7 @@ class TrainerWorker:
     def _dead_letter(self, message: Message, kind: str, exc: ValidationError) -> None:
         """A message that fails its topic's contract: set aside with the reason."""
         self.stats["malformed_messages"] += 1
-        producer = new_producer(self.bootstrap)
-        dead_letter_message(
-            producer,
-            self.names.dlq,
-            message,
-            kind,
-            exc,
-            max_raw_bytes=self.settings.ingest.dlq_max_raw_bytes,
-        )
-        producer.flush(10)
+        self.dead_letters.send(message, kind, exc)
 
     # -- retraining ----------------------------------------------------------------------
     def catalog_texts(self) -> dict[str, str]:
