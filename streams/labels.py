@@ -35,7 +35,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -147,7 +146,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
         LOG.warning("label stages restored from %s", state_path)
     # held while a message is processed: a checkpoint is taken between two messages
     processing = asyncio.Lock()
-    last_checkpoint = [time.monotonic(), 0]  # when, and stats' total at the time
+    checkpointed_at = [0]  # the stats' total when the last checkpoint was taken
     examples_topic = app.topic(names.examples, value_serializer="raw", key_serializer="raw")
     sessions = app.Table(
         f"{settings.app_id}-sessions",
@@ -213,16 +212,14 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
             )
 
     async def run_stage(
-        stage: ReviewLabelStage | SessionLabelStage,
-        labeler: RelevanceLabeler | SentimentLabeler,
-        batch: Sequence[Any],
+        stage: ReviewLabelStage | SessionLabelStage, batch: Sequence[Any]
     ) -> LabelStep:
         """The stage on the model thread; its counts into the stats, its examples offered to
         the annotator (a deque append: never waits)."""
         step: LabelStep = await shared.off_loop(stage.label_many, batch)
         stats.update(step.counts)
         if annotator is not None:
-            annotator.offer(step.examples, labeler.fast_names)
+            annotator.offer(step.examples, stage.labeler.fast_names)
         return step
 
     if annotator is not None:
@@ -271,7 +268,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                     if batch is None:
                         continue
                     reviews = [r for r in batch.events if isinstance(r, ReviewEvent)]
-                    step = await run_stage(review_stage, sentiment, reviews)
+                    step = await run_stage(review_stage, reviews)
                     await dead_letter_failures(
                         event,
                         "review",
@@ -319,7 +316,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                         )
                     if not closed.closed:
                         continue
-                    step = await run_stage(session_stage, relevance, closed.closed)
+                    step = await run_stage(session_stage, closed.closed)
                     await dead_letter_failures(
                         event,
                         "search",
@@ -343,7 +340,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
         """Save the stages' state when something changed: taken between two messages, then
         the producer flushed, then written (see the module docstring)."""
         total = sum(stats.values())
-        if total == last_checkpoint[1]:
+        if total == checkpointed_at[0]:
             return
         with stop_on_error("label.checkpoint"):
             async with processing:
@@ -352,7 +349,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
             await shared.off_loop(
                 lambda: save_state(state_path, state, kind=STATE_KIND, version=STATE_VERSION)
             )
-            last_checkpoint[:] = [time.monotonic(), total]
+            checkpointed_at[0] = total
             stats["checkpoints"] += 1
 
     app.agent(reviews_topic, name="ecrec.label.reviews")(label_reviews)

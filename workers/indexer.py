@@ -311,17 +311,8 @@ class IndexReplica:
         """What the recommender holds (``enabled`` false when it is off)."""
         if self.clicks_topic is None:
             return {"enabled": False}
-        rec = self.recommender
         with self.recommend_lock:
-            return {
-                "enabled": True,
-                "items_with_links": len(rec.covisit),
-                "links": rec.covisit.entries() + rec.follows.entries() + rec.bought.entries(),
-                "updates": rec.covisit.updates + rec.follows.updates + rec.bought.updates,
-                "pruned": rec.covisit.pruned + rec.follows.pruned + rec.bought.pruned,
-                "live_sessions": len(rec.sessions),
-                "deleted": len(rec.deleted),
-            }
+            return {"enabled": True, **self.recommender.stats()}
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()

@@ -15,7 +15,6 @@ from pydantic import BaseModel, TypeAdapter
 
 from ecrec_stream.contracts.alerts import (
     ALERT_ADAPTER,
-    TRIGGER_KINDS,
     Alert,
     MovedCategory,
     RetrainingAlert,
@@ -53,6 +52,13 @@ TOPIC_CONTRACTS: dict[str, Any] = {
 }
 
 
+def _members(contract: Any) -> tuple[type[BaseModel], ...]:
+    """A contract's models: itself, or the members of an annotated union."""
+    if isinstance(contract, type):
+        return (contract,)
+    return tuple(contract.__origin__.__args__)
+
+
 def contract_name(contract: Any) -> str:
     """How the topic table names a contract (a union by its members).
 
@@ -61,16 +67,7 @@ def contract_name(contract: Any) -> str:
     >>> contract_name(EventBatch)
     'EventBatch'
     """
-    if isinstance(contract, type):
-        return contract.__name__
-    members = contract.__origin__.__args__ if hasattr(contract, "__metadata__") else ()
-    return " | ".join(m.__name__ for m in members)
-
-
-def _members(contract: Any) -> tuple[type[BaseModel], ...]:
-    if isinstance(contract, type):
-        return (contract,)
-    return tuple(contract.__origin__.__args__)
+    return " | ".join(m.__name__ for m in _members(contract))
 
 
 def topic_table() -> str:
@@ -106,7 +103,6 @@ def validate_message(topic_field: str, raw: bytes | str) -> Any:
 __all__ = [
     "ALERT_ADAPTER",
     "TOPIC_CONTRACTS",
-    "TRIGGER_KINDS",
     "Alert",
     "ClickEvent",
     "DeadLetter",

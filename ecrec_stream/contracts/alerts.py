@@ -73,7 +73,6 @@ class RetrainRejected(_Alert):
 
 Alert = Annotated[RetrainingAlert | RetrainRequest | RetrainRejected, Field(discriminator="kind")]
 ALERT_ADAPTER: TypeAdapter[RetrainingAlert | RetrainRequest | RetrainRejected] = TypeAdapter(Alert)
-TRIGGER_KINDS = frozenset({"retrain", "retrain_request"})
 
 
 def parse_alert(raw: bytes | str) -> RetrainingAlert | RetrainRequest | RetrainRejected:

@@ -209,7 +209,7 @@ class Recommender:
             if "behaviour_raw" in cand.scores:
                 raw = cand.scores.pop("behaviour_raw")
                 cand.scores["behaviour"] = raw / (raw + cfg.behaviour_shrink)
-        _normalise(candidates, "popularity", raw="popularity_raw")
+        _normalise(candidates, "popularity")
         weights: dict[Source, float] = {
             "behaviour": cfg.behaviour_weight,
             "content": cfg.content_weight,
@@ -276,6 +276,19 @@ class Recommender:
                     if best is None or contribution > best[1]:
                         cand.anchor["behaviour"] = (anchor, weight)
 
+    def stats(self) -> dict[str, int]:
+        """What the recommender holds: items with links, links, updates and pruned links over
+        the three relations, live sessions, deleted items."""
+        relations = (self.covisit, self.follows, self.bought)
+        return {
+            "items_with_links": len(self.covisit),
+            "links": sum(r.entries() for r in relations),
+            "updates": sum(r.updates for r in relations),
+            "pruned": sum(r.pruned for r in relations),
+            "live_sessions": len(self.sessions),
+            "deleted": len(self.deleted),
+        }
+
     # -- state protocol (ecrec_stream.state) ---------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -304,9 +317,9 @@ class Recommender:
         self.deleted = set()
 
 
-def _normalise(candidates: dict[str, _Candidate], source: str, raw: str | None = None) -> None:
+def _normalise(candidates: dict[str, _Candidate], source: str) -> None:
     """Scale a source's raw scores to [0, 1] by its best candidate."""
-    key = raw or f"{source}_raw"
+    key = f"{source}_raw"
     top = max((c.scores[key] for c in candidates.values() if key in c.scores), default=0.0)
     for cand in candidates.values():
         if key in cand.scores:
