@@ -101,6 +101,9 @@ def test_actions_weigh_differently_and_explain_themselves() -> None:
     similar = [r.item_id for r in rec.recommend(["milk"], 2, kind="similar")]
     assert similar == ["bread", "butter"]  # carted together outweighs viewed together
     assert rec.observe_many([_click(1, "s0", "milk", "add_to_cart")]).counts["duplicates"] == 1
+    popular = {r.item_id: r.reason for r in rec.recommend(["milk"], 10) if r.source == "popularity"}
+    assert popular["cheese"].startswith("popular in dairy")  # the anchor's category first
+    assert popular["soap"].startswith("popular in the whole shop")
 
 
 def test_filters_exclude_the_cart_deleted_items_and_cap_categories() -> None:

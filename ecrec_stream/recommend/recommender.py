@@ -202,7 +202,7 @@ class Recommender:
         for scope in (category or last_category, None):
             for item, weight in self.popularity.top(scope, pool):
                 cand = candidates[item]
-                if "popularity" not in cand.scores:
+                if "popularity_raw" not in cand.scores:  # the narrower scope first
                     cand.scores["popularity_raw"] = weight
                     cand.anchor["popularity"] = (scope or "the whole shop", weight)
         for cand in candidates.values():
