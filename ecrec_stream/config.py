@@ -389,14 +389,21 @@ class RecommendSettings(BaseModel):
     dedupe_capacity: int = Field(200_000, ge=100)
     candidates: int = Field(100, ge=1, le=10_000, description="drawn from each source")
     # Fusion weights of the source scores, chosen on dev splits of real baskets and view
-    # sessions (bench.recommend: the best mean HR@20 + MRR@20 of 96 settings; docs/benchmarks.md)
+    # sessions (bench.recommend: the best mean HR@20 + MRR@20 of 180 settings; cold_slots the
+    # most that cost at most 0.001 of dev HR@20; docs/benchmarks.md)
     behaviour_weight: float = Field(1.0, ge=0)
     content_weight: float = Field(0.2, ge=0)
-    popularity_weight: float = Field(0.2, ge=0)
-    covisit_mix: float = Field(2.0, ge=0, description="next item: weight of plain co-visits")
-    # An anchor's weight is 1 / (its rank from the newest) ** recency (0: all anchors alike;
-    # the dev splits preferred 0, baskets having no order to speak of).
-    recency: float = Field(0.0, ge=0, le=4)
+    popularity_weight: float = Field(0.05, ge=0)
+    covisit_mix: float = Field(0.5, ge=0, description="next item: weight of plain co-visits")
+    # The category flow (ecrec_stream/recommend/flow.py): next item through the leaf category a
+    # session moves to; flow_decay weighs each older anchor's category down.
+    flow_weight: float = Field(2.0, ge=0)
+    flow_decay: float = Field(0.5, gt=0, le=1)
+    # Places at the end of a "next" or "similar" answer kept for items only content finds
+    # (no behaviour yet), so new items get shown (bench.recommend measures what it costs).
+    cold_slots: int = Field(2, ge=0, le=20)
+    # An anchor's weight is 1 / (its rank from the newest) ** recency (0: all anchors alike).
+    recency: float = Field(1.0, ge=0, le=4)
     # Behaviour scores saturate: raw / (raw + shrink), so one co-visit is weak evidence and
     # fifty are strong (normalising by the best candidate would make both 1).
     behaviour_shrink: float = Field(1.0, gt=0)

@@ -133,6 +133,41 @@ def test_a_cold_item_is_recommended_by_its_content() -> None:
     assert cold.source == "content" and cold.behaviour is None and "cosine 0.900" in cold.reason
 
 
+def test_the_category_flow_reaches_items_never_seen_with_the_anchors() -> None:
+    leaves = {
+        "apple": "produce > fruit",
+        "pear": "produce > fruit",
+        "milk": "dairy > milk",
+        "oat-milk": "dairy > milk",
+        "soap": "household > soap",
+    }
+    rec = Recommender(
+        RecommendSettings(flow_weight=1.0, popularity_weight=0.0),
+        category_of=lambda item: leaves[item].split(" > ")[0],
+        leaf_of=leaves.get,
+    )
+    clicks = []
+    for s in range(10):  # fruit, then milk: the aisle order of a cart
+        clicks += [_click(1, f"s{s}", "apple", "add_to_cart"), _click(2, f"s{s}", "milk")]
+    clicks += [_click(3, "t", "oat-milk", "add_to_cart"), _click(4, "u", "soap", "view")]
+    rec.observe_many(clicks)
+    # pear was never in a session: its flow comes from the apple's category moving to milk
+    results = {r.item_id: r for r in rec.recommend(["pear"], 5) if r.score > 0}
+    assert set(results) == {"milk", "oat-milk"}  # soap: no session moved to its category
+    oat = results["oat-milk"]
+    assert oat.source == "flow" and oat.behaviour is None and oat.flow is not None
+    assert "from produce > fruit to dairy > milk (100% of moves)" in oat.reason
+    assert results["milk"].flow == 1.0 and oat.flow < 1.0  # milk is taken more in its aisle
+    # an older anchor's category counts flow_decay (0.5) times less per step back
+    fruit, soap = "produce > fruit", "household > soap"
+    newest = {item: score for item, score, _ in rec.flow.scores([soap, fruit], 5)}
+    older = {item: score for item, score, _ in rec.flow.scores([fruit, soap], 5)}
+    assert older["milk"] == pytest.approx(0.5 * newest["milk"])
+    rec.forget_items(["oat-milk"])
+    assert "oat-milk" not in {r.item_id for r in rec.recommend(["pear"], 5)}
+    assert rec.stats()["flow_categories"] == 3  # fruit, milk, soap took weight
+
+
 # -- on the real broker ------------------------------------------------------------------------
 def _item(item_id: str, title: str, op: str = "upsert") -> dict[str, Any]:
     from tests.helpers import unique

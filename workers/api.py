@@ -113,6 +113,7 @@ def create_api(
                     source=r.source,
                     reason=r.reason,
                     behaviour=r.behaviour,
+                    flow=r.flow,
                     content=r.content,
                     popularity=r.popularity,
                     title=item.title if item else None,

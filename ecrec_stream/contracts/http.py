@@ -124,10 +124,11 @@ class RecommendRequest(_Answer):
 class RecommendResult(_Answer):
     item_id: str
     score: float
-    source: Literal["behaviour", "content", "popularity"]
+    source: Literal["behaviour", "flow", "content", "popularity"]
     reason: str
     # each source's normalised score (null: that source did not find the item)
     behaviour: float | None
+    flow: float | None
     content: float | None
     popularity: float | None
     title: str | None

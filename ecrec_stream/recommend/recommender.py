@@ -11,7 +11,9 @@ bounded item-to-item relations (:class:`~ecrec_stream.recommend.covisit.CoVisita
 each weighted by what the shopper did (a view or click 1, an add-to-cart 3, a purchase 5; a pair
 gets the geometric mean of its two). It also keeps each live session's recent items and cart
 (:class:`~ecrec_stream.recommend.sessions.SessionTracker`) and decayed popularity overall and
-per category.
+per category, and the category flow (:class:`~ecrec_stream.recommend.flow.CategoryFlow`:
+which leaf category a session moves to next, and what is taken there), which reaches items
+that were never seen together with the anchors.
 
 ``recommend(item_ids, k)`` scores candidates from the anchors (a session's items, newest
 weighted most: ``rank ** -recency`` from the newest) in each source, brings each source to [0,
@@ -34,14 +36,15 @@ from ecrec_stream.config import RecommendSettings
 from ecrec_stream.contracts.events import ClickEvent
 from ecrec_stream.ingest.quality import BoundedSeen
 from ecrec_stream.recommend.covisit import CoVisitation
+from ecrec_stream.recommend.flow import CategoryFlow
 from ecrec_stream.recommend.popularity import DecayedPopularity
 from ecrec_stream.recommend.sessions import SessionTracker
 
 ACTION_WEIGHT = {"view": 1.0, "click": 1.0, "add_to_cart": 3.0, "purchase": 5.0}
 CART_ACTIONS = {"add_to_cart", "purchase"}
 Kind = Literal["next", "similar", "bought_together"]
-Source = Literal["behaviour", "content", "popularity"]
-SOURCES: tuple[Source, ...] = ("behaviour", "content", "popularity")
+Source = Literal["behaviour", "flow", "content", "popularity"]
+SOURCES: tuple[Source, ...] = ("behaviour", "flow", "content", "popularity")
 # content neighbours: (anchor item ids, how many) -> [(item id, cosine similarity)]
 ContentNeighbours = Callable[[Sequence[str], int], list[tuple[str, float]]]
 
@@ -56,6 +59,7 @@ class Recommendation:
     source: Source
     reason: str
     behaviour: float | None
+    flow: float | None
     content: float | None
     popularity: float | None
 
@@ -76,7 +80,8 @@ class _Candidate:
 class Recommender:
     """Item-to-item and next-item recommendations from the click stream.
 
-    ``category_of(item)`` gives an item's category (``None`` if unknown); ``available(item)``
+    ``category_of(item)`` gives an item's top-level category and ``leaf_of(item)`` its leaf
+    category (the category flow's unit; ``None`` if unknown); ``available(item)``
     says whether it may be recommended (in the catalog, not deleted; default: anything not
     forgotten); ``content`` finds content neighbours (the live FAISS index), if any.
 
@@ -97,17 +102,22 @@ class Recommender:
         settings: RecommendSettings,
         *,
         category_of: Callable[[str], str | None] = lambda item: None,
+        leaf_of: Callable[[str], str | None] = lambda item: None,
         available: Callable[[str], bool] | None = None,
         content: ContentNeighbours | None = None,
     ) -> None:
         self.settings = settings
         self.category_of = category_of
+        self.leaf_of = leaf_of
         self._available = available
         self.content = content
         n, half_life = settings.neighbours, settings.half_life_s
         self.covisit = CoVisitation(neighbours=n, half_life_s=half_life)
         self.follows = CoVisitation(neighbours=n, half_life_s=half_life)
         self.bought = CoVisitation(neighbours=n, half_life_s=half_life)
+        self.flow = CategoryFlow(
+            decay=settings.flow_decay, moves=n, items=settings.popular_top, half_life_s=half_life
+        )
         self.popularity = DecayedPopularity(
             top=settings.popular_top, half_life_s=settings.half_life_s
         )
@@ -142,6 +152,10 @@ class Recommender:
                     best = distinct.get(item)
                     if best is None or ACTION_WEIGHT[action] > ACTION_WEIGHT[best]:
                         distinct[item] = action
+            leaf = self.leaf_of(click.item_id)
+            if leaf is not None:
+                previous = [c for c in map(self.leaf_of, distinct) if c is not None]
+                self.flow.observe(previous, leaf, click.item_id, weight, ts)
             for gap, (item, action) in enumerate(distinct.items(), start=1):
                 pair = math.sqrt(weight * ACTION_WEIGHT[action])
                 self.covisit.add_pair(item, click.item_id, pair, ts)
@@ -155,7 +169,7 @@ class Recommender:
         """Deleted items: never recommended again, gone from every relation and session."""
         for item in item_ids:
             self.deleted.add(item)
-            for relation in (self.covisit, self.follows, self.bought):
+            for relation in (self.covisit, self.follows, self.bought, self.flow):
                 relation.forget(item)
             self.popularity.forget(item)
             self.sessions.forget_item(item)
@@ -192,6 +206,12 @@ class Recommender:
         pool = max(k * 3, cfg.candidates)
         candidates: dict[str, _Candidate] = defaultdict(_Candidate)
         self._behaviour(anchors, kind, pool, candidates)
+        if kind == "next" and anchors and cfg.flow_weight > 0:
+            leaves = [c for c in map(self.leaf_of, anchors) if c is not None]
+            for item, score, (before, after, share) in self.flow.scores(leaves, pool):
+                cand = candidates[item]
+                cand.scores["flow_raw"] = score
+                cand.anchor["flow"] = (f"{before} to {after}", share)
         if self.content is not None and anchors and cfg.content_weight > 0:
             for item, similarity in self.content(anchors, pool):
                 if similarity > 0:
@@ -210,8 +230,10 @@ class Recommender:
                 raw = cand.scores.pop("behaviour_raw")
                 cand.scores["behaviour"] = raw / (raw + cfg.behaviour_shrink)
         _normalise(candidates, "popularity")
+        _normalise(candidates, "flow")
         weights: dict[Source, float] = {
             "behaviour": cfg.behaviour_weight,
+            "flow": cfg.flow_weight,
             "content": cfg.content_weight,
             "popularity": cfg.popularity_weight,
         }
@@ -229,28 +251,44 @@ class Recommender:
             source = max(parts, key=lambda s: parts[s])
             scored.append((sum(parts.values()), item, source, cand))
         scored.sort(key=lambda row: (-row[0], row[1]))
-        out: list[Recommendation] = []
+        picked: list[tuple[float, str, Source, _Candidate]] = []
         per_category: Counter[str | None] = Counter()
-        for score, item, source, cand in scored:
-            if category_cap is not None:
-                cat = self.category_of(item)
-                if per_category[cat] >= category_cap:
+
+        def take(rows: Iterable[tuple[float, str, Source, _Candidate]], upto: int) -> None:
+            for row in rows:
+                if len(picked) >= upto:
+                    return
+                if any(row[1] == p[1] for p in picked):
                     continue
-                per_category[cat] += 1
-            out.append(
-                Recommendation(
-                    item_id=item,
-                    score=round(score, 6),
-                    source=source,
-                    reason=_reason(source, kind, cand.anchor[source]),
-                    behaviour=_rounded(cand.scores.get("behaviour")),
-                    content=_rounded(cand.scores.get("content")),
-                    popularity=_rounded(cand.scores.get("popularity")),
-                )
+                if category_cap is not None:
+                    cat = self.category_of(row[1])
+                    if per_category[cat] >= category_cap:
+                        continue
+                    per_category[cat] += 1
+                picked.append(row)
+
+        # The last cold_slots places go to the best items only content knows of (never
+        # interacted with, as far as this request's sources see), unless the fusion already
+        # ranked such items higher: a new item gets shown, and so gets clicks to learn from.
+        reserve = min(cfg.cold_slots, k - 1) if kind != "bought_together" else 0
+        take(scored, k - reserve)
+        cold = [row for row in scored if row[3].scores.keys() == {"content"}]
+        served = sum(row[3].scores.keys() == {"content"} for row in picked)
+        take(cold, len(picked) + max(0, reserve - served))
+        take(scored, k)
+        return [
+            Recommendation(
+                item_id=item,
+                score=round(score, 6),
+                source=source,
+                reason=_reason(source, kind, cand.anchor[source]),
+                behaviour=_rounded(cand.scores.get("behaviour")),
+                flow=_rounded(cand.scores.get("flow")),
+                content=_rounded(cand.scores.get("content")),
+                popularity=_rounded(cand.scores.get("popularity")),
             )
-            if len(out) == k:
-                break
-        return out
+            for score, item, source, cand in picked
+        ]
 
     def _behaviour(
         self, anchors: list[str], kind: Kind, pool: int, candidates: dict[str, _Candidate]
@@ -278,9 +316,11 @@ class Recommender:
 
     def stats(self) -> dict[str, int]:
         """What the recommender holds: items with links, links, updates and pruned links over
-        the three relations, live sessions, deleted items."""
+        the three relations, categories and moves of the category flow, live sessions, deleted
+        items."""
         relations = (self.covisit, self.follows, self.bought)
         return {
+            **{f"flow_{key}": value for key, value in self.flow.stats().items()},
             "items_with_links": len(self.covisit),
             "links": sum(r.entries() for r in relations),
             "updates": sum(r.updates for r in relations),
@@ -295,6 +335,7 @@ class Recommender:
             "covisit": self.covisit.state_dict(),
             "follows": self.follows.state_dict(),
             "bought": self.bought.state_dict(),
+            "flow": self.flow.state_dict(),
             "popularity": self.popularity.state_dict(),
             "sessions": self.sessions.state_dict(),
             "seen": self.seen.state_dict(),
@@ -305,13 +346,15 @@ class Recommender:
         self.covisit.load_state(state["covisit"])
         self.follows.load_state(state["follows"])
         self.bought.load_state(state["bought"])
+        self.flow.load_state(state["flow"])
         self.popularity.load_state(state["popularity"])
         self.sessions.load_state(state["sessions"])
         self.seen.load_state(state["seen"])
         self.deleted = set(state["deleted"])
 
     def reset_state(self) -> None:
-        for part in (self.covisit, self.follows, self.bought, self.popularity, self.sessions):
+        parts = (self.covisit, self.follows, self.bought, self.flow, self.popularity, self.sessions)
+        for part in parts:
             part.reset_state()
         self.seen.reset_state()
         self.deleted = set()
@@ -341,6 +384,8 @@ def _reason(source: Source, kind: Kind, anchor: tuple[str, float]) -> str:
             "bought_together": "bought with",
         }[kind]
         return f"{relation} {what} (decayed weight {weight:.2f})"
+    if source == "flow":
+        return f"often taken next: from {what} ({weight:.0%} of moves), popular there"
     if source == "content":
         return f"content neighbour of {what} (cosine {weight:.3f})"
     return f"popular in {what} (decayed weight {weight:.2f})"
