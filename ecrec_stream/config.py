@@ -76,6 +76,15 @@ class IngestSettings(BaseModel):
     fetch_max_wait_ms: int = Field(50, ge=1, le=10_000)
     max_payload_bytes: int = Field(65_536, ge=256)
     dlq_max_raw_bytes: int = Field(16_384, ge=64)
+    # Where the worker's consumer group starts on a partition with no committed offset:
+    # "earliest" (the default: a new deployment processes what the topics already hold, nothing
+    # is skipped) or "latest" (only what arrives from now on). "latest" is refused on a broker
+    # whose end offsets are not high watermarks (Tansu: it would re-read old records).
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    # Re-read a partition from its committed offset when neither its commits nor its reads
+    # moved for this long although read records are uncommitted (a Faust rebalance race drops
+    # records: streams/stalls.py). Duplicates only, ids are deterministic. 0 turns it off.
+    stall_reread_s: float = Field(30.0, ge=0, le=3600)
 
 
 class EmbeddingSettings(BaseModel):
@@ -307,6 +316,10 @@ class TrainingSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     registry_dir: Path | None = Field(None, description="default: <data_dir>/models")
+    # Published models in an object store (s3://bucket/prefix; credentials and endpoint from the
+    # standard AWS_* variables, e.g. AWS_ENDPOINT_URL for MinIO), so that the trainer and the
+    # replicas need no shared directory; registry_dir is then each host's verified cache.
+    registry_url: str | None = Field(None, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?$")
     state_dir: Path | None = Field(None, description="default: <data_dir>/trainer")
     # Replay buffer: the newest relevance examples, plus a label-balanced reservoir of older
     # ones (against forgetting).

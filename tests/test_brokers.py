@@ -70,19 +70,25 @@ def test_docker_compose_runs_what_the_tests_run() -> None:
         service = services[name]
         env = service["environment"]
         assert env["ECREC_BROKER"] == "kafka://kafka:9092", name
-        assert set(env) <= valid, f"{name}: {sorted(set(env) - valid)} are not settings"
+        ours = {key for key in env if key.startswith("ECREC_")}
+        assert ours <= valid, f"{name}: {sorted(ours - valid)} are not settings"
         assert service["depends_on"]["kafka"]["condition"] == "service_healthy"
         assert service.get("volumes"), f"{name} keeps its state on a volume"
         assert service["command"] == [name]
-    # the replicas read the models the trainer publishes: the same volume, read-only for them
-    indexer_mounts = services["indexer"]["volumes"]
-    trainer_mounts = services["trainer"]["volumes"]
-    assert "models:/models:ro" in indexer_mounts and "models:/models" in trainer_mounts
-    assert (
-        services["indexer"]["environment"]["ECREC_TRAINING__REGISTRY_DIR"]
-        == services["trainer"]["environment"]["ECREC_TRAINING__REGISTRY_DIR"]
-        == "/models"
-    )
+    # the replicas read the models the trainer publishes from one object store (no shared
+    # directory: they may run on other hosts), which has a healthcheck and a bucket made first
+    keys = ("ECREC_TRAINING__REGISTRY_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID")
+    store = {key: services["trainer"]["environment"][key] for key in keys}
+    assert all(services["indexer"]["environment"][key] == store[key] for key in keys)
+    assert store["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert "healthcheck" in services["minio"]
+    bucket = store["ECREC_TRAINING__REGISTRY_URL"].removeprefix("s3://").split("/")[0]
+    assert f"store/{bucket}" in " ".join(services["buckets"]["command"])
+    for name in ("indexer", "trainer"):
+        needs = services[name]["depends_on"]["buckets"]["condition"]
+        assert needs == "service_completed_successfully"
+        assert not any("models" in v for v in services[name]["volumes"])
+    assert services["minio"]["environment"]["MINIO_ROOT_USER"] == store["AWS_ACCESS_KEY_ID"]
     for name in ("worker", "indexer", "trainer"):  # every service's settings load
         load_settings(**_overrides(services[name]["environment"]))
 
@@ -97,3 +103,131 @@ def _overrides(env: dict[str, str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     return out
+
+
+@pytest.mark.integration
+def test_the_durable_embedded_broker_survives_a_kill_and_consumers_resume(
+    request: pytest.FixtureRequest, s3_env: dict[str, str], tmp_path: Path
+) -> None:
+    """``ecrec-stream broker --storage s3://...`` on the S3 emulator: Tansu itself is SIGKILLed
+    after a consumer committed part of a topic; the restarted broker still has every record,
+    and the consumer group resumes at its committed offsets (nothing lost, nothing twice)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from confluent_kafka import Consumer
+
+    from streams.broker import free_port, wait_for_port
+    from streams.kafka import consumer_config, ensure_topics
+    from tests.helpers import produce, unique, wait_until
+
+    if request.config.getoption("--broker") == "kafka":
+        pytest.skip("the embedded broker's own storage; the Kafka leg has nothing to add")
+    port = free_port()
+    env = {**os.environ, **s3_env}
+    command = [sys.executable, "-m", "workers.cli", "broker", "--port", str(port)]
+    command += ["--storage", f"s3://{s3_env['BUCKET']}/"]
+
+    def start() -> subprocess.Popen[bytes]:
+        log = open(tmp_path / "broker.log", "ab")  # noqa: SIM115 - the child keeps it
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        assert wait_for_port("127.0.0.1", port, 60), (tmp_path / "broker.log").read_text()
+        return proc
+
+    def tansu_of(cli: subprocess.Popen[bytes]) -> int:
+        children = Path(f"/proc/{cli.pid}/task/{cli.pid}/children").read_text().split()
+        assert len(children) == 1
+        return int(children[0])
+
+    bootstrap, topic, group = f"127.0.0.1:{port}", unique("durable"), unique("g")
+    cli = start()
+    try:
+        ensure_topics(bootstrap, [topic], 2)
+        produce(bootstrap, [(topic, f"k{n}", str(n).encode()) for n in range(1000)])
+        first = _consume(Consumer(consumer_config(bootstrap, group)), topic, 600)
+        os.kill(tansu_of(cli), signal.SIGKILL)  # the broker process itself, no clean stop
+        wait_until(lambda: cli.poll() is not None, timeout_s=10)  # its supervisor notices
+        assert cli.returncode == 1
+        cli = start()
+        rest = _consume(Consumer(consumer_config(bootstrap, group)), topic, 1000 - len(first))
+    finally:
+        cli.send_signal(signal.SIGTERM)
+        cli.wait(timeout=30)
+    assert sorted(first + rest) == list(range(1000))  # every record once: no loss, no replay
+
+
+def _consume(consumer: Any, topic: str, count: int, timeout_s: float = 90.0) -> list[int]:
+    """Read ``count`` records of ``topic`` in the consumer's group, commit, close."""
+    import time
+
+    consumer.subscribe([topic])
+    got: list[int] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(got) < count and time.monotonic() < deadline:
+            for message in consumer.consume(num_messages=count - len(got), timeout=0.5):
+                if message.error() is None:
+                    got.append(int(message.value()))
+        consumer.commit(asynchronous=False)
+    finally:
+        consumer.close()
+    assert len(got) == count, f"read {len(got)} of {count}"
+    return got
+
+
+@pytest.mark.integration
+def test_lag_is_read_from_watermarks_where_the_broker_has_them(
+    broker: Any, worker: Any, indexer: str, request: pytest.FixtureRequest
+) -> None:
+    """Capabilities are measured, not assumed: Kafka's end offsets are high watermarks, so lag
+    is read from them (a reader 10 records into a 25-record partition is 15 behind) and the
+    worker's and replica's stats and metrics show it; Tansu's are not, so lag is unknown there
+    and says why. Kafka also describes topic configs: the worker's table changelogs are
+    compacted."""
+    import httpx
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    from streams.capabilities import LagMonitor, probe_capabilities
+    from streams.kafka import ensure_topics
+    from tests.helpers import produce, unique, wait_until
+
+    on_kafka = request.config.getoption("--broker") == "kafka"
+    capabilities = probe_capabilities(broker.bootstrap)
+    assert capabilities.exact_end_offsets is on_kafka
+    assert capabilities.topic_configs is on_kafka
+    topic = unique("lag")
+    ensure_topics(broker.bootstrap, [topic], 2)
+    produce(broker.bootstrap, [(topic, f"k{n}", b"x") for n in range(25)])
+    monitor = LagMonitor(broker.bootstrap, [topic], lambda: {topic: {0: 10}}, reader="test")
+    worker_port = worker.env["ECREC_WORKER_WEB_PORT"]
+    stats = httpx.get(f"http://127.0.0.1:{worker_port}/ecrec/stats", timeout=10).json()
+    replica = httpx.get(f"{indexer}/stats", timeout=10).json()
+    assert stats["broker"] == replica["broker"] == capabilities.as_dict()
+    if not on_kafka:
+        monitor.start()
+        wait_until(lambda: monitor.reason is not None, timeout_s=10)
+        assert monitor.latest is None and "high watermarks" in (monitor.reason or "")
+        wait_until(lambda: httpx.get(f"{indexer}/stats").json()["lag"]["reason"] is not None, 30)
+        return
+    behind = monitor.read_once()[topic]
+    assert sum(behind.values()) == 25 - 10 and behind[0] <= 15  # partition 0 read up to 10
+    # both processes are caught up with the session's traffic: their lag comes down to 0
+    wait_until(lambda: httpx.get(f"{indexer}/stats").json()["lag"]["total"] == 0, 60)
+    wait_until(
+        lambda: (
+            httpx.get(f"http://127.0.0.1:{worker_port}/ecrec/stats").json()["lag"]["total"] == 0
+        ),
+        60,
+    )
+    metrics = httpx.get(f"{indexer}/metrics", timeout=10, follow_redirects=True).text
+    assert 'ecrec_consumer_lag{partition="0",reader="replica:indexer"' in metrics
+    worker_metrics = httpx.get(f"http://127.0.0.1:{worker_port}/metrics", timeout=10).text
+    assert 'reader="group:ecrec"' in worker_metrics
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    changelogs = [t for t in admin.list_topics(timeout=10).topics if t.endswith("-changelog")]
+    assert changelogs, "the worker's tables have changelog topics"
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in changelogs]
+    for resource, future in admin.describe_configs(resources).items():
+        assert future.result(10)["cleanup.policy"].value == "compact", resource

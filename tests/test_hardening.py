@@ -226,8 +226,11 @@ def test_settings_overrides_are_validated_like_the_environment() -> None:
 
 def test_web_port_zero_disables_the_faust_web_server(tmp_path: Any) -> None:
     from streams.app import create_app
+    from streams.capabilities import BrokerCapabilities
 
     s = Settings(worker_web_port=0, data_dir=tmp_path / "not" / "there", labels={"enabled": False})
-    app = create_app(s, "127.0.0.1:9")
+    app = create_app(
+        s, "127.0.0.1:9", BrokerCapabilities(exact_end_offsets=True, topic_configs=True)
+    )
     assert app.conf.web_enabled is False
     assert (tmp_path / "not" / "there" / "worker").is_dir()

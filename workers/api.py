@@ -222,6 +222,8 @@ def create_api(
                 "models": replica.model_stats,  # swaps done, artifacts refused, last error
                 "robustness": miner.stats() if miner is not None else {"enabled": False},
                 "recommend": replica.recommend_stats(),
+                "lag": replica.lag.as_dict() if replica.lag is not None else {},
+                "broker": replica.capabilities.as_dict() if replica.capabilities else {},
             }
         )
 

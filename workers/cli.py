@@ -107,22 +107,36 @@ def _external_bootstrap(settings: Settings) -> str:
 def broker(
     port: Annotated[int, typer.Option(help="port to listen on (0 = any free port)")] = 9092,
     host: Annotated[str, typer.Option(help="loopback address to bind")] = "127.0.0.1",
+    storage: Annotated[
+        str,
+        typer.Option(
+            help="memory://tansu/ (gone on exit) or s3://BUCKET/ in an S3-compatible store "
+            "(durable: topics and committed offsets survive a restart; credentials and endpoint "
+            "from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)"
+        ),
+    ] = "memory://tansu/",
 ) -> None:
-    """Run the embedded Tansu broker in the foreground (in-memory; data is gone on exit).
-    SIGINT or SIGTERM stops it; it also stops if this process is killed."""
+    """Run the embedded Tansu broker in the foreground (in memory by default; --storage
+    s3://BUCKET/ makes it durable). SIGINT or SIGTERM stops it; it also stops if this process
+    is killed."""
     import signal
     import threading
 
-    from streams.broker import EmbeddedBroker
+    from streams.broker import BrokerError, EmbeddedBroker
 
     # A flag rather than an exception: a signal at any moment (even while the broker starts)
     # ends the loop below and the context manager stops the child.
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())
-    with EmbeddedBroker(host, port or None) as running:
+    try:
+        embedded = EmbeddedBroker(host, port or None, storage=storage)
+    except BrokerError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    with embedded as running:
         console.print(
-            f"embedded broker on [bold]{running.url}[/]; "
+            f"embedded broker on [bold]{running.url}[/] (storage {storage}); "
             f"export ECREC_BROKER={running.url}. Ctrl-C stops it."
         )
         while not stop.wait(0.2):
@@ -143,7 +157,10 @@ def worker(
     bootstrap = _external_bootstrap(settings)
     # Faust parses sys.argv itself; hand it a clean command line.
     sys.argv = [sys.argv[0], "worker"]
-    run_worker(settings, bootstrap, loglevel=log_level)
+    try:
+        run_worker(settings, bootstrap, loglevel=log_level)
+    except ConfigError as exc:  # e.g. a topic layout or a setting this broker cannot honour
+        _fail(str(exc), 2)
 
 
 @app.command()
@@ -248,7 +265,8 @@ def trainer(
         verdict = "[green]published[/]" if summary["accepted"] else "[yellow]rejected[/]"
         console.print(f"retrain {verdict}: {'; '.join(summary['reasons'])}")
 
-    console.print(f"trainer: registry {settings.registry_dir}, state {settings.trainer_dir}")
+    registry = settings.training.registry_url or settings.registry_dir
+    console.print(f"trainer: registry {registry}, state {settings.trainer_dir}")
     with progress:
         serve_trainer(settings, bootstrap, on_step=on_step, on_outcome=on_outcome)
 
@@ -418,7 +436,11 @@ def status(
 @app.command()
 def models(
     registry: Annotated[
-        Path | None, typer.Option(help="registry directory (default: <ECREC_DATA_DIR>/models)")
+        Path | None,
+        typer.Option(
+            help="registry directory (default: ECREC_TRAINING__REGISTRY_URL's store, else "
+            "<ECREC_DATA_DIR>/models)"
+        ),
     ] = None,
     use: Annotated[
         str | None,
@@ -429,9 +451,9 @@ def models(
     """List the published model versions with their metrics, or switch the serving version."""
     from rich.table import Table
 
-    from ecrec_stream.training.registry import ArtifactError, ModelRegistry
+    from ecrec_stream.training.registry import ArtifactError, ModelRegistry, open_registry
 
-    reg = ModelRegistry(registry or _settings().registry_dir)
+    reg = ModelRegistry(registry) if registry is not None else open_registry(_settings())
     if use is not None:
         try:
             reg.set_current(use)
@@ -463,7 +485,7 @@ def models(
         ]
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"model versions in {reg.root}")
+    table = Table(title=f"model versions in {reg.location}")
     for col in ("", "version", "name", "parent", "created", "metrics"):
         table.add_column(col, no_wrap=col == "version", overflow="fold")
     for m in reg.versions():

@@ -31,8 +31,9 @@ from ecrec_stream.exceptions import EcrecError
 from ecrec_stream.index import LiveItemIndex
 from ecrec_stream.index.persist import Offsets, snapshot_model
 from ecrec_stream.recommend import Recommender
-from ecrec_stream.state import dumps_state, loads_state
-from ecrec_stream.training.registry import ModelRegistry
+from ecrec_stream.state import StateError, dumps_state, loads_state
+from ecrec_stream.training.registry import open_registry
+from streams.capabilities import BrokerCapabilities, LagMonitor, probe_capabilities
 from streams.kafka import (
     DeadLetterSink,
     ensure_topics,
@@ -44,7 +45,7 @@ from streams.kafka import (
 LOG = logging.getLogger(__name__)
 RECOMMEND_FILE = "recommend.state"
 RECOMMEND_KIND = "recommender"
-RECOMMEND_VERSION = 1
+RECOMMEND_VERSION = 2  # 2: the category flow
 
 
 class IndexReplica:
@@ -70,12 +71,13 @@ class IndexReplica:
         self.recommender = Recommender(
             settings.recommend,
             category_of=self._category_of,
+            leaf_of=self._leaf_of,
             available=lambda item: live.get(item) is not None,
             content=live.neighbours,
         )
         # the API thread reads the recommender while this loop updates it
         self.recommend_lock = threading.Lock()
-        self.registry = ModelRegistry(settings.registry_dir)
+        self.registry = open_registry(settings)
         # publications wait here for the model thread, with their (partition, offset)
         self._models: queue.Queue[tuple[ModelPublication, int, int]] = queue.Queue()
         self._offsets_lock = threading.Lock()
@@ -87,6 +89,8 @@ class IndexReplica:
         self._thread: threading.Thread | None = None
         self._on_error = on_error
         self._dirty = False
+        self.capabilities: BrokerCapabilities | None = None  # measured at start
+        self.lag: LagMonitor | None = None
         self.caught_up = threading.Event()
         self.error: Exception | None = None
 
@@ -99,17 +103,18 @@ class IndexReplica:
         stored = self.live.get(item)
         return stored.item.category_path[0] if stored and stored.item.category_path else None
 
+    def _leaf_of(self, item: str) -> str | None:
+        stored = self.live.get(item)
+        return (
+            " > ".join(stored.item.category_path) if stored and stored.item.category_path else None
+        )
+
     def start(self) -> None:
         """Restore the latest snapshot, assign every partition at its offset, start consuming."""
         restored = self.live.load_snapshot(self.data_dir)
         if restored is not None:
             self.offsets = {t: dict(restored.get(t, {})) for t in self.topics}
-            blob = self.live.snapshot_extras.get(RECOMMEND_FILE)
-            if self.clicks_topic and blob is not None:
-                self.recommender.load_state(
-                    loads_state(blob, kind=RECOMMEND_KIND, version=RECOMMEND_VERSION)
-                )
-            elif self.clicks_topic:
+            if self.clicks_topic and not self._restore_recommender():
                 self.offsets[self.clicks_topic] = {}  # no recommender state: read clicks again
             self.restored_from_snapshot = True
             LOG.info(
@@ -118,12 +123,37 @@ class IndexReplica:
                 self.offsets[self.topic],
             )
         ensure_topics(self.bootstrap, self.topics, self.settings.partitions)
+        self.capabilities = probe_capabilities(self.bootstrap)
+        self.lag = LagMonitor(
+            self.bootstrap,
+            self.topics,
+            self._applied_offsets,
+            reader=f"replica:{self.settings.index.replica_id}",
+        ).start()
         self._thread = threading.Thread(target=self._run, name="index-replica", daemon=True)
         self._thread.start()
         self._model_thread = threading.Thread(
             target=self._follow_models, name="index-models", daemon=True
         )
         self._model_thread.start()
+
+    def _applied_offsets(self) -> Offsets:
+        with self._offsets_lock:
+            return {t: dict(p) for t, p in self.offsets.items()}
+
+    def _restore_recommender(self) -> bool:
+        """Load the recommender from the snapshot; False when it holds none of this version
+        (an older replica's snapshot: the clicks are then read again from the start)."""
+        blob = self.live.snapshot_extras.get(RECOMMEND_FILE)
+        if blob is None:
+            return False
+        try:
+            state = loads_state(blob, kind=RECOMMEND_KIND, version=RECOMMEND_VERSION)
+        except StateError as exc:
+            LOG.warning("recommender state not restored (%s): relearning from the clicks", exc)
+            return False
+        self.recommender.load_state(state)
+        return True
 
     def _run(self) -> None:
         cfg = self.settings.index
@@ -285,8 +315,7 @@ class IndexReplica:
         return True
 
     def snapshot(self) -> Path:
-        with self._offsets_lock:
-            offsets = {t: dict(p) for t, p in self.offsets.items()}
+        offsets = self._applied_offsets()
         extras = {}
         if self.clicks_topic:
             with self.recommend_lock:
@@ -300,6 +329,8 @@ class IndexReplica:
 
     def stop(self, *, final_snapshot: bool = True) -> None:
         self._stop.set()
+        if self.lag is not None:
+            self.lag.stop()
         if self._thread is not None:
             self._thread.join(timeout=30)
         if getattr(self, "_model_thread", None) is not None:
@@ -325,8 +356,8 @@ def serving_encoder(settings: Settings) -> Encoder:
     from ecrec_stream.embedding import SentenceTransformerEncoder
 
     version = snapshot_model(Path(settings.index.data_dir))
-    registry = ModelRegistry(settings.registry_dir)
-    if version is not None and (registry.root / version).exists():
+    registry = open_registry(settings)
+    if version is not None and registry.has(version):
         try:
             return registry.load_encoder(version, settings.embedding)
         except EcrecError as exc:

@@ -35,7 +35,7 @@ from ecrec_stream.index.store import ItemStore, plan_batch
 from ecrec_stream.labels.examples import ExampleBatch
 from ecrec_stream.state import atomic_write
 from ecrec_stream.training import ReplayBuffer, Retrainer, RetrainOutcome
-from ecrec_stream.training.registry import ModelRegistry
+from ecrec_stream.training.registry import open_registry
 from ecrec_stream.training.schedule import RetrainSchedule, Trigger
 from streams.kafka import (
     DeadLetterSink,
@@ -70,7 +70,7 @@ class TrainerWorker:
         )
         self.restored = self.buffer.load(self.state_path)
         self.catalog = ItemStore()
-        self.registry = ModelRegistry(settings.registry_dir)
+        self.registry = open_registry(settings)
         self.retrainer = Retrainer(cfg, self.registry, settings.embedding)
         self.schedule = RetrainSchedule(
             min_interval_s=cfg.min_interval_s, defer_max_s=cfg.defer_max_s

@@ -77,6 +77,10 @@ class ReplicaStats(_Answer):
     models: dict[str, Any]
     robustness: dict[str, Any]
     recommend: dict[str, Any]
+    # records behind the end of each partition read (null, with the reason, where the broker's
+    # end offsets are not high watermarks) and what the broker was measured to do
+    lag: dict[str, Any]
+    broker: dict[str, bool]
 
 
 class Health(_Answer):
@@ -85,14 +89,23 @@ class Health(_Answer):
 
 class WorkerStats(_Answer):
     """``/ecrec/stats``: per event kind, records accepted and dead-lettered, batches and
-    messages sent; partitions assigned to this worker; the label agents' counters."""
+    messages sent; partitions assigned to this worker; the label agents' counters; the
+    consumer group's lag on the input topics (from committed offsets and high watermarks) and
+    the broker's measured capabilities."""
 
     valid: dict[str, int]
     dead: dict[str, int]
     batches: dict[str, int]
     messages: dict[str, int]
     assigned: int
+    # topic -> partitions this worker holds (input topics, and table changelogs it is active or
+    # standby for)
+    partitions: dict[str, list[int]]
     labels: dict[str, Any]
+    lag: dict[str, Any]
+    broker: dict[str, bool]
+    # "topic:partition" -> times it was re-read after its processing stalled (streams/stalls.py)
+    rereads: dict[str, int]
 
 
 class DriftStatus(_Answer):

@@ -1,6 +1,7 @@
-"""The model registry: versioned, checksummed model directories on disk.
+"""The model registry: versioned, checksummed model directories, on disk or in an object store.
 
-Layout under the registry root::
+Layout under the registry root (a directory, or a bucket prefix: ``ECREC_TRAINING__REGISTRY_URL``
+names an S3-compatible store, and the directory is then this host's verified cache)::
 
     CURRENT                      the serving version (replaced atomically; rollback = rewrite it)
     <version>/                   one published model (version = content digest of its weights)
@@ -12,8 +13,11 @@ Weights are safetensors only: a directory holding a pickle-based weight file (``
 ``*.pt``, ``*.pkl``) is refused at publication and at load. A version is written into a
 temporary directory and renamed into place, so a crash leaves no half-published model; a
 loader verifies every checksum (and that the loaded weights hash to the version) before the
-model may serve. Pure domain code: torch and sentence-transformers are imported when a model is
-saved or loaded, never Kafka.
+model may serve. With a store, a version is uploaded file by file with its manifest last (a
+version without a manifest is not published), and a host downloads it into a temporary directory
+of its cache and verifies it there exactly as a local one: nothing is trusted because it came
+from the store. Pure domain code: torch, sentence-transformers and boto3 are imported when they
+are needed, never Kafka.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ecrec_stream.exceptions import EcrecError
 
 if TYPE_CHECKING:
-    from ecrec_stream.config import EmbeddingSettings
+    from ecrec_stream.config import EmbeddingSettings, Settings
     from ecrec_stream.embedding import SentenceTransformerEncoder
+    from ecrec_stream.training.stores import ObjectStore
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
@@ -70,11 +75,18 @@ def _files(directory: Path) -> list[Path]:
 
 
 class ModelRegistry:
-    """Publish, verify, list, load and roll back model versions under ``root``."""
+    """Publish, verify, list, load and roll back model versions under ``root``, and in
+    ``store`` when one is given (``root`` is then this host's cache of it)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, store: ObjectStore | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.store = store
+
+    @property
+    def location(self) -> str:
+        """Where versions are published (the store's URL, or the directory)."""
+        return self.store.url if self.store is not None else str(self.root)
 
     # -- publication ---------------------------------------------------------------------
     def publish(
@@ -113,6 +125,7 @@ class ModelRegistry:
             )
             (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
             os.replace(tmp, final)
+        self._upload(version)
         if make_current:
             self.set_current(version)
         return manifest
@@ -123,34 +136,87 @@ class ModelRegistry:
         tmp = self.root / f".{CURRENT}.tmp"
         tmp.write_text(version)
         os.replace(tmp, self.root / CURRENT)
+        if self.store is not None:
+            self.store.put_bytes(CURRENT, version.encode())
+
+    def _upload(self, version: str) -> None:
+        """Copy a local version to the store: its files, then its manifest (which publishes
+        it); a version the store already has is left as it is (versions are immutable)."""
+        if self.store is None or self.store.get_bytes(f"{version}/{MANIFEST}") is not None:
+            return
+        directory = self.root / version
+        for path in _files(directory):
+            self.store.put_file(f"{version}/{path.relative_to(directory).as_posix()}", path)
+        self.store.put_file(f"{version}/{MANIFEST}", directory / MANIFEST)
+
+    def _fetch(self, version: str) -> None:
+        """Bring a published version from the store into the cache (every object under it,
+        so an added file is seen by :meth:`verify`); a cached version is kept."""
+        final = self.root / version
+        if self.store is None or (final / MANIFEST).exists():
+            return
+        if not _is_version_name(version):
+            raise ArtifactError(f"not a version name: {version!r}")
+        if self.store.get_bytes(f"{version}/{MANIFEST}") is None:
+            raise ArtifactError(f"no published version {version!r} in {self.store.url}")
+        tmp = self.root / f".fetch-{version}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            for key in self.store.list_keys(f"{version}/"):
+                rel = Path(key[len(version) + 1 :])
+                if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+                    raise ArtifactError(f"{version}: unsafe object name {key!r} in the store")
+                self.store.get_file(key, tmp / rel)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     # -- reading -------------------------------------------------------------------------
     def current(self) -> str | None:
+        if self.store is not None:
+            data = self.store.get_bytes(CURRENT)
+            return data.decode().strip() if data else None
         path = self.root / CURRENT
         return path.read_text().strip() if path.exists() else None
 
+    def has(self, version: str) -> bool:
+        """Whether ``version`` is published here (not verified: :meth:`verify` does that)."""
+        if (self.root / version / MANIFEST).exists():
+            return True
+        return (
+            self.store is not None
+            and _is_version_name(version)
+            and self.store.get_bytes(f"{version}/{MANIFEST}") is not None
+        )
+
     def manifest(self, version: str) -> ModelManifest:
+        self._fetch(version)
         path = self.root / version / MANIFEST
         if not path.exists():
-            raise ArtifactError(f"no published version {version!r} under {self.root}")
-        try:
-            return ModelManifest.model_validate_json(path.read_text())
-        except ValueError as exc:
-            raise ArtifactError(f"unreadable manifest of {version!r}: {exc}") from exc
+            raise ArtifactError(f"no published version {version!r} under {self.location}")
+        return _parse_manifest(version, path.read_bytes())
 
     def versions(self) -> list[ModelManifest]:
         """Every published version, oldest first."""
-        found = [
-            self.manifest(p.name)
-            for p in self.root.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).exists()
-        ]
+        if self.store is not None:
+            found = []
+            for key in self.store.list_keys():
+                version, _, name = key.partition("/")
+                data = self.store.get_bytes(key) if name == MANIFEST else None
+                if data is not None and _is_version_name(version):
+                    found.append(_parse_manifest(version, data))
+        else:
+            found = [
+                self.manifest(p.name)
+                for p in self.root.iterdir()
+                if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).exists()
+            ]
         return sorted(found, key=lambda m: m.created_at)
 
     def verify(self, version: str) -> ModelManifest:
         """Check every file against the manifest: none missing, none changed, none added, no
         pickle-based weights. Raises :class:`ArtifactError`."""
-        manifest = self.manifest(version)
+        manifest = self.manifest(version)  # fetched from the store first, if there is one
         directory = self.root / version
         present = {str(p.relative_to(directory)): p for p in _files(directory)}
         if set(present) != set(manifest.files):
@@ -190,3 +256,29 @@ class ModelRegistry:
         if weights_digest(model) != version:
             raise ArtifactError(f"{version}: loaded weights do not hash to the version")
         return model
+
+
+def _is_version_name(name: str) -> bool:
+    """Version names are content digests: hex, nothing that could leave the cache directory."""
+    return bool(name) and all(c in "0123456789abcdef" for c in name)
+
+
+def _parse_manifest(version: str, data: bytes) -> ModelManifest:
+    try:
+        manifest = ModelManifest.model_validate_json(data)
+    except ValueError as exc:
+        raise ArtifactError(f"unreadable manifest of {version!r}: {exc}") from exc
+    if manifest.version != version:
+        raise ArtifactError(f"the manifest under {version!r} names {manifest.version!r}")
+    return manifest
+
+
+def open_registry(settings: Settings) -> ModelRegistry:
+    """The registry ``settings`` name: ``training.registry_url`` (an object store, cached in
+    the registry directory) or the registry directory alone."""
+    url = settings.training.registry_url
+    if url is None:
+        return ModelRegistry(settings.registry_dir)
+    from ecrec_stream.training.stores import open_store
+
+    return ModelRegistry(settings.registry_dir, open_store(url))

@@ -1,0 +1,210 @@
+"""What the broker can do, measured rather than assumed from its name, and consumer lag where
+the broker's end offsets can be trusted.
+
+The embedded Tansu broker answers ListOffsets(latest) with the last record *batch's* base
+offset + 1, not the high watermark, and reports no topic configurations (docs/broker.md);
+Apache Kafka does both. Each workaround in the project is chosen by the capability it works
+around, so a Kafka-compatible broker that does these right (Kafka, Redpanda, a fixed Tansu) gets
+the plain client behaviour:
+
+* ``exact_end_offsets``: produce a two-record batch to a probe topic and compare the high
+  watermark with the offsets the broker acknowledged. Where they agree, lag is read from
+  watermarks and Faust writes its changelogs in full batches; where they do not, lag is
+  reported as unknown (``null``, with the reason), and the worker writes one record per
+  producer batch so table recovery stays exact.
+* ``topic_configs``: DescribeConfigs reports a topic's ``cleanup.policy``, so compacted
+  changelogs are possible and can be checked.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource
+from prometheus_client import Gauge
+
+from streams.kafka import consumer_config, ensure_topics, new_producer, topic_partitions
+
+LOG = logging.getLogger(__name__)
+PROBE_TOPIC = "__ecrec_capabilities"
+NO_WATERMARKS = "this broker's end offsets are not high watermarks (docs/broker.md)"
+
+Offsets = dict[str, dict[int, int]]  # topic -> partition -> offset
+CONSUMER_LAG = Gauge(
+    "ecrec_consumer_lag",
+    "Records between a reader's position and the partition's high watermark",
+    ["reader", "topic", "partition"],
+)
+
+
+@dataclass(frozen=True)
+class BrokerCapabilities:
+    exact_end_offsets: bool
+    topic_configs: bool
+
+    def as_dict(self) -> dict[str, bool]:
+        return asdict(self)
+
+
+@functools.lru_cache(maxsize=8)
+def probe_capabilities(bootstrap: str, timeout_s: float = 10.0) -> BrokerCapabilities:
+    """Measure what the broker at ``bootstrap`` does (once per process and bootstrap)."""
+    ensure_topics(bootstrap, [PROBE_TOPIC], 1)
+    producer = new_producer(bootstrap, **{"linger.ms": 50})
+    acked: list[int] = []
+
+    def delivered(err: Any, message: Any) -> None:
+        if err is None:
+            acked.append(message.offset())
+
+    for value in (b"probe-1", b"probe-2"):  # one batch: the linger holds the first
+        producer.produce(PROBE_TOPIC, value=value, partition=0, on_delivery=delivered)
+    producer.flush(timeout_s)
+    if len(acked) != 2:
+        raise RuntimeError(f"the capability probe was not acknowledged by {bootstrap}")
+    consumer = Consumer(consumer_config(bootstrap, f"ecrec-probe-{uuid.uuid4().hex[:8]}"))
+    try:
+        _, high = consumer.get_watermark_offsets(TopicPartition(PROBE_TOPIC, 0), timeout_s)
+    finally:
+        consumer.close()
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    resource = ConfigResource(ConfigResource.Type.TOPIC, PROBE_TOPIC)
+    try:
+        described = admin.describe_configs([resource])[resource].result(timeout_s)
+        topic_configs = "cleanup.policy" in described
+    except Exception:  # KafkaException: the broker does not describe configs
+        topic_configs = False
+    found = BrokerCapabilities(
+        exact_end_offsets=high == max(acked) + 1, topic_configs=topic_configs
+    )
+    LOG.info("broker %s: %s", bootstrap, found)
+    return found
+
+
+def end_offsets(bootstrap: str, topics: list[str], timeout_s: float = 10.0) -> Offsets:
+    """High watermark of every partition of ``topics`` (trust them only where
+    :attr:`BrokerCapabilities.exact_end_offsets`)."""
+    consumer = Consumer(consumer_config(bootstrap, f"ecrec-lag-{uuid.uuid4().hex[:8]}"))
+    try:
+        return {
+            topic: {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout_s)[1]
+                for p in topic_partitions(bootstrap, topic)
+            }
+            for topic in topics
+        }
+    finally:
+        consumer.close()
+
+
+def committed_offsets(
+    bootstrap: str, group: str, topics: list[str], timeout_s: float = 10.0
+) -> Offsets:
+    """The consumer group's committed offsets (a partition without one is absent)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    request = ConsumerGroupTopicPartitions(group)
+    answer = admin.list_consumer_group_offsets([request])[group].result(timeout_s)
+    out: Offsets = {t: {} for t in topics}
+    for tp in answer.topic_partitions:
+        if tp.topic in out and tp.offset >= 0:
+            out[tp.topic][tp.partition] = tp.offset
+    return out
+
+
+def lag(
+    ends: Mapping[str, Mapping[int, int]], positions: Mapping[str, Mapping[int, int]]
+) -> Offsets:
+    """Records behind, per topic and partition: end offset minus the next offset to read (a
+    partition never read counts from 0).
+
+    >>> lag({"t": {0: 10, 1: 5}}, {"t": {0: 7}})
+    {'t': {0: 3, 1: 5}}
+    """
+    return {
+        topic: {p: max(0, end - positions.get(topic, {}).get(p, 0)) for p, end in parts.items()}
+        for topic, parts in ends.items()
+    }
+
+
+class LagMonitor:
+    """Reads lag every ``interval_s`` on a thread of its own (so no request or event loop
+    waits on the broker): ``positions()`` gives where the reader is (a replica's applied
+    offsets, or a group's committed ones). ``latest`` is ``None`` where the broker's end offsets
+    cannot be trusted, with ``reason`` saying so; a gauge, if given, is set per partition."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: list[str],
+        positions: Callable[[], Mapping[str, Mapping[int, int]]],
+        *,
+        reader: str,
+        interval_s: float = 5.0,
+        gauge: Any = CONSUMER_LAG,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.positions = positions
+        self.reader = reader
+        self.interval_s = interval_s
+        self.gauge = gauge
+        self.latest: Offsets | None = None
+        self.ends: Offsets | None = None  # the end offsets last read (None: not trustworthy)
+        self.reason: str | None = None
+        self.measured_at: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> LagMonitor:
+        self._thread = threading.Thread(target=self._run, name=f"lag-{self.reader}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        try:
+            if not probe_capabilities(self.bootstrap).exact_end_offsets:
+                self.reason = NO_WATERMARKS
+                return
+        except Exception as exc:  # the broker is unreachable: say so, do not stop the reader
+            self.reason = f"capability probe failed: {exc}"
+            return
+        while not self._stop.is_set():
+            try:
+                self.read_once()
+            except Exception as exc:  # a failed read leaves the last figures, with the reason
+                self.reason = f"lag not read: {exc}"
+                LOG.warning("lag of %s not read: %s", self.reader, exc)
+            self._stop.wait(self.interval_s)
+
+    def read_once(self) -> Offsets:
+        self.ends = end_offsets(self.bootstrap, self.topics)
+        behind = lag(self.ends, self.positions())
+        self.latest, self.reason, self.measured_at = behind, None, time.time()
+        if self.gauge is not None:
+            for topic, parts in behind.items():
+                for partition, value in parts.items():
+                    self.gauge.labels(self.reader, topic, str(partition)).set(value)
+        return behind
+
+    def as_dict(self) -> dict[str, Any]:
+        """What ``/stats`` shows: total and per-partition lag, or why there is none."""
+        return {
+            "reader": self.reader,
+            "total": sum(v for parts in self.latest.values() for v in parts.values())
+            if self.latest is not None
+            else None,
+            "partitions": self.latest,
+            "measured_at": self.measured_at,
+            "reason": self.reason,
+        }

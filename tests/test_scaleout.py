@@ -1,0 +1,219 @@
+"""Scale-out on the real broker: several stream workers in one consumer group split the
+partitions, and when one is SIGKILLed mid-stream the survivors take its partitions and finish:
+every expected example id arrives, duplicates are only repeated ids, no alert is raised twice;
+two index replicas fed the same topics answer the same."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ecrec_stream.contracts.events import utc_now
+from ecrec_stream.labels.examples import example_id
+from streams.broker import free_port
+from streams.kafka import all_topics, ensure_topics
+from tests.helpers import isolated_env, produce, read_to_end, read_topic, unique, wait_until
+from workers.processes import indexer_process, worker_process
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 6
+FUNCTIONS = ["rating", "lexicon", "prototype", "seed_classifier"]
+WORDS = ["lovely soft", "great fitting", "awful scratchy", "cheap flimsy", "perfect warm"]
+
+
+def _reviews(topic: str, tag: str, n: int) -> list[tuple[str, str, bytes]]:
+    """Reviews of 29 items one second apart; ratings sour half-way (a drift the ``rating``
+    detector sees)."""
+    start = utc_now()
+    out = []
+    for i in range(n):
+        good = i < n // 2
+        doc = {
+            "event_id": f"{tag}-{i}",
+            "ts": (start + timedelta(seconds=i)).isoformat(),
+            "item_id": f"item-{i % 29}",
+            "rating": (5, 4, 5, 4, 5)[i % 5] if good else (1, 2, 1, 1, 2)[i % 5],
+            "text": f"A {WORDS[i % 5]} sweater, review number {i}",
+        }
+        out.append((topic, doc["item_id"], json.dumps(doc).encode()))
+    return out
+
+
+def _originals(messages: list[Any]) -> list[str]:
+    return [
+        e["example_id"]
+        for m in messages
+        if m.value() != b"{}"
+        for e in json.loads(m.value())["examples"]
+        if e["augmented_from"] is None
+    ]
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_workers_split_partitions_and_survivors_finish_after_a_kill(
+    broker: Any, tmp_path: Path, workers: int
+) -> None:
+    tag = unique(f"scale{workers}")
+    names, env = isolated_env(tag)
+    env |= {
+        "ECREC_PARTITIONS": str(PARTITIONS),
+        "ECREC_INGEST__BATCH_MAX": "20",  # many commits: the kill lands between them
+        "ECREC_LABELS__AUGMENTERS": "[]",  # originals are what this test counts
+        "ECREC_DRIFT__DETECTORS": '["rating"]',
+        "ECREC_DRIFT__WINDOW_EVENTS": "40",
+        "ECREC_DRIFT__REFERENCE_SIZE": "160",
+        "ECREC_DRIFT__MAX_LAG_S": "100000",
+        "ECREC_INGEST__STALL_REREAD_S": "15",  # streams/stalls.py, sooner than its default
+    }
+    ensure_topics(broker.bootstrap, all_topics(names), PARTITIONS)
+    n = 900
+    expected = {
+        example_id("sentiment", [f"{tag}-{i}"], f"item-{i % 29}", FUNCTIONS) for i in range(n)
+    }
+    ports = [free_port() for _ in range(workers)]
+    procs = [
+        worker_process(broker.url, tmp_path / f"w{k}", port, extra_env=env).start()
+        for k, port in enumerate(ports)
+    ]
+
+    def stats(port: int) -> Any:
+        return httpx.get(f"http://127.0.0.1:{port}/ecrec/stats", timeout=5).json()
+
+    def held(port: int) -> set[int]:
+        """The partitions of the reviews topic this worker holds."""
+        return set(stats(port)["partitions"].get(names.reviews, []))
+
+    everything = set(range(PARTITIONS))
+
+    try:
+        for proc, port in zip(procs, ports, strict=True):
+            proc.wait_http(f"http://127.0.0.1:{port}/ecrec/stats", timeout_s=180)
+
+        # the group has settled when the workers hold disjoint shares of every partition
+        def split() -> bool:
+            shares = [held(p) for p in ports]
+            return all(shares) and sum(map(len, shares)) == PARTITIONS == len(set().union(*shares))
+
+        wait_until(split, timeout_s=120, interval_s=0.5)
+        shares = [sorted(held(p)) for p in ports]
+        produce(broker.bootstrap, _reviews(names.reviews, tag, n))
+        read_topic(
+            broker.bootstrap,
+            names.examples,
+            done=lambda ms: len(set(_originals(ms))) >= 150,
+            timeout_s=240,
+        )
+        procs[0].kill()  # SIGKILL mid-stream: no commit, no goodbye to the group
+        survivors = ports[1:]
+        wait_until(  # they take over the dead worker's partitions
+            lambda: set().union(*(held(p) for p in survivors)) == everything, timeout_s=120
+        )
+        messages = read_topic(
+            broker.bootstrap,
+            names.examples,
+            done=lambda ms: set(_originals(ms)) >= expected,
+            timeout_s=420,
+        )
+        rereads = stats(survivors[0])["rereads"]
+    finally:
+        for proc in procs:
+            proc.stop()
+    ids = _originals(messages)
+    assert set(ids) == expected  # nothing lost, nothing that a clean run would not make
+    print(f"{workers} workers, shares {shares}: {len(ids) - n} duplicate ids, rereads {rereads}")
+    alerts = [json.loads(m.value()) for m in read_to_end(broker.bootstrap, names.alerts, b"{}")]
+    alerts = [a for a in alerts if a]
+    assert alerts, "the rating shift raised no alert: the drift half of the test proves nothing"
+    alert_ids = [a["alert_id"] for a in alerts]
+    windows = [(a["detector"], a["window_start"], a["window_end"]) for a in alerts]
+    assert len(alert_ids) == len(set(alert_ids)) and len(windows) == len(set(windows)), alerts
+
+
+def test_two_replicas_fed_the_same_topics_answer_the_same(broker: Any, tmp_path: Path) -> None:
+    names, env = isolated_env(unique("replicas"))
+    ensure_topics(broker.bootstrap, all_topics(names), 4)
+    worker_port = free_port()
+    env["ECREC_LABELS__ENABLED"] = "false"
+    env["ECREC_DRIFT__ENABLED"] = "false"
+    now = utc_now()
+    titles = ["wool scarf", "silk scarf", "leather gloves", "wool socks", "rain jacket"]
+    items = [
+        {
+            "event_id": f"i{k}",
+            "ts": now.isoformat(),
+            "op": "upsert",
+            "item_id": f"it-{k}",
+            "title": f"{titles[k % 5]} {k}",
+            "category_path": ["apparel", titles[k % 5].split()[1]],
+        }
+        for k in range(60)
+    ]
+    clicks = [
+        {
+            "event_id": f"c{s}-{j}",
+            "ts": (now + timedelta(seconds=s * 10 + j)).isoformat(),
+            "session_id": f"s{s}",
+            "item_id": f"it-{(s + 7 * j) % 60}",
+            "action": ("view", "click", "add_to_cart")[j % 3],
+            "surface": "browse",
+        }
+        for s in range(40)
+        for j in range(4)
+    ]
+    ports = [free_port(), free_port()]
+    procs = [worker_process(broker.url, tmp_path / "w", worker_port, extra_env=env).start()]
+    procs += [
+        indexer_process(broker.url, tmp_path, port, name=f"replica{k}", extra_env=env).start()
+        for k, port in enumerate(ports)
+    ]
+    bases = [f"http://127.0.0.1:{p}" for p in ports]
+    try:
+        for base, proc in zip(bases, procs[1:], strict=True):
+            proc.wait_http(f"{base}/healthz", timeout_s=180)
+        produce(
+            broker.bootstrap, [(names.items, d["item_id"], json.dumps(d).encode()) for d in items]
+        )
+        produce(
+            broker.bootstrap,
+            [(names.clicks, d["session_id"], json.dumps(d).encode()) for d in clicks],
+        )
+
+        def settled(base: str) -> bool:
+            stats = httpx.get(f"{base}/stats", timeout=5).json()
+            return stats["items"] == 60 and stats["recommend"]["updates"] > 0
+
+        wait_until(lambda: all(settled(b) for b in bases), timeout_s=120)
+        # the same click stream on both: wait until both have applied all of it
+        wait_until(
+            lambda: (
+                len({json.dumps(httpx.get(f"{b}/stats").json()["recommend"]) for b in bases}) == 1
+            ),
+            timeout_s=60,
+        )
+        for query in ("wool scarf", "gloves", "jacket for rain"):
+            answers = [
+                [
+                    r["item_id"]
+                    for r in httpx.get(f"{b}/search", params={"q": query}).json()["results"]
+                ]
+                for b in bases
+            ]
+            assert answers[0] == answers[1] and answers[0], query
+        for item in ("it-0", "it-7", "it-21"):
+            answers = [
+                [
+                    (r["item_id"], r["score"])
+                    for r in httpx.get(f"{b}/recommend", params={"item_id": item}).json()["results"]
+                ]
+                for b in bases
+            ]
+            assert answers[0] == answers[1] and answers[0], item
+    finally:
+        for proc in procs:
+            proc.stop()
