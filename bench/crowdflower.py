@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -90,7 +91,7 @@ class SimulatedSessions:
     sessions: int
 
 
-def simulate(
+def session_events(
     judgments: Judgments,
     rankings: dict[str, list[int]],
     n_sessions: int,
@@ -98,13 +99,13 @@ def simulate(
     seed: int = 0,
     swap_rate: float = 0.3,
     start: datetime | None = None,
-) -> SimulatedSessions:
-    """``n_sessions`` sessions over the queries of ``rankings`` (query -> ranked title ids),
-    one a minute from ``start``."""
+) -> Iterator[tuple[SearchEvent, list[ClickEvent]]]:
+    """``n_sessions`` shopping sessions over the queries of ``rankings`` (query -> ranked title
+    ids, item ids ``t<id>``), one a minute from ``start``: each session's search and its
+    clicks (the cascade of the module docstring)."""
     rng = random.Random(seed)
     t0 = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
     queries = sorted(rankings)
-    cands: list[RelevanceCandidate] = []
     for s in range(n_sessions):
         query = rng.choice(queries)
         shown = list(rankings[query])
@@ -113,19 +114,15 @@ def simulate(
             shown[i], shown[j] = shown[j], shown[i]
         ts = t0 + timedelta(minutes=s)
         sid = f"cf-{seed}-{s}"
-        state = new_session(sid, 0)
-        add_event(
-            state,
-            SearchEvent(
-                event_id=f"{sid}-q",
-                ts=ts,
-                search_id=f"{sid}-q",
-                session_id=sid,
-                query=query,
-                impressions=[f"t{t}" for t in shown],
-            ),
-            max_clicks=500,
+        search = SearchEvent(
+            event_id=f"{sid}-q",
+            ts=ts,
+            search_id=f"{sid}-q",
+            session_id=sid,
+            query=query,
+            impressions=[f"t{t}" for t in shown],
         )
+        clicks = []
         for pos, title in enumerate(shown):
             if rng.random() >= 1.0 / (pos + 1) ** EXAMINATION_EXPONENT:
                 continue
@@ -137,8 +134,7 @@ def simulate(
             action = "click"
             if gain >= 2.0 and rng.random() < 0.35:
                 action = "purchase" if rng.random() < 0.5 else "add_to_cart"
-            add_event(
-                state,
+            clicks.append(
                 ClickEvent(
                     event_id=f"{sid}-c{pos}",
                     ts=ts + timedelta(seconds=5 + pos),
@@ -148,11 +144,32 @@ def simulate(
                     position=pos,
                     action=action,  # type: ignore[arg-type]
                     dwell_ms=dwell,
-                ),
-                max_clicks=500,
+                )
             )
             if action == "purchase":
                 break
+        yield search, clicks
+
+
+def simulate(
+    judgments: Judgments,
+    rankings: dict[str, list[int]],
+    n_sessions: int,
+    *,
+    seed: int = 0,
+    swap_rate: float = 0.3,
+    start: datetime | None = None,
+) -> SimulatedSessions:
+    """``n_sessions`` sessions (:func:`session_events`) folded by the worker's own session code
+    into relevance candidates, each with its human judgment."""
+    cands: list[RelevanceCandidate] = []
+    sessions = session_events(
+        judgments, rankings, n_sessions, seed=seed, swap_rate=swap_rate, start=start
+    )
+    for search, clicks in sessions:
+        state = new_session(search.session_id, 0)
+        for event in (search, *clicks):
+            add_event(state, event, max_clicks=500)
         for c in relevance_candidates(state):
             cands.append(replace(c, item_title=judgments.titles[int(c.item_id[1:])]))
     judged = np.array([(c.query, int(c.item_id[1:])) in judgments.relevance for c in cands])

@@ -2,7 +2,10 @@
 
 * False alarms: streams without a shift (real Instacart product names as queries, real clothing
   reviews with their item churn, a steady click-through rate), several seeds; alerts and
-  drifted windows per 10,000 events, for each calibration method.
+  drifted windows per 10,000 events, for each calibration method. And shopping sessions of the
+  real Crowdflower queries in random order (no shift; impressions the packaged model's top 10,
+  clicks from the human judgments through a position-biased cascade, bench.crowdflower),
+  several seeds of tens of thousands of sessions: false alarms per 10,000 events per detector.
 * Detection delay (a detector's own observations after the shift until its alert would fire)
   for: an abrupt department switch, a gradual vocabulary shift, a click-through drop, reviews
   turning negative.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import random
 import time
 from collections import defaultdict
@@ -305,6 +309,9 @@ def main() -> None:
     )
     parser.add_argument("--methods", default="holdout,blocks,permutation")
     parser.add_argument(
+        "--cf-sessions", type=int, default=30_000, help="Crowdflower sessions per seed"
+    )
+    parser.add_argument(
         "--mmd-cost", action="store_true", help="only the MMD statistic's cost, per device"
     )
     args = parser.parse_args()
@@ -356,6 +363,15 @@ def main() -> None:
             "alerts_per_10k_events": per10k,
             "drifted_windows": {d: drifted[d] for d in base.detectors},
         }
+    cf_rows, cf_data = crowdflower_no_shift(base, encoder, args.seeds, args.cf_sessions)
+    report(
+        "drift_false_alarms_sessions",
+        f"No shift: {args.cf_sessions:,} shopping sessions of real Crowdflower queries per seed "
+        f"({args.seeds} seeds), position-biased clicks from human judgments",
+        ["detector", "events", "windows", "drifted windows", "alerts", "alerts / 10k events"],
+        cf_rows,
+        cf_data,
+    )
     report(
         "drift_false_alarms",
         f"No shift ({args.seeds} seeds, real product names and reviews with item churn): "
@@ -414,6 +430,74 @@ def main() -> None:
         cost_rows,
         {n: float(np.mean(v) * 1e6) for n, v in costs.items()} | {"encoder": encode_cpu_us},
     )
+
+
+def crowdflower_no_shift(
+    settings: DriftSettings, encoder: SentenceTransformerEncoder, seeds: int, sessions: int
+) -> tuple[list[list[Any]], dict[str, Any]]:
+    """False alarms on stationary shopping sessions of real queries (bench.crowdflower):
+    searches and clicks read from two inputs, as the worker reads two topics."""
+    from bench import crowdflower as cf
+
+    judg = cf.load()
+    titles = cached_vectors("embeddings", encoder.name, judg.titles, encoder.encode)
+    queries = cached_vectors("embeddings", encoder.name, judg.queries, encoder.encode)
+    ranks = cf.top_k(titles, queries, 10)
+    rankings = {q: list(map(int, r)) for q, r in zip(judg.queries, ranks, strict=True)}
+    table = dict(zip(judg.queries, queries, strict=True))
+    detectors = ("query_embedding", "click_through")
+    chosen = replace_settings(settings, detectors=detectors)
+    totals: dict[str, list[int]] = {d: [0, 0, 0, 0] for d in detectors}  # events, windows...
+    for seed in range(seeds):
+        monitor = DriftMonitor(
+            chosen,
+            encode=lambda batch: np.stack([table[q] for q in batch]),
+            category_of=lambda item: None,
+            model_version="bench",
+            inputs=("searches:0", "clicks:0"),
+            click_inputs=("clicks:0",),
+        )
+        results: list[Any] = []
+        alerts: list[str] = []
+        take = functools.partial(_collect, results, alerts)
+        searches: list[AnyEvent] = []
+        clicks: list[AnyEvent] = []
+        for search, session_clicks in cf.session_events(judg, rankings, sessions, seed=seed):
+            searches.append(search)
+            clicks.extend(session_clicks)
+            if len(searches) == 50:
+                take(monitor.observe(searches, "searches:0"))
+                take(monitor.observe(clicks, "clicks:0"))
+                searches, clicks = [], []
+        take(monitor.observe(searches, "searches:0"))
+        take(monitor.observe(clicks, "clicks:0"))
+        take(monitor.flush())
+        for d in detectors:
+            mine = [r for r in results if r.detector == d]
+            totals[d][0] += monitor.counts["events"]
+            totals[d][1] += len(mine)
+            totals[d][2] += sum(r.drifted for r in mine)
+            totals[d][3] += alerts.count(d)
+        print(f"crowdflower sessions seed {seed}: {monitor.counts['events']:,} events, {alerts}")
+    rows = [
+        [d, t[0], t[1], t[2], t[3], t[3] / t[0] * 10_000 if t[0] else float("nan")]
+        for d, t in totals.items()
+    ]
+    data = {
+        "sessions_per_seed": sessions,
+        "seeds": seeds,
+        "settings": chosen.model_dump(mode="json"),
+        "detectors": {
+            d: {"events": t[0], "windows": t[1], "drifted_windows": t[2], "alerts": t[3]}
+            for d, t in totals.items()
+        },
+    }
+    return rows, data
+
+
+def _collect(results: list[Any], alerts: list[str], step: Any) -> None:
+    results.extend(step.results)
+    alerts.extend(a.detector for a in step.alerts)
 
 
 def replace_settings(settings: DriftSettings, **changes: Any) -> DriftSettings:

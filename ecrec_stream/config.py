@@ -192,6 +192,12 @@ class LabelSettings(BaseModel):
     bounce_ms: int = Field(5_000, ge=0)
     long_dwell_ms: int = Field(30_000, ge=0)
     exposure_depth: int = Field(3, ge=0)
+    # Negatives from many sessions (ecrec_stream/labels/aggregate.py): a (query, item) pair
+    # with this many expected examinations (position-weighted impressions) and no click gives
+    # one negative example; capacity bounds the pairs tallied.
+    aggregate_negatives: bool = True
+    aggregate_min_examined: float = Field(3.0, gt=0)
+    aggregate_capacity: int = Field(500_000, ge=1)
     ips_eta: float = Field(1.0, ge=0, le=3)
     ips_clip: float = Field(10.0, ge=1)
     # The content relevance function: query-word coverage of the title ("lexical", default),
@@ -347,9 +353,12 @@ class TrainingSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     eval_k: int = Field(10, ge=1, le=1000)
-    # Gate: publish only if nDCG@k on recent held-back data is not lower than the serving
-    # model's and on older data at most this much lower.
+    # Gate (ecrec_stream/training/gate.py): publish only if, at gate_confidence, the candidate's
+    # nDCG@k is not lower than the serving model's by more than gate_margin on recent held-back
+    # queries and by more than tolerance on older ones (paired bootstrap over the queries).
     tolerance: float = Field(0.01, ge=0, le=1)
+    gate_margin: float = Field(0.005, ge=0, le=1)
+    gate_confidence: float = Field(0.95, gt=0.5, lt=1)
     # How the gate scores a model on held-back logged examples: re-rank each query's logged
     # items ("logged_rerank", fair to a candidate) or retrieve from the whole catalog
     # ("catalog", which favours the serving model that chose what was logged).

@@ -131,6 +131,7 @@ def create_app(
         producer_max_batch_size=1 if one_record_batches else 16_384,
         datadir=str(settings.data_dir / "worker"),
         topic_partitions=settings.partitions,
+        topic_replication_factor=capabilities.replication,
         topic_allow_declare=True,
         # Tansu holds JoinGroup for ~session_timeout/2 (docs/broker.md): keep both short.
         broker_session_timeout=10,

@@ -14,6 +14,9 @@ the plain client behaviour:
   producer batch so table recovery stays exact.
 * ``topic_configs``: DescribeConfigs reports a topic's ``cleanup.policy``, so compacted
   changelogs are possible and can be checked.
+* ``replication``: the broker's ``default.replication.factor`` (1 where it is not described):
+  what the topics Faust creates itself (table changelogs, its assignor's) are given, like the
+  project's own topics (``streams.kafka.ensure_topics`` asks for the broker default).
 """
 
 from __future__ import annotations
@@ -49,8 +52,9 @@ CONSUMER_LAG = Gauge(
 class BrokerCapabilities:
     exact_end_offsets: bool
     topic_configs: bool
+    replication: int = 1
 
-    def as_dict(self) -> dict[str, bool]:
+    def as_dict(self) -> dict[str, int | bool]:
         return asdict(self)
 
 
@@ -83,10 +87,23 @@ def probe_capabilities(bootstrap: str, timeout_s: float = 10.0) -> BrokerCapabil
     except Exception:  # KafkaException: the broker does not describe configs
         topic_configs = False
     found = BrokerCapabilities(
-        exact_end_offsets=high == max(acked) + 1, topic_configs=topic_configs
+        exact_end_offsets=high == max(acked) + 1,
+        topic_configs=topic_configs,
+        replication=_default_replication(admin, timeout_s) if topic_configs else 1,
     )
     LOG.info("broker %s: %s", bootstrap, found)
     return found
+
+
+def _default_replication(admin: AdminClient, timeout_s: float) -> int:
+    """The brokers' ``default.replication.factor`` (1 if they do not say)."""
+    broker = next(iter(admin.list_topics(timeout=timeout_s).brokers))
+    resource = ConfigResource(ConfigResource.Type.BROKER, str(broker))
+    try:
+        described = admin.describe_configs([resource])[resource].result(timeout_s)
+        return max(1, int(described["default.replication.factor"].value))
+    except Exception:  # KafkaException, KeyError, ValueError: not described
+        return 1
 
 
 def end_offsets(bootstrap: str, topics: list[str], timeout_s: float = 10.0) -> Offsets:

@@ -30,7 +30,7 @@ from ecrec_stream.contracts.events import AnyEvent, EventBatch
 from ecrec_stream.drift import DriftMonitor, MonitorStep, RetrainingAlert
 from ecrec_stream.drift.monitor import STATE_KIND, STATE_VERSION
 from ecrec_stream.drift.stage import DriftRecord, DriftStage
-from ecrec_stream.state import load_state, save_state
+from ecrec_stream.state import StateError, load_state, save_state
 from streams.catalog import CatalogCache, SharedModelWork
 from streams.failstop import stop_on_error
 
@@ -111,10 +111,15 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
         category_of=shared.catalog.category,
         model_version=settings.embedding.model,
         inputs=tuple(f"{topic}:{p}" for topic in input_topics for p in range(settings.partitions)),
+        click_inputs=tuple(f"{names.valid_clicks}:{p}" for p in range(settings.partitions)),
     )
     stage = DriftStage(monitor)
     path = settings.data_dir / "drift" / "monitor.state"
-    saved = load_state(path, kind=STATE_KIND, version=STATE_VERSION)
+    try:
+        saved = load_state(path, kind=STATE_KIND, version=STATE_VERSION)
+    except StateError as exc:  # an older worker's state: references fill again from traffic
+        LOG.warning("drift state not restored (%s): the detectors start afresh", exc)
+        saved = None
     if saved is not None:
         stage.load_state(saved)
         LOG.info("drift monitor restored from %s (offsets %s)", path, dict(stage.offsets))

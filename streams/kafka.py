@@ -70,12 +70,15 @@ def all_topics(names: TopicNames) -> list[str]:
     return list(names.model_dump().values())
 
 
-def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int) -> None:
-    """Create ``topics`` with ``partitions`` partitions where they do not exist yet."""
+def ensure_topics(
+    bootstrap: str, topics: Iterable[str], partitions: int, replication_factor: int = -1
+) -> None:
+    """Create ``topics`` with ``partitions`` partitions where they do not exist yet, replicated
+    as the broker's ``default.replication.factor`` says (``-1``, KIP-464) unless told."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=10).topics)
     wanted = [
-        NewTopic(t, num_partitions=partitions, replication_factor=1)
+        NewTopic(t, num_partitions=partitions, replication_factor=replication_factor)
         for t in topics
         if t not in existing
     ]

@@ -1,5 +1,6 @@
-"""A real Apache Kafka broker for the test suite: one combined broker+controller node in KRaft
-mode on free loopback ports, its storage formatted in a temporary directory, stopped by PID.
+"""Real Apache Kafka for the test suite: combined broker+controller nodes in KRaft mode on free
+loopback ports (one, or a three-node cluster for broker faults), storage formatted in a
+temporary directory, stopped by PID.
 
 The jars come from Maven Central through ``tests/kafka/pom.xml`` (fetched once into
 ``tests/kafka/libs``; Java 17 and Maven must be on the PATH). Never a download at run time of
@@ -57,7 +58,9 @@ def kafka_libs(version: str = DEFAULT_VERSION) -> Path:
 
 
 class KafkaBroker(RunsInTheBackground):
-    """Start Apache Kafka (KRaft, one node) on loopback; ``url`` and ``bootstrap`` like
+    """Start Apache Kafka (KRaft) on loopback: one combined broker+controller node, or a
+    cluster of ``nodes`` of them (every node a broker and a voter; topics then default to a
+    replication factor of 3 and ``min.insync.replicas`` 2). ``url`` and ``bootstrap`` like
     :class:`streams.broker.EmbeddedBroker`, so a fixture can yield either."""
 
     def __init__(
@@ -65,20 +68,27 @@ class KafkaBroker(RunsInTheBackground):
         *,
         version: str = DEFAULT_VERSION,
         host: str = "127.0.0.1",
+        nodes: int = 1,
         start_timeout_s: float = 90.0,
     ) -> None:
         self.version = version
         self.host = host
+        self.nodes = nodes
         self.start_timeout_s = start_timeout_s
-        self.port: int | None = None
+        self.ports: dict[int, int] = {}  # node id -> client port
+        self._controllers: dict[int, int] = {}  # node id -> controller port
         self._dir: Path | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def port(self) -> int | None:
+        return self.ports.get(1)
 
     @property
     def bootstrap(self) -> str:
-        if self.port is None:
+        if not self.ports:
             raise KafkaUnavailable("broker not started")
-        return f"{self.host}:{self.port}"
+        return ",".join(f"{self.host}:{port}" for port in self.ports.values())
 
     @property
     def url(self) -> str:
@@ -86,90 +96,129 @@ class KafkaBroker(RunsInTheBackground):
 
     @property
     def log_path(self) -> Path:
-        assert self._dir is not None
-        return self._dir / "kafka.log"
+        return self.node_log(1)
 
-    def _properties(self, port: int, controller: int, data: Path) -> str:
+    def node_log(self, node: int) -> Path:
+        assert self._dir is not None
+        return self._dir / f"kafka-{node}.log"
+
+    def _properties(self, node: int) -> str:
+        assert self._dir is not None
+        voters = ",".join(f"{n}@{self.host}:{c}" for n, c in self._controllers.items())
+        port, controller = self.ports[node], self._controllers[node]
+        replicas = min(self.nodes, 3)
         return "\n".join(
             [
                 "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.voters=1@{self.host}:{controller}",
+                f"node.id={node}",
+                f"controller.quorum.voters={voters}",
                 f"listeners=PLAINTEXT://{self.host}:{port},CONTROLLER://{self.host}:{controller}",
                 f"advertised.listeners=PLAINTEXT://{self.host}:{port}",
                 "controller.listener.names=CONTROLLER",
                 "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
                 "inter.broker.listener.name=PLAINTEXT",
-                f"log.dirs={data}",
+                f"log.dirs={self._dir / f'data-{node}'}",
                 "num.partitions=4",
-                "offsets.topic.replication.factor=1",
+                f"default.replication.factor={replicas}",
+                f"min.insync.replicas={max(1, replicas - 1)}",
+                f"offsets.topic.replication.factor={replicas}",
                 "offsets.topic.num.partitions=8",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
+                f"transaction.state.log.replication.factor={replicas}",
+                f"transaction.state.log.min.isr={max(1, replicas - 1)}",
                 "group.initial.rebalance.delay.ms=0",
                 "auto.create.topics.enable=true",
                 "log.flush.interval.messages=10000",
+                # a killed leader is replaced within seconds, not the 18 s default
+                "broker.session.timeout.ms=6000",
+                "broker.heartbeat.interval.ms=1000",
                 "",
             ]
         )
 
+    def _java(self) -> list[str]:
+        log4j = f"-Dlog4j.configuration=file:{KAFKA_DIR / 'log4j.properties'}"
+        return ["java", "-Xmx768m", log4j, "-cp", f"{kafka_libs(self.version)}/*"]
+
     def start(self) -> KafkaBroker:
-        libs = kafka_libs(self.version)
         self._dir = Path(tempfile.mkdtemp(prefix="ecrec-kafka-"))
-        port, controller = free_port(self.host), free_port(self.host)
-        props = self._dir / "server.properties"
-        props.write_text(self._properties(port, controller, self._dir / "data"))
-        java = ["java", "-Xmx768m", f"-Dlog4j.configuration=file:{KAFKA_DIR / 'log4j.properties'}"]
-        classpath = ["-cp", f"{libs}/*"]
-        formatted = subprocess.run(
-            [
-                *java,
-                *classpath,
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                _cluster_id(),
-                "-c",
-                str(props),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if formatted.returncode != 0:
-            raise KafkaUnavailable(f"kafka-storage format failed: {formatted.stderr[-2000:]}")
-        with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                [*java, *classpath, "kafka.Kafka", str(props)],
+        for node in range(1, self.nodes + 1):
+            self.ports[node], self._controllers[node] = free_port(self.host), free_port(self.host)
+        cluster = _cluster_id()
+        for node in self.ports:
+            props = self._dir / f"server-{node}.properties"
+            props.write_text(self._properties(node))
+            formatted = subprocess.run(
+                [
+                    *self._java(),
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    cluster,
+                    "-c",
+                    str(props),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if formatted.returncode != 0:
+                raise KafkaUnavailable(f"kafka-storage format failed: {formatted.stderr[-2000:]}")
+        for node in self.ports:
+            self.start_node(node)
+        deadline = time.monotonic() + self.start_timeout_s
+        from confluent_kafka.admin import AdminClient
+
+        while time.monotonic() < deadline:
+            for node, proc in self._procs.items():
+                if proc.poll() is not None:
+                    log = self.node_log(node).read_text()[-3000:]
+                    raise KafkaUnavailable(f"Kafka node {node} exited: {log}")
+            try:
+                metadata = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=2)
+                if len(metadata.brokers) == self.nodes:
+                    return self
+            except Exception:  # KafkaException until the brokers answer
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise KafkaUnavailable(f"Kafka did not answer within {self.start_timeout_s:.0f} s")
+
+    def start_node(self, node: int) -> None:
+        """Start one node (again, after :meth:`kill_node`) on its ports and storage."""
+        assert self._dir is not None
+        with open(self.node_log(node), "ab") as log:
+            self._procs[node] = subprocess.Popen(
+                [*self._java(), "kafka.Kafka", str(self._dir / f"server-{node}.properties")],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,  # no orphaned broker if pytest is killed
             )
-        self.port = port
-        deadline = time.monotonic() + self.start_timeout_s
+
+    def kill_node(self, node: int) -> None:
+        """SIGKILL one node: no shutdown, no leadership handed over."""
+        proc = self._procs.pop(node)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def leader_of(self, topic: str, partition: int = 0) -> int:
+        """The node leading ``topic``'s ``partition`` now."""
         from confluent_kafka.admin import AdminClient
 
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise KafkaUnavailable(f"Kafka exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=2)
-                return self
-            except Exception:  # KafkaException until the broker answers
-                time.sleep(0.5)
-        self.stop()
-        raise KafkaUnavailable(f"Kafka did not answer within {self.start_timeout_s:.0f} s")
+        metadata = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(topic, timeout=10)
+        return int(metadata.topics[topic].partitions[partition].leader)
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            os.killpg(self._proc.pid, signal.SIGTERM)
+        for proc in self._procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self._procs.values():
             try:
-                self._proc.wait(timeout_s)
+                proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait()
-        self._proc = None
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self._procs = {}
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
 

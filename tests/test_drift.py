@@ -307,3 +307,103 @@ def test_click_through_is_observed_per_search_after_its_horizon() -> None:
     resolved = burst["click_through"]
     assert resolved == in_order["click_through"][: len(resolved)]
     assert len(resolved) == 17 and sum(v for _, v in resolved) == 9  # newest: 41 - 25
+
+
+def _session_traffic(n: int, ctr: float, seed: int, start: int = 0) -> list:
+    """Searches one second apart, each clicked with probability ``ctr`` 1-20 s later."""
+    rng = random.Random(seed)
+    events: list = []
+    for i in range(start, start + n):
+        sid = f"q{i}"
+        events.append(
+            SearchEvent(
+                event_id=f"s{i}", ts=_ts(i), search_id=sid, session_id=f"u{i}", query="socks",
+                impressions=["a-1"],
+            )
+        )  # fmt: skip
+        if rng.random() < ctr:
+            events.append(
+                ClickEvent(
+                    event_id=f"c{i}", ts=_ts(i + rng.randint(1, 20)), session_id=f"u{i}",
+                    search_id=sid, item_id="a-1",
+                )
+            )  # fmt: skip
+    return events
+
+
+def _click_through_windows(results: list) -> list[tuple[int, float, float, bool]]:
+    return [
+        (r.n, round(r.statistic, 9), round(r.threshold, 9), r.drifted)
+        for r in results
+        if r.detector == "click_through"
+    ]
+
+
+def test_click_through_does_not_depend_on_how_the_topics_interleave() -> None:
+    """The same searches and clicks, read (a) interleaved in event time and (b) every search
+    first, then every click (a backlog of one topic drained before the other's): the same
+    click-through windows with the same statistics."""
+    events = _session_traffic(1500, ctr=0.3, seed=4)
+    searches = [e for e in events if isinstance(e, SearchEvent)]
+    clicks = sorted((e for e in events if isinstance(e, ClickEvent)), key=lambda e: e.ts)
+    settings = DriftSettings(
+        detectors=("click_through",), window_events=100, reference_size=400, max_idle_s=1e9
+    )
+    inputs = ("searches:0", "clicks:0")
+
+    def run(order: list[tuple[str, list]]) -> list:
+        m = DriftMonitor(
+            settings, encode=None, category_of=str, model_version="m1",
+            inputs=inputs, click_inputs=("clicks:0",),
+        )  # fmt: skip
+        results = []
+        for source, batch in order:
+            results += m.observe(batch, source).results
+        return results + m.flush().results
+
+    merged = sorted(
+        [("searches:0", e) for e in searches] + [("clicks:0", e) for e in clicks],
+        key=lambda pair: pair[1].ts,
+    )
+    interleaved = run([(source, [e]) for source, e in merged])
+    backlog = run(
+        [("searches:0", searches[i : i + 50]) for i in range(0, len(searches), 50)]
+        + [("clicks:0", clicks[i : i + 50]) for i in range(0, len(clicks), 50)]
+    )
+    windows = _click_through_windows(interleaved)
+    assert len(windows) >= 10 and all(n >= 50 for n, *_ in windows)
+    assert _click_through_windows(backlog) == windows
+    means = [r.details["window_mean"] for r in interleaved]
+    assert min(means) > 0.1 and max(means) < 0.5  # no window of searches without their clicks
+
+
+def test_a_stationary_click_stream_raises_no_alert_however_long() -> None:
+    """20,000 searches at a steady 30% click-through: River's ADWIN signals now and then over
+    so long a stream, but no window is tested below half its size and none alerts (the rate
+    test spends the detectors' false-alarm budget); a drop to 15% alerts."""
+    m = monitor(DriftSettings(detectors=("click_through",), window_events=200, reference_size=2000))
+    alerts, windows = [], []
+    events = _session_traffic(20_000, ctr=0.3, seed=11)
+    for i in range(0, len(events), 500):
+        step = m.observe(events[i : i + 500])
+        alerts += step.alerts
+        windows += step.results
+    assert not alerts
+    assert min(r.n for r in windows) >= 100
+    assert sum(r.drifted for r in windows) <= 0.03 * len(windows)  # alpha 0.01 per window
+    drop = _session_traffic(3000, ctr=0.15, seed=12, start=20_000)
+    for i in range(0, len(drop), 500):
+        alerts += m.observe(drop[i : i + 500]).alerts
+    assert alerts and alerts[0].detector == "click_through"
+
+
+def test_a_window_closed_early_is_tested_against_its_own_size() -> None:
+    """Slow traffic: one observation a minute, so the hour a window may span closes it at half
+    a window. The statistic of a smaller window is larger with no change at all; tested
+    against a threshold for its own size, stationary windows stay within the budget."""
+    stream = [(60.0 * t, v) for t, (_, v) in enumerate(gaussian_stream(8000, None, seed=9))]
+    det = EmbeddingMMD("q", window_events=200, reference_size=2000, window_s=3600.0)
+    results = det.update(stream)
+    assert results and {r.n for r in results} == {100}
+    assert all(r.threshold == det.threshold_for(100) > det.threshold for r in results)
+    assert sum(r.drifted for r in results) <= 0.05 * len(results)

@@ -343,3 +343,77 @@ def test_a_skip_contradicted_by_the_content_function_yields_no_example() -> None
     # with the content function off, the skip is the evidence and gives an example
     plain = RelevanceLabeler(None, LabelSettings(augment_variants=0, content="off"))
     assert sorted(e.item_id for e in plain.label_many(cands)) == ["i0", "i1", "i2"]
+
+
+def test_the_label_model_is_checked_against_majority_vote_on_held_out_anchors() -> None:
+    """Rated reviews are the stream's own truth: every fifth is held out of a trial fit with
+    its rating masked, and the decision with the best macro-F1 there labels: the fit's
+    posterior, its class-balanced decision or majority vote."""
+    from ecrec_stream.labels.model import OnlineLabelModel, macro_f1, majority_labels
+
+    def stream(positive: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        n = 4000
+        y = (rng.random(n) < positive).astype(np.int64)
+
+        def lf(right: float, coverage: float, positive_bias: float = 0.0) -> np.ndarray:
+            vote = np.where(rng.random(n) < right, y, 1 - y)
+            vote = np.where(rng.random(n) < positive_bias, 1, vote)  # "positive" regardless
+            return np.where(rng.random(n) < coverage, vote, ABSTAIN)
+
+        rating = np.where(rng.random(n) < 0.3, y, ABSTAIN)  # 30% of reviews rated
+        votes = np.stack([rating, lf(0.9, 0.8), lf(0.6, 0.9, 0.8), lf(0.6, 0.9, 0.8)], axis=1)
+        return y, votes
+
+    def run(y: np.ndarray, votes: np.ndarray, **options: Any) -> tuple[Any, float, float]:
+        model = OnlineLabelModel(4, capacity=len(y), min_rows=1, reference=0, **options)
+        proba = model.label_many(votes)  # the rating votes; the check holds some of them out
+        unrated = votes[:, 0] == ABSTAIN
+        ours = macro_f1(y[unrated], proba[unrated].argmax(axis=1))
+        return model, ours, macro_f1(y[unrated], majority_labels(votes[unrated]))
+
+    # 93% positive, two functions that say "positive" to nearly everything: the posterior
+    # sides with the common class; the check picks what holds up on the held-out rated rows
+    skewed, ours, majority = run(*stream(0.93, seed=3))
+    assert skewed.decision != "posterior" and skewed.last_check is not None
+    assert skewed.last_check[skewed.decision] >= skewed.last_check["majority"]
+    assert ours >= majority - 0.01
+    # even classes: the fit trusts the accurate function over the two noisy ones and labels
+    even, ours, majority = run(*stream(0.5, seed=4))
+    assert even.decision != "majority" and even.last_fallback is None
+    assert ours > majority
+
+
+def test_a_pair_shown_in_many_sessions_and_never_clicked_is_one_negative() -> None:
+    """Across sessions: "wool socks" shows the same junk item first every time and nobody
+    clicks it, while another item is clicked: after three expected examinations the junk item
+    is one negative example, the same example id however the sessions were batched (so
+    redelivery and restarts give duplicates, not new data); the clicked one never is."""
+
+    def sessions(n: int) -> list[RelevanceCandidate]:
+        out = []
+        for s in range(n):
+            out += [
+                RelevanceCandidate(f"s{s}", f"u{s}", "wool socks", "junk", 0, item_title="ice"),
+                RelevanceCandidate(
+                    f"s{s}", f"u{s}", "wool socks", "sock", 1, item_title="merino wool socks",
+                    action="click", dwell_ms=60_000,
+                ),
+            ]  # fmt: skip
+        return out
+
+    def negatives(batches: list[list[RelevanceCandidate]]) -> list[Any]:
+        labeler = RelevanceLabeler(None, LabelSettings(augment_variants=0))
+        found = [e for b in batches for e in labeler.label_many(b) if "never_clicked" in e.votes]
+        assert labeler.counts["aggregate_negatives"] == len(found)
+        return found
+
+    cands = sessions(6)
+    one_by_one = negatives([cands[i : i + 2] for i in range(0, len(cands), 2)])
+    all_at_once = negatives([cands])
+    assert len(one_by_one) == len(all_at_once) == 1
+    negative = one_by_one[0]
+    assert (negative.item_id, negative.label, negative.grade) == ("junk", 0, 0)
+    assert negative.example_id == all_at_once[0].example_id
+    assert negative.confidence == pytest.approx(1 - 0.5**3)
+    assert negatives([sessions(2)]) == []  # two examinations are not yet enough

@@ -80,7 +80,7 @@ class ReplicaStats(_Answer):
     # records behind the end of each partition read (null, with the reason, where the broker's
     # end offsets are not high watermarks) and what the broker was measured to do
     lag: dict[str, Any]
-    broker: dict[str, bool]
+    broker: dict[str, int | bool]
 
 
 class Health(_Answer):
@@ -103,7 +103,7 @@ class WorkerStats(_Answer):
     partitions: dict[str, list[int]]
     labels: dict[str, Any]
     lag: dict[str, Any]
-    broker: dict[str, bool]
+    broker: dict[str, int | bool]
     # "topic:partition" -> times it was re-read after its processing stalled (streams/stalls.py)
     rereads: dict[str, int]
 

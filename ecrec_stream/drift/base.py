@@ -162,7 +162,12 @@ class WindowedTwoSample(Generic[T]):
       null statistics carry the stream's real week-to-week churn; ``blocks`` tests each
       consecutive block against the rest of the reference; ``permutation`` tests random
       subsets of the shuffled reference (the i.i.d. baseline that real traffic defeats). The
-      threshold is the ``1 - alpha`` quantile of a gamma fitted to those statistics.
+      threshold is the ``1 - alpha`` quantile of a gamma fitted to those statistics, for the
+      size of the window tested: a window closed early by event time holds fewer observations,
+      and the statistics grow as a window shrinks (a window of 100 queries against a threshold
+      calibrated on windows of 200 drifted in 828 of 837 windows of stationary traffic). Sizes
+      are rounded down to a tenth of a window (a smaller size has the higher threshold) and
+      each size is calibrated once.
 
     Subclasses provide :meth:`statistic` (larger = more different) and may override
     :meth:`details`.
@@ -194,6 +199,7 @@ class WindowedTwoSample(Generic[T]):
         self.reference_span: tuple[float, float] = (math.inf, -math.inf)
         self.threshold = math.nan
         self.null_statistics: list[float] = []
+        self._thresholds: dict[int, float] = {}  # window size -> threshold (other than full)
         self.windows = 0
         self._cutter: WindowCutter[T] = WindowCutter(window_events, window_s)
 
@@ -227,6 +233,7 @@ class WindowedTwoSample(Generic[T]):
         self.reference_span = (math.inf, -math.inf)
         self.threshold = math.nan
         self.null_statistics = []
+        self._thresholds = {}
         self.windows = 0
         self._cutter = WindowCutter(self.window_events, self.window_s)
 
@@ -253,6 +260,7 @@ class WindowedTwoSample(Generic[T]):
         self.reference_span = (float(lo), float(hi))
         self.threshold = float(state["threshold"])
         self.null_statistics = [float(s) for s in state["null_statistics"]]
+        self._thresholds = {}  # recalibrated on demand (deterministic)
         self.windows = int(state["windows"])
         self._cutter.load_state(state["window"], self._unpack)
 
@@ -260,14 +268,25 @@ class WindowedTwoSample(Generic[T]):
         self.rebase()
 
     # -- internals ----------------------------------------------------------------------------
+    def threshold_for(self, n: int) -> float:
+        """The threshold of a window of ``n`` observations (see the class docstring)."""
+        if n >= self.window_events:
+            return self.threshold
+        step = max(1, self.window_events // 10)
+        size = max(step, n - n % step)
+        if size not in self._thresholds:
+            self._thresholds[size] = gamma_threshold(self.null_samples(size), self.alpha)
+        return self._thresholds[size]
+
     def _close(self, window: Window[T]) -> DriftResult:
         self.windows += 1
         stat = self.statistic(self.reference, window.values)
+        threshold = self.threshold_for(len(window.values))
         return DriftResult(
             detector=self.name,
             statistic=stat,
-            threshold=self.threshold,
-            drifted=stat > self.threshold,
+            threshold=threshold,
+            drifted=stat > threshold,
             window=self.windows,
             window_start=window.start,
             window_end=window.end,
@@ -279,9 +298,10 @@ class WindowedTwoSample(Generic[T]):
         self.null_statistics = self.null_samples()
         self.threshold = gamma_threshold(self.null_statistics, self.alpha)
 
-    def null_samples(self) -> list[float]:
-        """Statistics of windows that contain no shift, taken from the reference."""
-        ref, w = self.reference, self.window_events
+    def null_samples(self, size: int | None = None) -> list[float]:
+        """Statistics of windows (of ``size`` observations; default a full window) that
+        contain no shift, taken from the reference."""
+        ref, w = self.reference, size or self.window_events
         if self.calibration == "holdout":
             half = len(ref) // 2
             inner, later = ref[:half], ref[half:]

@@ -27,7 +27,7 @@ from ecrec_stream.ingest.eventtime import ReorderBuffer
 from ecrec_stream.ingest.quality import BoundedSeen
 
 STATE_KIND = "drift_monitor"
-STATE_VERSION = 2  # 1 was a pickle
+STATE_VERSION = 3  # 1 was a pickle; 3: rate detectors keep the reference's squares
 EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(Annotated[AnyEvent, Field(discriminator="type")])
 # searches waiting for their click-through horizon; beyond this the oldest is resolved early
 MAX_OPEN_SEARCHES = 200_000
@@ -80,9 +80,13 @@ class DriftMonitor:
         category_of: Callable[[str], str | None],
         model_version: str,
         inputs: tuple[str, ...] = (),
+        click_inputs: tuple[str, ...] = (),
         dedupe_capacity: int = 200_000,
     ) -> None:
         self.settings = settings
+        # the inputs (of ``inputs``) that carry clicks: a search's click-through is decided
+        # once they have been received past its horizon (ReorderBuffer.progress)
+        self.click_inputs = click_inputs
         self.encode = encode
         self.category_of = category_of
         self.model_version = model_version
@@ -122,7 +126,12 @@ class DriftMonitor:
         if name.endswith("_category"):
             return CategoryMixJS(name, calibration=s.calibration, alpha=s.alpha, **common)
         return RiverRate(
-            name, method=s.rate_method, delta=s.rate_delta, clock=s.rate_clock, **common
+            name,
+            method=s.rate_method,
+            delta=s.rate_delta,
+            clock=s.rate_clock,
+            alpha=s.alpha,
+            **common,
         )
 
     # -- observations -----------------------------------------------------------------------
@@ -133,6 +142,9 @@ class DriftMonitor:
         of every search still open (end of a finite stream)."""
         obs: dict[str, list[tuple[float, Any]]] = defaultdict(list)
         texts: dict[str, list[tuple[float, str]]] = defaultdict(list)
+        # clicks received so far (released or still waiting): a search is resolved only once
+        # the click inputs are past its horizon, however the topics were read
+        clicks_received = self.reorder.progress(self.click_inputs)
         for ev in events:
             ts = ev.ts.timestamp()
             if isinstance(ev, SearchEvent):
@@ -162,7 +174,7 @@ class DriftMonitor:
                 if cat := self.category_of(ev.item_id):
                     obs["review_category"].append((ts, cat))
                 obs["rating"].append((ts, (ev.rating - 1) / 4))
-            obs["click_through"].extend(self._resolve_searches(ts))
+            obs["click_through"].extend(self._resolve_searches(min(ts, clicks_received)))
         if resolve_all:
             obs["click_through"].extend(self._resolve_searches(math.inf))
         wanted = [(n, rows) for n, rows in texts.items() if n in self.detectors and rows]

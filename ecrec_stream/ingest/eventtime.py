@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -138,6 +138,31 @@ class ReorderBuffer:
             if t >= top - self.max_lag_s and now - self._last_heard[i] < self.max_idle_s
         ]
         return min(active) if active else top
+
+    def progress(self, inputs: Iterable[str]) -> float:
+        """How far ``inputs`` have been received, in event time: the oldest newest-event time
+        among those still live. An input idle for ``max_idle_s`` (wall clock) no longer holds
+        anything back, nor does an expected one not heard from within ``max_idle_s`` of the
+        first event; ``inf`` when none of them is live.
+
+        >>> now = [0.0]
+        >>> buf = ReorderBuffer(max_lag_s=100, max_idle_s=10, clock=lambda: now[0])
+        >>> _ = buf.add("clicks:0", [(50.0, "c")]); _ = buf.add("searches:0", [(90.0, "s")])
+        >>> buf.progress(["clicks:0", "clicks:1"])  # clicks:1 may still come
+        -inf
+        >>> now[0] = 11.0; _ = buf.add("clicks:0", [(60.0, "c2")])
+        >>> buf.progress(["clicks:0", "clicks:1"])  # clicks:1 stayed silent: not waited for
+        60.0
+        """
+        now = self.clock()
+        times = []
+        for name in inputs:
+            if name in self._newest:
+                if now - self._last_heard[name] < self.max_idle_s:
+                    times.append(self._newest[name])
+            elif now - self._started < self.max_idle_s:
+                times.append(float("-inf"))
+        return min(times) if times else float("inf")
 
     def add(self, source: str, events: list[tuple[float, object]]) -> list[object]:
         """Add ``(event time, event)`` pairs from ``source``; return the events now released."""

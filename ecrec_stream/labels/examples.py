@@ -24,6 +24,7 @@ from ecrec_stream.embedding import Encoder
 from ecrec_stream.exceptions import ConfigError
 from ecrec_stream.ingest.batching import json_array_messages, list_envelope
 from ecrec_stream.ingest.quality import Pseudonymiser
+from ecrec_stream.labels.aggregate import NeverClicked
 from ecrec_stream.labels.base import (
     ABSTAIN,
     NEGATIVE,
@@ -148,6 +149,7 @@ class _Labeler:
     """
 
     task: Literal["relevance", "sentiment"]
+    extra_counts: tuple[str, ...] = ()  # a subclass's own counters
 
     def __init__(
         self,
@@ -155,7 +157,10 @@ class _Labeler:
         settings: LabelSettings,
         augmenters: Sequence[Augmenter],
         meaning_filter: MeaningFilter | None,
+        *,
+        reference: str | None = None,
     ) -> None:
+        self.reference_name = reference
         self.functions = list(functions)
         self.names = [f.name for f in self.functions]
         self.stateless = [
@@ -175,6 +180,8 @@ class _Labeler:
             prior_accuracy=settings.prior_accuracy,
             prior_strength=settings.prior_strength,
             class_balance=list(settings.class_balance) if settings.class_balance else None,
+            # the function whose votes the anchors come from: masked in the held-out check
+            reference=None if reference is None else self.names.index(reference),
         )
         self.augmenters = list(augmenters)
         self.meaning_filter = meaning_filter
@@ -188,6 +195,7 @@ class _Labeler:
             "conflicting_skip": 0,
             "revised": 0,
             "revision_flipped": 0,
+            **dict.fromkeys(self.extra_counts, 0),
         }
 
     # -- state protocol (ecrec_stream.state) --------------------------------------------------
@@ -210,14 +218,26 @@ class _Labeler:
         self.model.load_state(state["model"])
 
     def reset_state(self) -> None:
-        _Labeler.__init__(self, self.functions, self.settings, self.augmenters, self.meaning_filter)
+        _Labeler.__init__(
+            self,
+            self.functions,
+            self.settings,
+            self.augmenters,
+            self.meaning_filter,
+            reference=self.reference_name,
+        )
 
     def add_function(self, function: LabelFunction[Any]) -> None:
         """Add a label function (before any data is labelled: the label model restarts)."""
         if function.name in self.names:
             raise ConfigError(f"a label function named {function.name!r} exists already")
         _Labeler.__init__(
-            self, [*self.functions, function], self.settings, self.augmenters, self.meaning_filter
+            self,
+            [*self.functions, function],
+            self.settings,
+            self.augmenters,
+            self.meaning_filter,
+            reference=self.reference_name,
         )
 
     def _combine(self, candidates: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -356,6 +376,9 @@ class _Labeler:
         return examples + self._augment(examples)
 
 
+NEVER_CLICKED = "never_clicked"  # the vote name of an aggregate negative
+
+
 class RelevanceLabeler(_Labeler):
     """Closed sessions' (query, item) candidates -> relevance examples.
 
@@ -368,6 +391,7 @@ class RelevanceLabeler(_Labeler):
     """
 
     task: Literal["relevance"] = "relevance"
+    extra_counts = ("aggregate_negatives", "conflicting_aggregate")
 
     def __init__(
         self,
@@ -407,21 +431,33 @@ class RelevanceLabeler(_Labeler):
         )
         self.position_bias = position_bias
         self._since_refit = 0
+        self.never_clicked = (
+            NeverClicked(settings.aggregate_min_examined, settings.aggregate_capacity)
+            if settings.aggregate_negatives
+            else None
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
             "position_bias": self.position_bias.state_dict(),
             "since_refit": self._since_refit,
+            "never_clicked": None
+            if self.never_clicked is None
+            else self.never_clicked.state_dict(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         self.position_bias.load_state(state["position_bias"])
         self._since_refit = int(state["since_refit"])
+        if self.never_clicked is not None and state.get("never_clicked") is not None:
+            self.never_clicked.load_state(state["never_clicked"])
 
     def reset_state(self) -> None:
         super().reset_state()
+        if self.never_clicked is not None:
+            self.never_clicked.reset_state()
         self.position_bias.__init__(  # type: ignore[misc]
             eta=self.settings.ips_eta, min_pairs=self.settings.position_bias_min_pairs
         )
@@ -454,6 +490,58 @@ class RelevanceLabeler(_Labeler):
         ):
             return "conflicting_skip"
         return None
+
+    def label_many(self, candidates: Sequence[Any]) -> list[TrainingExample]:
+        """The candidates' examples, and the negatives of pairs that their impressions left
+        shown often enough without a click (:class:`NeverClicked`)."""
+        examples = super().label_many(candidates)
+        if self.never_clicked is None or not candidates:
+            return examples
+        latest = {(c.query, c.item_id): c for c in candidates}
+        crossed = self.never_clicked.observe_many(
+            (c.query, c.item_id, self.position_bias.propensity(c.position), c.action != "none")
+            for c in candidates
+        )
+        return examples + self._never_clicked([(latest[q, i], e) for q, i, e in crossed])
+
+    def _never_clicked(
+        self, pairs: list[tuple[RelevanceCandidate, float]]
+    ) -> list[TrainingExample]:
+        """One negative per pair, keyed by the pair (not the session that tipped it over);
+        none where the content function calls the pair relevant (evidence in conflict, as for a
+        single skip)."""
+        if not pairs:
+            return []
+        content = next((f for f in self.functions if f.name == self.content_name), None)
+        votes = content.vote_many([c for c, _ in pairs]) if content is not None else None
+        out = []
+        for n, (cand, examined) in enumerate(pairs):
+            vote = votes[n].label if votes is not None else ABSTAIN
+            if vote == POSITIVE:
+                self.counts["conflicting_aggregate"] += 1
+                continue
+            source = [f"never-clicked:{cand.query}"]
+            confidence = 1.0 - 0.5**examined  # a 50%-clickable item unclicked this long
+            out.append(
+                TrainingExample(
+                    example_id=example_id(self.task, source, cand.item_id, [NEVER_CLICKED]),
+                    task=self.task,
+                    text=cand.query,
+                    text_pair=cand.item_title,
+                    item_id=cand.item_id,
+                    label=NEGATIVE,
+                    grade=0,
+                    confidence=confidence,
+                    weight=confidence,
+                    votes={NEVER_CLICKED: NEGATIVE}
+                    | ({self.content_name: vote} if self.content_name else {}),
+                    source_event_ids=source,
+                    ts=event_time(cand.event_ts),
+                )
+            )
+        self.counts["aggregate_negatives"] += len(out)
+        self.counts["examples"] += len(out)
+        return out
 
     @staticmethod
     def _anchor_of_grade(grade: int | None) -> int:
@@ -513,7 +601,7 @@ class SentimentLabeler(_Labeler):
         if encoder is not None:
             self.seed_classifier = SeedClassifierSentiment(encoder)
             functions += [PrototypeSentiment(encoder), self.seed_classifier]
-        super().__init__(functions, settings, augmenters, meaning_filter)
+        super().__init__(functions, settings, augmenters, meaning_filter, reference="rating")
         self._seeds: deque[tuple[str, int]] = deque(maxlen=settings.seed_capacity)
         self._since_fit = 0
 

@@ -11,6 +11,7 @@ and the model is ~80 lines of numpy that the tests check against known accuracie
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,11 @@ class LabelModelFit:
     iterations: int
     informative: np.ndarray | None = None
     fallback: str | None = None
+    # decide by posterior / prior (each class as if equally common): what macro-F1 rewards on a
+    # skewed stream, where the plain posterior sides with the common class
+    balanced: bool = False
+    # class probabilities of rows without any vote (None: the priors)
+    silent: np.ndarray | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +46,8 @@ class LabelModelFit:
             "iterations": self.iterations,
             "informative": self.informative,
             "fallback": self.fallback,
+            "balanced": self.balanced,
+            "silent": self.silent,
         }
 
     @classmethod
@@ -51,6 +59,8 @@ class LabelModelFit:
             int(state["iterations"]),
             None if informative is None else np.asarray(informative),
             state["fallback"],
+            bool(state.get("balanced", False)),
+            None if state.get("silent") is None else np.asarray(state["silent"]),
         )
 
     @property
@@ -276,15 +286,94 @@ class LabelModel:
             raise RuntimeError("fit the label model first")
         array = self._check(votes)
         post = self._posterior(array, self.fitted.confusion, self.fitted.priors)
+        voted = (array != ABSTAIN).any(axis=1)
+        if self.fitted.balanced and voted.any():
+            # rows with evidence as if the classes were equally common; a row without any
+            # keeps the priors (the common class), which is what it has to go on
+            balanced = post[voted] / self.fitted.priors
+            post[voted] = balanced / balanced.sum(axis=1, keepdims=True)
+        if self.fitted.silent is not None:
+            post[~voted] = self.fitted.silent
         return self._clamp(post, self._check_anchors(anchors, array.shape[0]))
 
 
-def symmetric_fit(n_functions: int, k: int, accuracy: float = 0.7) -> LabelModelFit:
-    """Fixed parameters: every function right with ``accuracy`` (a weighted majority vote)."""
+def symmetric_fit(
+    n_functions: int,
+    k: int,
+    accuracy: float = 0.7,
+    *,
+    tie: int | None = None,
+    silent: int | None = None,
+) -> LabelModelFit:
+    """Fixed parameters: every function right with ``accuracy``, i.e. a majority vote; ties
+    go to class ``tie`` (its prior a hair above the others': no vote count is outweighed by
+    it) and rows without votes to class ``silent``."""
     conf = np.full((n_functions, k, k), (1 - accuracy) / (k - 1))
     for j in range(n_functions):
         np.fill_diagonal(conf[j], accuracy)
-    return LabelModelFit(conf, np.full(k, 1.0 / k), 0)
+    priors = np.full(k, 1.0)
+    if tie is not None:
+        priors[tie] += 1e-6
+    return LabelModelFit(
+        conf,
+        priors / priors.sum(),
+        0,
+        silent=None if silent is None else np.eye(k)[silent] * 0.9 + 0.1 / k,
+    )
+
+
+def macro_f1(truth: np.ndarray, predicted: np.ndarray, k: int = 2) -> float:
+    """Mean F1 over the ``k`` classes (a class absent from both scores 0).
+
+    >>> macro_f1(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]))
+    0.7333333333333334
+    """
+    scores = []
+    for c in range(k):
+        tp = float(((predicted == c) & (truth == c)).sum())
+        denominator = float((predicted == c).sum() + (truth == c).sum())
+        scores.append(2 * tp / denominator if denominator else 0.0)
+    return float(np.mean(scores))
+
+
+def majority_labels(votes: np.ndarray, k: int = 2, tie: int = 0, silent: int = 0) -> np.ndarray:
+    """Plain majority vote per row; ties go to class ``tie``, rows without votes to
+    ``silent``.
+
+    >>> majority_labels(np.array([[0, 1], [-1, -1], [0, -1]]), tie=0, silent=1)
+    array([0, 1, 0])
+    """
+    counts = np.stack([(votes == c).sum(axis=1) for c in range(k)], axis=1).astype(float)
+    counts[:, tie] += 0.5  # wins ties, never a vote
+    labels = counts.argmax(axis=1)
+    labels[(votes == ABSTAIN).all(axis=1)] = silent
+    return np.asarray(labels)
+
+
+def choose_decision(
+    truth: np.ndarray,
+    posterior: np.ndarray,
+    balanced: np.ndarray,
+    majority: np.ndarray,
+) -> tuple[str, dict[str, float]]:
+    """Which labels rows best by macro-F1 against ``truth``: the ``posterior``'s argmax, the
+    class-balanced one (``balanced``: posterior / priors where a function voted) or the
+    ``majority`` vote; ties go to the earlier of those. (A ``majority`` of several tie rules
+    is the caller's to pick: its best one goes in.)
+
+    >>> truth = np.array([0, 0, 1, 1, 1, 1])  # class 1 common: the posterior says 1 throughout
+    >>> post = np.array([[.3, .7], [.35, .65], [.05, .95], [.02, .98], [.04, .96], [.01, .99]])
+    >>> choose_decision(truth, post, post / [.1, .9], np.zeros(6, dtype=int))[0]
+    'balanced'
+    >>> choose_decision(truth, post, post, truth.copy())[0]
+    'majority'
+    """
+    scores = {
+        "posterior": macro_f1(truth, posterior.argmax(axis=1), posterior.shape[1]),
+        "balanced": macro_f1(truth, balanced.argmax(axis=1), posterior.shape[1]),
+        "majority": macro_f1(truth, majority, posterior.shape[1]),
+    }
+    return max(scores, key=lambda name: scores[name]), scores
 
 
 class OnlineLabelModel:
@@ -300,6 +389,17 @@ class OnlineLabelModel:
     micro-batch when it is 1), warm-started from that fit: refitting 20,000 rows from a
     majority vote on every micro-batch of 50 took 0.38 s per batch on a 2-core CPU and held the
     demo's label agents (and the drift agent reading the same topics) minutes behind.
+
+    **Checked on the stream's own truth**: every fifth row whose class is known (the
+    ``reference`` function voted, e.g. a review has stars; or, without one, it is anchored, e.g.
+    a purchase) is held out of a trial fit, with that vote and its anchor masked, and labelled
+    three ways: the
+    fit's posterior, the fit's class-balanced decision (posterior / prior) and a majority vote
+    of the same functions. The one with the best macro-F1 there labels (``decision``); when it
+    is majority vote, the fit is replaced by a weighted majority vote and ``last_fallback`` says
+    why. On a stream whose classes are far from even the fit's posterior sides with the common
+    class (it maximises accuracy): on another shop's reviews, 93% positive, the label model
+    scored 0.584 macro-F1 against majority vote's 0.774.
     """
 
     def __init__(
@@ -311,11 +411,20 @@ class OnlineLabelModel:
         min_rows: int = 200,
         refit_every: int = 500,
         seed: int = 0,
+        reference: int | None = None,
+        min_check_rows: int = 50,
         **model_options: Any,
     ) -> None:
         if refit_every < 1:
             raise ValueError("refit_every must be at least 1")
         self.model = LabelModel(cardinality, **model_options)
+        self._options = model_options
+        self.reference = reference
+        self.min_check_rows = min_check_rows
+        self.last_check: dict[str, float] | None = None  # the held-out check's figures
+        self.decision = "posterior"  # what labels: posterior, balanced or majority
+        self.common: int | None = None  # the anchors' most frequent class
+        self.tie: int | None = None  # where majority vote's ties go (chosen by the check)
         self.n_functions = n_functions
         self.min_rows = min_rows
         self.refit_every = refit_every
@@ -340,7 +449,19 @@ class OnlineLabelModel:
         if self.sample.seen >= self.min_rows and due:
             rows, anchors_kept = zip(*self.sample.items, strict=True)
             previous = self.model.fitted if self._fitted_at else None
-            self.model.fit(np.stack(rows), np.asarray(anchors_kept, dtype=np.int64), previous)
+            kept_rows, kept_anchors = np.stack(rows), np.asarray(anchors_kept, dtype=np.int64)
+            self.model.fit(kept_rows, kept_anchors, previous)
+            loses = self._check(kept_rows, kept_anchors, previous)
+            fit = self.model.fitted
+            if fit is not None and loses is not None:
+                sym = symmetric_fit(
+                    self.n_functions, self.model.k, tie=self.tie, silent=self.common
+                )
+                self.model.fitted = dataclasses.replace(
+                    sym, iterations=fit.iterations, informative=fit.informative, fallback=loses
+                )
+            elif fit is not None and self.decision == "balanced":
+                self.model.fitted = dataclasses.replace(fit, balanced=True)
             self._fitted_at = self.sample.seen
             self.fits += 1
             fit = self.model.fitted
@@ -350,6 +471,48 @@ class OnlineLabelModel:
         elif self.sample.seen < self.min_rows:
             self.model.fitted = symmetric_fit(self.n_functions, self.model.k)
         return self.model.predict_proba(array, anchor)
+
+    def _check(
+        self, rows: np.ndarray, anchors: np.ndarray, init: LabelModelFit | None
+    ) -> str | None:
+        """Why majority vote beats the fit on held-out rows whose class is known (see the class
+        docstring), or ``None`` (too few such rows to tell counts as no)."""
+        # known: the reference function's vote (the stars of a rated review) when there is
+        # one, else the anchor (a purchase)
+        known = rows[:, self.reference] if self.reference is not None else anchors
+        anchored = np.flatnonzero(known != ABSTAIN)
+        held = anchored[::5]
+        if len(held) < self.min_check_rows:
+            return None
+        trial_rows, trial_anchors = rows.copy(), anchors.copy()
+        trial_anchors[held] = ABSTAIN
+        if self.reference is not None:
+            trial_rows[held, self.reference] = ABSTAIN
+        trial = LabelModel(self.model.k, **self._options).fit(trial_rows, trial_anchors, init)
+        truth = known[held]
+        fit = trial.fitted
+        if fit is None:
+            return None
+        self.common = int(np.bincount(known[anchored], minlength=self.model.k).argmax())
+        posterior = trial.predict_proba(trial_rows[held])
+        trial.fitted = dataclasses.replace(fit, balanced=True)
+        balanced = trial.predict_proba(trial_rows[held])
+        # majority vote with its ties to whichever class does best here (on a skewed stream,
+        # ties to the rare class find more of it); rows without votes to the common class
+        by_tie = {
+            tie: majority_labels(trial_rows[held], self.model.k, tie, self.common)
+            for tie in range(self.model.k)
+        }
+        self.tie = max(by_tie, key=lambda t: macro_f1(truth, by_tie[t], self.model.k))
+        self.decision, scores = choose_decision(truth, posterior, balanced, by_tie[self.tie])
+        self.last_check = {"rows": float(len(held)), **scores}
+        if self.decision == "majority":
+            best = max(scores["posterior"], scores["balanced"])
+            return (
+                f"majority vote beats the fit on {len(held)} held-out anchored rows "
+                f"(macro-F1 {scores['majority']:.3f} vs {best:.3f})"
+            )
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """The state protocol (:mod:`ecrec_stream.state`): the reservoir of vote rows with

@@ -18,6 +18,17 @@ from ecrec_stream.labels.examples import TrainingExample
 Judgments = dict[str, dict[str, float]]  # query -> item_id -> gain (> 0 relevant)
 
 
+class Scores(dict[str, float]):
+    """Mean metrics by name (a plain dict, as manifests store them) and each query's nDCG in
+    ``per_query``, which the gate's paired bootstrap needs."""
+
+    per_query: dict[str, float]
+
+    def __init__(self, means: Mapping[str, float], per_query: Mapping[str, float]) -> None:
+        super().__init__(means)
+        self.per_query = dict(per_query)
+
+
 def judgments_from_examples(examples: Iterable[TrainingExample]) -> Judgments:
     """Gains per (query, item): a relevant example counts its behavioural grade (at least 1),
     a not-relevant one 0; the strongest evidence wins. Queries without any relevant item are
@@ -109,24 +120,26 @@ def retrieval_metrics(
     catalog: EmbeddedCatalog,
     judgments: Judgments,
     k: int = 10,
-) -> dict[str, float]:
+) -> Scores:
     """Mean nDCG@k and recall@k over the judged queries (and how many there were)."""
     queries = sorted(judgments)
     if not queries:
-        return _means([], [], k)
+        return _means([], [], [], k)
     ranked = catalog.top_k(encode_queries(queries), k)
     ndcg = [ndcg_at_k(r, judgments[q], k) for q, r in zip(queries, ranked, strict=True)]
     recall = [recall_at_k(r, judgments[q], k) for q, r in zip(queries, ranked, strict=True)]
-    return _means(ndcg, recall, k)
+    return _means(queries, ndcg, recall, k)
 
 
-def _means(ndcg: list[float], recall: list[float], k: int) -> dict[str, float]:
-    """Per-query figures -> their means and the query count (zeros when there are none)."""
-    return {
+def _means(queries: list[str], ndcg: list[float], recall: list[float], k: int) -> Scores:
+    """Per-query figures -> their means and the query count (zeros when there are none),
+    keeping each query's nDCG."""
+    means = {
         f"ndcg@{k}": float(np.mean(ndcg)) if ndcg else 0.0,
         f"recall@{k}": float(np.mean(recall)) if recall else 0.0,
         "queries": float(len(ndcg)),
     }
+    return Scores(means, dict(zip(queries, ndcg, strict=True)))
 
 
 def logged_rerank_metrics(
@@ -134,7 +147,7 @@ def logged_rerank_metrics(
     catalog: EmbeddedCatalog,
     judgments: Judgments,
     k: int = 10,
-) -> dict[str, float]:
+) -> Scores:
     """Mean nDCG@k and recall@k when a model re-ranks only each query's judged items.
 
     Judgments built from logged examples only cover items the serving model showed, so
@@ -156,7 +169,7 @@ def logged_rerank_metrics(
     }
     queries = sorted(informative)
     if not queries:
-        return _means([], [], k)
+        return _means([], [], [], k)
     query_vectors = encode_queries(queries)
     ndcg, recall = [], []
     for q, vector in zip(queries, query_vectors, strict=True):
@@ -165,4 +178,4 @@ def logged_rerank_metrics(
         ranked = [items[j] for j in np.argsort(-scores, kind="stable")]
         ndcg.append(ndcg_at_k(ranked, informative[q], k))
         recall.append(recall_at_k(ranked, informative[q], k))
-    return _means(ndcg, recall, k)
+    return _means(queries, ndcg, recall, k)

@@ -9,6 +9,7 @@ sends its outcome to the topics.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import time
 from collections import defaultdict
@@ -68,6 +69,12 @@ class RetrainOutcome:
             "candidate_version": self.candidate_version,
             "serving": self.decision.serving if self.decision else {},
             "candidate": self.decision.candidate if self.decision else {},
+            # candidate minus serving per split, with its bootstrap interval
+            "differences": {
+                name: dataclasses.asdict(d) for name, d in self.decision.differences.items()
+            }
+            if self.decision
+            else {},
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
             "counts": self.counts,
             "fine_tune": self.fine_tune.as_dict() if self.fine_tune else None,
@@ -320,6 +327,8 @@ class Retrainer:
             candidate_metrics,
             metric=f"ndcg@{k}",
             tolerance=cfg.tolerance,
+            margin=cfg.gate_margin,
+            confidence=cfg.gate_confidence,
             min_queries=cfg.min_eval_queries,
         )
         outcome.decision = decision
