@@ -154,20 +154,6 @@ def create_app(
     )
     counters = IngestCounters()
     names = settings.topics
-    # what the agents read: the input topics, the validated ones (labels, drift) and models
-    read_by_agents = [source for source, _ in names.routes().values()]
-    read_by_agents += [valid for _, valid in names.routes().values()] + [names.models]
-    lag = LagMonitor(
-        bootstrap,
-        read_by_agents,
-        lambda: committed_offsets(bootstrap, settings.app_id, read_by_agents),
-        reader=f"group:{settings.app_id}",
-    )
-
-    @app.task
-    async def start_lag_monitor() -> None:
-        lag.start()  # a thread of its own: broker round trips never block the event loop
-
     stall_guard: StallGuard[Any] = StallGuard(settings.ingest.stall_reread_s)
     if settings.ingest.stall_reread_s > 0:
 
@@ -226,6 +212,21 @@ def create_app(
             from streams.drift import add_drift_agent
 
             drift = add_drift_agent(app, settings, shared)
+
+    # The group's lag is over what its agents read, taken from the agents themselves: a topic
+    # no agent reads (valid items: the catalog cache reads them without a group) would show as
+    # forever behind, and one the labels or drift agents read exists only when they are on.
+    read_by_agents = sorted({t for agent in app.agents.values() for t in agent.get_topic_names()})
+    lag = LagMonitor(
+        bootstrap,
+        read_by_agents,
+        lambda: committed_offsets(bootstrap, settings.app_id, read_by_agents),
+        reader=f"group:{settings.app_id}",
+    )
+
+    @app.task
+    async def start_lag_monitor() -> None:
+        lag.start()  # a thread of its own: broker round trips never block the event loop
 
     @app.page("/ecrec/stats")
     async def stats(web: Any, request: Any) -> Any:
