@@ -381,3 +381,21 @@ def test_snapshot_restores_the_lexical_index_or_rebuilds_it(tmp_path: Path) -> N
     older.load_snapshot(tmp_path)
     assert older.lexical is not None and len(older.lexical) == 29
     assert [r.item.item_id for r in older.search("ab-7", 1, "lexical")] == ["i7"]
+
+
+def test_equal_scores_are_ordered_by_item_id_whatever_the_insertion_order() -> None:
+    """Two replicas apply the same items in different orders (they read partitions as they
+    come); their lists, and so the ranks a fusion adds up, must not depend on it."""
+    titles = {f"it-{k}": f"wool scarf {k}" for k in range(12)}
+    orders = [sorted(titles), sorted(titles, reverse=True)]
+    lexical, dense = [], []
+    for order in orders:
+        lex = Fts5Index()
+        lex.upsert_many(order, [LexicalDoc(titles[i]) for i in order])
+        lexical.append([h.item_id for h in lex.search("wool scarf", 12)])
+        vectors = FaissItemIndex(4)
+        same = np.ones((len(order), 4), dtype=np.float32) / 2.0  # one vector for every item
+        vectors.upsert_many(order, same)
+        dense.append([h.item_id for h in vectors.search(same[:1], 12)[0]])
+    assert lexical[0] == lexical[1] == sorted(titles)
+    assert dense[0] == dense[1] == sorted(titles)

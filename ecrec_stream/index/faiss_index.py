@@ -123,12 +123,17 @@ class FaissItemIndex:
         if len(self) == 0:
             return [[] for _ in range(array.shape[0])]
         scores, labels = self._index.search(array, min(k, len(self)))
+        # Equal scores (items with one vector) in item id order, not FAISS's label order, which
+        # follows insertion and differs between replicas.
         return [
-            [
-                SearchHit(self._item_of[int(label)], float(score))
-                for score, label in zip(row_scores, row_labels, strict=True)
-                if label >= 0
-            ]
+            sorted(
+                (
+                    SearchHit(self._item_of[int(label)], float(score))
+                    for score, label in zip(row_scores, row_labels, strict=True)
+                    if label >= 0
+                ),
+                key=lambda hit: (-hit.score, hit.item_id),
+            )
             for row_scores, row_labels in zip(scores, labels, strict=True)
         ]
 

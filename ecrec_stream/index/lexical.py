@@ -183,7 +183,10 @@ class Fts5Index:
             (expression, k),
         ).fetchall()
         # FTS5's rank (bm25) is negated so that ascending order is best first; flip it back.
-        return [SearchHit(item_id, -float(score)) for item_id, score in rows]
+        # Equal scores (titles of one length that match alike) are ordered by item id, not by
+        # rowid: replicas insert in different orders, and fused ranks must not depend on it.
+        hits = [SearchHit(item_id, -float(score)) for item_id, score in rows]
+        return sorted(hits, key=lambda hit: (-hit.score, hit.item_id))
 
 
 __all__ = ["Fts5Index", "LexicalDoc", "LexicalIndex", "match_expression", "tokens"]
