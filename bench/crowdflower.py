@@ -168,7 +168,8 @@ def simulate(
     )
     for search, clicks in sessions:
         state = new_session(search.session_id, 0)
-        for event in (search, *clicks):
+        events: list[SearchEvent | ClickEvent] = [search, *clicks]
+        for event in events:
             add_event(state, event, max_clicks=500)
         for c in relevance_candidates(state):
             cands.append(replace(c, item_title=judgments.titles[int(c.item_id[1:])]))

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import SHARED_DATA, cached_vectors, console, percentile, report
+from bench.common import SHARED_DATA, cached_encoder, console, percentile, report
 from ecrec_stream.config import EmbeddingSettings, IndexSettings, RecommendSettings
 from ecrec_stream.contracts.events import ClickEvent, ItemEvent
 from ecrec_stream.recommend import Recommender
@@ -279,7 +279,11 @@ def content_index(data: DataSet) -> Any:
     ]
     started = time.perf_counter()
     live = LiveItemIndex(
-        _cached(SentenceTransformerEncoder(EmbeddingSettings()), [item_text(e) for e in events]),
+        cached_encoder(
+            "recommend",
+            SentenceTransformerEncoder(EmbeddingSettings()),
+            [item_text(e) for e in events],
+        ),
         IndexSettings(lexical=False, search_mode="dense"),
     )
     for start in range(0, len(events), 1024):
@@ -288,22 +292,6 @@ def content_index(data: DataSet) -> Any:
         f"{data.name}: indexed {len(live):,} titles in {time.perf_counter() - started:.0f} s"
     )
     return live
-
-
-class _TableEncoder:
-    """The real encoder's vectors of known texts, looked up (bench/.cache keeps them)."""
-
-    def __init__(self, encoder: Any, table: dict[str, np.ndarray]) -> None:
-        self.dim, self.name, self.version = encoder.dim, encoder.name, encoder.version
-        self.table = table
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        return np.stack([self.table[t] for t in texts])
-
-
-def _cached(encoder: Any, texts: list[str]) -> _TableEncoder:
-    vectors = cached_vectors("recommend", encoder.version, texts, encoder.encode)
-    return _TableEncoder(encoder, dict(zip(texts, vectors, strict=True)))
 
 
 class CachedContent:

@@ -125,10 +125,14 @@ class IndexSettings(BaseModel):
     # Hybrid retrieval: BM25 (SQLite FTS5) beside the vectors, changed in the same
     # micro-batches. "hybrid" fuses both result lists; "dense" / "lexical" use one.
     search_mode: SearchMode = "hybrid"
-    # Chosen on held-out dev queries of real judgments for the packaged and a fine-tuned
-    # encoder alike (bench.fusion: weighted 0.8 / 100 had the best mean dev nDCG@10 of 65
-    # settings; reciprocal rank fusion, the previous default, lost to dense when fine-tuned).
-    fusion: Literal["rrf", "weighted"] = "weighted"
+    # Until the shop's traffic has taught a learned fusion (published by the trainer, below):
+    # reciprocal rank fusion, never clearly below the better single list on either kind of
+    # catalog measured (docs/benchmarks.md); a fixed dense weight (weighted 0.8, the best on
+    # Crowdflower's dev queries) fell below BM25 alone on a hardware catalog.
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    # Use the learned fusion the trainer publishes on ecrec.models (hybrid mode) once there
+    # is one; off: always the fixed fusion above.
+    learned_fusion: bool = True
     rrf_k: float = Field(60.0, gt=0, le=10_000)
     dense_weight: float = Field(0.8, ge=0, le=1, description="weighted fusion only")
     hybrid_depth: int = Field(100, ge=1, le=10_000, description="results fused from each list")
@@ -369,6 +373,12 @@ class TrainingSettings(BaseModel):
     # time) before it is rejected.
     defer_max_s: float = Field(1800.0, ge=0)
     save_interval_s: float = Field(5.0, gt=0)
+    # The hybrid search's learned fusion (ecrec_stream/training/fusion.py): refitted on the
+    # buffer each time this many new examples arrived (0: never), gated against the serving
+    # fusion by cross-fitting over the buffer's queries, published on ecrec.models.
+    fusion_every: int = Field(2_000, ge=0)
+    fusion_min_pairs: int = Field(200, ge=1, description="(relevant, not) pairs needed to fit")
+    fusion_folds: int = Field(5, ge=2, le=20, description="cross-fitting folds of the gate")
 
 
 PerturbationName = Literal["typo", "word_order", "plural", "units", "abbreviation", "synonym"]

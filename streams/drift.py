@@ -228,6 +228,8 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
                 except ValueError:
                     runtime.stats["skipped_model_messages"] += 1
                     continue
+                if publication.artifact != "encoder":
+                    continue  # a learned fusion: the encoder, hence the embeddings, stay
                 if publication.version == monitor.model_version:
                     continue  # already rebased (a redelivery, or a restart after the rebase)
                 runtime.status = await shared.off_loop(rebase, publication.version)

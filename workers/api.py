@@ -76,6 +76,7 @@ def create_api(
             mode=mode,
             index_size=len(live),
             model_version=results[0].model_version if results else live.serving.version,
+            fusion=live.fusion if mode == "hybrid" else None,
             results=[
                 SearchResult(
                     item_id=r.item.item_id,

@@ -448,7 +448,8 @@ def models(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the manifests as JSON")] = False,
 ) -> None:
-    """List the published model versions with their metrics, or switch the serving version."""
+    """List the published versions (encoders and learned fusions) with their metrics, or switch
+    the serving one of a kind (a rollback, too)."""
     from rich.table import Table
 
     from ecrec_stream.training.registry import ArtifactError, ModelRegistry, open_registry
@@ -478,21 +479,22 @@ def models(
         _publish(bootstrap, settings.topics.models, manifest.name, publication, "announcement")
         console.print(f"announced on {settings.topics.models}: replicas swap to {use}")
         return
-    current = reg.current()
+    serving = {reg.current(), reg.current_fusion()} - {None}
     if as_json:
         rows = [
-            {**m.model_dump(mode="json"), "serving": m.version == current} for m in reg.versions()
+            {**m.model_dump(mode="json"), "serving": m.version in serving} for m in reg.versions()
         ]
         print(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"model versions in {reg.location}")
-    for col in ("", "version", "name", "parent", "created", "metrics"):
+    table = Table(title=f"model versions in {reg.location} (* serving)")
+    for col in ("", "version", "artifact", "name", "parent", "created", "metrics"):
         table.add_column(col, no_wrap=col == "version", overflow="fold")
     for m in reg.versions():
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.metrics.items()))
         table.add_row(
-            "*" if m.version == current else "",
+            "*" if m.version in serving else "",
             m.version,
+            m.artifact,
             m.name,
             m.parent_version or "-",
             m.created_at.strftime("%Y-%m-%d %H:%M:%S"),

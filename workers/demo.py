@@ -445,7 +445,7 @@ def _await_retrain(
     live.console.print(f"waiting up to {timeout_s:.0f} s for a retraining alert's retrain...")
     while time.monotonic() < deadline and not should_stop():
         status = _trainer_status(workdir) or {}
-        outcomes = status.get("outcomes", [])
+        outcomes = [o for o in status.get("outcomes", []) if o.get("artifact") != "fusion"]
         if outcomes:
             last = outcomes[-1]
             index = _get_json(f"{index_url}/stats") or {}

@@ -81,7 +81,12 @@ class IndexReplica:
         # publications wait here for the model thread, with their (partition, offset)
         self._models: queue.Queue[tuple[ModelPublication, int, int]] = queue.Queue()
         self._offsets_lock = threading.Lock()
-        self.model_stats: dict[str, Any] = {"loaded": 0, "refused": 0, "last_error": None}
+        self.model_stats: dict[str, Any] = {
+            "loaded": 0,
+            "fusions_loaded": 0,
+            "refused": 0,
+            "last_error": None,
+        }
         self.restored_from_snapshot = False
         self.skipped_messages = 0  # messages that failed their contract (dead-lettered)
         self.dead_letters = DeadLetterSink(settings, bootstrap)
@@ -122,6 +127,8 @@ class IndexReplica:
                 len(self.live),
                 self.offsets[self.topic],
             )
+        if self.settings.index.learned_fusion and (fusion := self.registry.current_fusion()):
+            self.use_fusion(fusion)  # the registry's serving fusion, as at the last publication
         ensure_topics(self.bootstrap, self.topics, self.settings.partitions)
         self.capabilities = probe_capabilities(self.bootstrap)
         self.lag = LagMonitor(
@@ -282,20 +289,42 @@ class IndexReplica:
             self._dirty = True
 
     def _follow_models(self) -> None:
-        """Swap to each published version in turn (only the newest of a queued run)."""
+        """Swap to each published version in turn (of a queued run, only the newest encoder
+        and the newest fusion)."""
         while not self._stop.is_set():
             try:
-                publication, partition, offset = self._models.get(timeout=0.2)
+                first = self._models.get(timeout=0.2)
             except queue.Empty:
                 continue
-            while not self._models.empty():  # a newer publication supersedes this one
-                self._advance_models(partition, offset)
+            newest = {first[0].artifact: first}
+            while not self._models.empty():  # a newer publication supersedes its kind's older
                 publication, partition, offset = self._models.get_nowait()
-            if publication.version != self.live.serving.version:
-                self.swap_to(publication.version)
-            # The offset moves only once the swap is done (or refused): a snapshot taken
-            # meanwhile still names the old model and makes a restart load this one again.
-            self._advance_models(partition, offset)
+                if (older := newest.get(publication.artifact)) is not None:
+                    self._advance_models(older[1], older[2])
+                newest[publication.artifact] = (publication, partition, offset)
+            for publication, partition, offset in sorted(newest.values(), key=lambda m: m[2]):
+                if publication.artifact == "fusion":
+                    self.use_fusion(publication.version)
+                elif publication.version != self.live.serving.version:
+                    self.swap_to(publication.version)
+                # The offset moves only once the swap is done (or refused): a snapshot taken
+                # meanwhile still names the old model and makes a restart load this one again.
+                self._advance_models(partition, offset)
+
+    def use_fusion(self, version: str) -> bool:
+        """Verify and load the learned fusion ``version``; False (the old fusion keeps
+        serving) if refused."""
+        try:
+            fusion = self.registry.load_fusion(version)
+        except EcrecError as exc:
+            LOG.error("refusing fusion %s, the old one keeps serving: %s", version, exc)
+            self.model_stats["refused"] += 1
+            self.model_stats["last_error"] = str(exc)
+            return False
+        self.live.set_fusion(fusion)
+        self.model_stats["fusions_loaded"] += 1
+        LOG.warning("hybrid search now fused by learned fusion %s", version)
+        return True
 
     def swap_to(self, version: str) -> bool:
         """Verify and load ``version`` from the registry, re-embed, swap; False if refused."""

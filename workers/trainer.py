@@ -31,11 +31,16 @@ from ecrec_stream.contracts import (
 )
 from ecrec_stream.contracts.events import EventBatch, ItemEvent
 from ecrec_stream.embedding import item_text
+from ecrec_stream.index.faiss_index import SearchHit
+from ecrec_stream.index.lexical import Fts5Index, LexicalDoc
+from ecrec_stream.index.live import lexical_doc
 from ecrec_stream.index.store import ItemStore, plan_batch
 from ecrec_stream.labels.examples import ExampleBatch
 from ecrec_stream.state import atomic_write
 from ecrec_stream.training import ReplayBuffer, Retrainer, RetrainOutcome
-from ecrec_stream.training.registry import open_registry
+from ecrec_stream.training.fusion import FusionLearner, FusionOutcome
+from ecrec_stream.training.registry import ArtifactError, open_registry
+from ecrec_stream.training.retrain import model_encoder
 from ecrec_stream.training.schedule import RetrainSchedule, Trigger
 from streams.kafka import (
     DeadLetterSink,
@@ -84,6 +89,9 @@ class TrainerWorker:
         self._dirty = False
         self.stop_event = threading.Event()
         self.dead_letters = DeadLetterSink(settings, bootstrap)
+        self.fusion_learner = FusionLearner(cfg, settings.index)
+        # buffer.counts["added"] at the last fusion fit (a restored buffer waits for new ones)
+        self._fusion_mark = self.buffer.counts["added"] if self.restored else 0
 
     # -- reading the topics ------------------------------------------------------------
     def _handle(self, message: Message) -> None:
@@ -189,6 +197,8 @@ class TrainerWorker:
             )
             self.stats["published"] += 1
             LOG.warning("published model %s (%s)", outcome.manifest.version, outcome.reasons)
+            # the dense lists change with the encoder: refit the fusion on the next pass
+            self._fusion_mark = self.buffer.counts["added"] - self.settings.training.fusion_every
         else:
             rejection = RetrainRejected(
                 alert_id=f"rejected-{outcome.candidate_version or uuid.uuid4().hex[:16]}",
@@ -209,6 +219,94 @@ class TrainerWorker:
         self.save()
         if self.on_outcome is not None:
             self.on_outcome(outcome)
+        return outcome
+
+    # -- the learned fusion of hybrid search -------------------------------------------------
+    def fusion_due(self) -> bool:
+        """Whether enough new examples arrived since the last fit (and hybrid search is on)."""
+        every = self.settings.training.fusion_every
+        index = self.settings.index
+        return (
+            every > 0
+            and index.lexical
+            and index.learned_fusion
+            and self.buffer.counts["added"] - self._fusion_mark >= every
+        )
+
+    def title_of(self, item_id: str) -> str | None:
+        stored = self.catalog.get(item_id)
+        return None if stored is None else stored.item.title
+
+    def search_lists(
+        self, queries: list[str]
+    ) -> dict[str, tuple[list[SearchHit], list[SearchHit]]]:
+        """The serving encoder's and BM25's result lists for ``queries`` over the trainer's
+        catalog: what a replica fuses (exact search here; the replica's flat index is exact)."""
+        depth = self.settings.index.hybrid_depth
+        texts = self.catalog_texts()
+        version, model = self.retrainer.serving()
+        embedded = self.retrainer.embedded_catalog(version, model, texts)
+        vectors = model_encoder(model, self.settings.training.encode_batch_size)(queries)
+        dense = [[SearchHit(i, s) for i, s in row] for row in embedded.search(vectors, depth)]
+        lexical = Fts5Index(self.settings.index.lexical_weights)
+        docs = {s.item.item_id: lexical_doc(s.item) for s in self.catalog}
+        docs.update({i: LexicalDoc(t) for i, t in texts.items() if i not in docs})
+        lexical.upsert_many(list(docs), list(docs.values()))
+        return {q: (d, lexical.search(q, depth)) for q, d in zip(queries, dense, strict=True)}
+
+    def fit_fusion_now(self) -> FusionOutcome:
+        """Refit the learned fusion on the buffer; publish it if the gate passes it."""
+        cfg = self.settings.training
+        self._fusion_mark = self.buffer.counts["added"]
+        split = self.buffer.split(cfg.holdout_recent, cfg.holdout_older)
+        serving_version = self.registry.current_fusion()
+        serving = None
+        if serving_version is not None:
+            try:
+                serving = self.registry.load_fusion(serving_version)
+            except ArtifactError as exc:
+                LOG.error(
+                    "serving fusion %s not loadable (%s): gating against the fixed fusion",
+                    serving_version,
+                    exc,
+                )
+        outcome = self.fusion_learner.fit_many(split, self.search_lists, self.title_of, serving)
+        if outcome.accepted and outcome.candidate is not None:
+            flat = {
+                f"{split_name}.{metric}": value
+                for split_name, metrics in (
+                    outcome.decision.candidate if outcome.decision else {}
+                ).items()
+                for metric, value in metrics.items()
+            }
+            manifest = self.registry.publish_fusion(
+                outcome.candidate,
+                parent_version=serving_version,
+                training_window={
+                    **split.window(),
+                    "offsets": {
+                        self.names.examples: dict(self.buffer.offsets.get(self.names.examples, {}))
+                    },
+                },
+                metrics=flat,
+            )
+            publication = ModelPublication.of(
+                manifest, trigger=f"fusion refit at {self.buffer.counts['added']} examples"
+            )
+            producer = new_producer(self.bootstrap)
+            producer.produce(
+                self.names.models,
+                key=manifest.name.encode(),
+                value=publication.model_dump_json().encode(),
+            )
+            producer.flush(10)
+            self.stats["fusions_published"] += 1
+            LOG.warning("published learned fusion %s (%s)", manifest.version, outcome.reasons)
+        else:
+            self.stats["fusions_rejected"] += 1
+            LOG.warning("learned fusion not published: %s", "; ".join(outcome.reasons))
+        self.outcomes.append(outcome.summary())
+        self.save()
         return outcome
 
     def _defer(self, triggers: list[Trigger], outcome: RetrainOutcome) -> bool:
@@ -244,6 +342,7 @@ class TrainerWorker:
         }
         return {
             "serving_version": self.registry.current(),
+            "serving_fusion": self.registry.current_fusion(),
             "buffer": split_sizes,
             "buffer_counts": dict(self.buffer.counts),
             "catalog_items": len(self.catalog),
@@ -291,6 +390,8 @@ class TrainerWorker:
                 )
                 if triggers:
                     self.retrain_now(triggers)
+                elif caught_up and self.fusion_due():
+                    self.fit_fusion_now()
                 if self._dirty and time.monotonic() - self._last_save >= cfg.save_interval_s:
                     self.save()
         finally:

@@ -39,6 +39,8 @@ class SearchResponse(_Answer):
     mode: str
     index_size: int
     model_version: str  # the encoder (content digest) whose vectors answered, one per search
+    # hybrid only: how the two lists were fused ("rrf", "weighted" or "learned <version>")
+    fusion: str | None = None
     results: list[SearchResult]
 
 
@@ -68,6 +70,7 @@ class ReplicaStats(_Answer):
     swaps: int
     lexical_items: int | None
     search_mode: str
+    fusion: str  # hybrid's fusion now: "rrf", "weighted" or "learned <version>"
     rebuild: dict[str, Any] | None
     freshness: Freshness
     restored_from_snapshot: bool

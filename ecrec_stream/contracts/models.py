@@ -14,14 +14,16 @@ MODELS_SCHEMA_VERSION: Literal[1] = 1
 
 
 class ModelPublication(BaseModel):
-    """The ``ecrec.models`` message: a version was published and is now the serving one.
-    Replicas load it from their registry directory (shared storage) by ``version`` and verify
-    it there; the message itself is never trusted for the weights."""
+    """The ``ecrec.models`` message: a version was published and is now the serving one:
+    the encoder, or the hybrid search's learned fusion (``artifact``). Replicas load it from
+    their registry by ``version`` and verify it there; the message itself is never trusted
+    for the weights."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_version: Literal[1] = MODELS_SCHEMA_VERSION
     kind: Literal["published", "rollback"] = "published"
+    artifact: Literal["encoder", "fusion"] = "encoder"
     version: str
     name: str
     parent_version: str | None = None
@@ -38,6 +40,7 @@ class ModelPublication(BaseModel):
     ) -> ModelPublication:
         return cls(
             kind=kind,
+            artifact=manifest.artifact,
             version=manifest.version,
             name=manifest.name,
             parent_version=manifest.parent_version,

@@ -29,6 +29,7 @@ from ecrec_stream.index.faiss_index import FaissItemIndex, SearchHit
 from ecrec_stream.index.fusion import fuse
 from ecrec_stream.index.lexical import Fts5Index, LexicalDoc
 from ecrec_stream.index.persist import Offsets, SnapshotData, read_snapshot, write_snapshot
+from ecrec_stream.index.ranker import LearnedFusion
 from ecrec_stream.index.store import ItemStore, StoredItem, plan_batch
 
 FRESHNESS_WINDOW = 2_000  # at most this many recent upserts...
@@ -118,6 +119,8 @@ class LiveItemIndex:
         self.applied_events = 0
         self.items_embedded = 0
         self.swaps = 0
+        # the hybrid fusion learned from the shop's clicks, once the trainer published one
+        self.learned_fusion: LearnedFusion | None = None
         self.last_applied_at: datetime | None = None
 
     def _new_faiss(self, dim: int) -> FaissItemIndex:
@@ -208,7 +211,13 @@ class LiveItemIndex:
         depth = k if mode != "hybrid" else max(k, self.settings.hybrid_depth)
         pair = self._pair
         vectors = pair.encoder.encode(list(queries)) if mode != "lexical" else None
+        learned = self.learned_fusion if self.settings.learned_fusion else None
         out: list[list[ItemResult]] = []
+
+        def title_of(item_id: str) -> str | None:
+            stored = self.store.get(item_id)
+            return None if stored is None else stored.item.title
+
         with self._lock:
             dense_lists: list[list[SearchHit]] = (
                 [[] for _ in queries] if vectors is None else pair.index.search(vectors, depth)
@@ -217,14 +226,19 @@ class LiveItemIndex:
                 lexical = (
                     self.lexical.search(query, depth) if mode != "dense" and self.lexical else []
                 )
-                fused = fuse(
-                    dense,
-                    lexical,
-                    k,
-                    method=self.settings.fusion,
-                    rrf_k=self.settings.rrf_k,
-                    dense_weight=self.settings.dense_weight,
-                )
+                if learned is not None and mode == "hybrid":
+                    fused = fuse(
+                        dense, lexical, k, method="learned", scorer=learned.scorer(query, title_of)
+                    )
+                else:
+                    fused = fuse(
+                        dense,
+                        lexical,
+                        k,
+                        method=self.settings.fusion,
+                        rrf_k=self.settings.rrf_k,
+                        dense_weight=self.settings.dense_weight,
+                    )
                 results = []
                 for hit in fused:
                     stored = self.store.get(hit.item_id)
@@ -245,6 +259,18 @@ class LiveItemIndex:
                     )
                 out.append(results)
         return out
+
+    def set_fusion(self, fusion: LearnedFusion | None) -> None:
+        """Serve hybrid searches with ``fusion`` from the next search on (``None``: the
+        fixed fusion of the settings)."""
+        with self._lock:
+            self.learned_fusion = fusion
+
+    @property
+    def fusion(self) -> str:
+        """The fusion hybrid searches use now: a learned fusion's version, or the fixed one."""
+        learned = self.learned_fusion if self.settings.learned_fusion else None
+        return self.settings.fusion if learned is None else f"learned {learned.version}"
 
     def search_ids(
         self, queries: Sequence[str], k: int, mode: SearchMode | None = None
@@ -422,5 +448,6 @@ class LiveItemIndex:
                 "swaps": self.swaps,
                 "lexical_items": None if self.lexical is None else len(self.lexical),
                 "search_mode": self.settings.search_mode,
+                "fusion": self.fusion,
                 "rebuild": None if self._rebuild is None else self._rebuild.as_dict(),
             }

@@ -60,7 +60,11 @@ class EmbeddedCatalog:
     device: str = "cpu"
 
     def top_k(self, query_vectors: np.ndarray, k: int) -> list[list[str]]:
-        """Exact top-``k`` item ids per query row (inner product = cosine). In torch, on the
+        """Exact top-``k`` item ids per query row (inner product = cosine)."""
+        return [[i for i, _ in row] for row in self.search(query_vectors, k)]
+
+    def search(self, query_vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """Exact top-``k`` (item id, cosine) per query row, best first. In torch, on the
         catalog's device: on a CPU too, where ``torch.topk`` over 10,000 x 50,000 scores took
         1.3 s against numpy's ``argpartition`` 7.3 s (2 cores)."""
         import torch
@@ -69,11 +73,12 @@ class EmbeddedCatalog:
             return [[] for _ in range(len(query_vectors))]
         k = min(k, len(self.item_ids))
         vectors = torch.from_numpy(self.vectors).to(self.device)
-        out: list[list[str]] = []
+        out: list[list[tuple[str, float]]] = []
         for start in range(0, len(query_vectors), 1024):  # bounded memory on large catalogs
             q = torch.from_numpy(np.ascontiguousarray(query_vectors[start : start + 1024]))
-            top = torch.topk(q.to(self.device) @ vectors.T, k, dim=1).indices.cpu().numpy()
-            out.extend([self.item_ids[i] for i in row] for row in top)
+            top = torch.topk(q.to(self.device) @ vectors.T, k, dim=1)
+            for idx, val in zip(top.indices.cpu().numpy(), top.values.cpu().numpy(), strict=True):
+                out.append([(self.item_ids[i], float(v)) for i, v in zip(idx, val, strict=True)])
         return out
 
 
@@ -124,14 +129,14 @@ def retrieval_metrics(
     """Mean nDCG@k and recall@k over the judged queries (and how many there were)."""
     queries = sorted(judgments)
     if not queries:
-        return _means([], [], [], k)
+        return mean_scores([], [], [], k)
     ranked = catalog.top_k(encode_queries(queries), k)
     ndcg = [ndcg_at_k(r, judgments[q], k) for q, r in zip(queries, ranked, strict=True)]
     recall = [recall_at_k(r, judgments[q], k) for q, r in zip(queries, ranked, strict=True)]
-    return _means(queries, ndcg, recall, k)
+    return mean_scores(queries, ndcg, recall, k)
 
 
-def _means(queries: list[str], ndcg: list[float], recall: list[float], k: int) -> Scores:
+def mean_scores(queries: list[str], ndcg: list[float], recall: list[float], k: int) -> Scores:
     """Per-query figures -> their means and the query count (zeros when there are none),
     keeping each query's nDCG."""
     means = {
@@ -169,7 +174,7 @@ def logged_rerank_metrics(
     }
     queries = sorted(informative)
     if not queries:
-        return _means([], [], [], k)
+        return mean_scores([], [], [], k)
     query_vectors = encode_queries(queries)
     ndcg, recall = [], []
     for q, vector in zip(queries, query_vectors, strict=True):
@@ -178,4 +183,4 @@ def logged_rerank_metrics(
         ranked = [items[j] for j in np.argsort(-scores, kind="stable")]
         ndcg.append(ndcg_at_k(ranked, informative[q], k))
         recall.append(recall_at_k(ranked, informative[q], k))
-    return _means(queries, ndcg, recall, k)
+    return mean_scores(queries, ndcg, recall, k)

@@ -4,6 +4,7 @@ Layout under the registry root (a directory, or a bucket prefix: ``ECREC_TRAININ
 names an S3-compatible store, and the directory is then this host's verified cache)::
 
     CURRENT                      the serving version (replaced atomically; rollback = rewrite it)
+    CURRENT_FUSION               the serving learned fusion of hybrid search, if any
     <version>/                   one published model (version = content digest of its weights)
         manifest.json            version, name, parent version, training window, metrics,
                                  sha256 of every other file
@@ -27,7 +28,7 @@ import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,10 +37,13 @@ from ecrec_stream.exceptions import EcrecError
 if TYPE_CHECKING:
     from ecrec_stream.config import EmbeddingSettings, Settings
     from ecrec_stream.embedding import SentenceTransformerEncoder
+    from ecrec_stream.index.ranker import LearnedFusion
     from ecrec_stream.training.stores import ObjectStore
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
+CURRENT_FUSION = "CURRENT_FUSION"
+FUSION_FILE = "fusion.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
@@ -54,6 +58,7 @@ class ModelManifest(BaseModel):
 
     version: str
     name: str
+    artifact: Literal["encoder", "fusion"] = "encoder"
     parent_version: str | None = None
     created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     # the training data: topic -> partition -> [first, last] offsets, and event-time bounds
@@ -131,13 +136,66 @@ class ModelRegistry:
         return manifest
 
     def set_current(self, version: str) -> None:
-        """Make ``version`` the serving one (verified first); this is also the rollback."""
-        self.verify(version)
-        tmp = self.root / f".{CURRENT}.tmp"
+        """Make ``version`` the serving one of its kind, encoder or fusion (verified first);
+        this is also the rollback."""
+        pointer = CURRENT_FUSION if self.verify(version).artifact == "fusion" else CURRENT
+        tmp = self.root / f".{pointer}.tmp"
         tmp.write_text(version)
-        os.replace(tmp, self.root / CURRENT)
+        os.replace(tmp, self.root / pointer)
         if self.store is not None:
-            self.store.put_bytes(CURRENT, version.encode())
+            self.store.put_bytes(pointer, version.encode())
+
+    def publish_fusion(
+        self,
+        fusion: LearnedFusion,
+        *,
+        parent_version: str | None = None,
+        training_window: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        make_current: bool = True,
+    ) -> ModelManifest:
+        """Publish a learned fusion (its JSON, version = its digest) like a model."""
+        version = fusion.version
+        if not (self.root / version).exists():
+            tmp = self.root / f".tmp-{version}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            (tmp / FUSION_FILE).write_text(fusion.to_json())
+            manifest = ModelManifest(
+                version=version,
+                name="learned-fusion",
+                artifact="fusion",
+                parent_version=parent_version,
+                training_window=training_window or {},
+                metrics=metrics or {},
+                files={FUSION_FILE: _sha256(tmp / FUSION_FILE)},
+            )
+            (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+            os.replace(tmp, self.root / version)
+        self._upload(version)
+        if make_current:
+            self.set_current(version)
+        return self.manifest(version)
+
+    def load_fusion(self, version: str) -> LearnedFusion:
+        """The verified learned fusion ``version`` (its weights must hash to the version)."""
+        from ecrec_stream.index.ranker import LearnedFusion
+
+        manifest = self.verify(version)
+        if manifest.artifact != "fusion":
+            raise ArtifactError(f"{version} is an {manifest.artifact}, not a fusion")
+        try:
+            return LearnedFusion.from_json((self.root / version / FUSION_FILE).read_text())
+        except (ValueError, KeyError) as exc:
+            raise ArtifactError(f"{version}: not a loadable fusion: {exc}") from exc
+
+    def current_fusion(self) -> str | None:
+        """The serving learned fusion's version, if one was published."""
+        if self.store is not None:
+            data = self.store.get_bytes(CURRENT_FUSION)
+            return data.decode().strip() if data else None
+        path = self.root / CURRENT_FUSION
+        return path.read_text().strip() if path.exists() else None
 
     def _upload(self, version: str) -> None:
         """Copy a local version to the store: its files, then its manifest (which publishes
@@ -234,7 +292,8 @@ class ModelRegistry:
         """A serving encoder for ``version``, verified (files and weights digest)."""
         from ecrec_stream.embedding import SentenceTransformerEncoder
 
-        self.verify(version)
+        if self.verify(version).artifact != "encoder":
+            raise ArtifactError(f"{version} is a fusion, not an encoder")
         encoder = SentenceTransformerEncoder(
             settings.model_copy(
                 update={"model": str(self.root / version), "allow_downloads": False}
@@ -251,7 +310,8 @@ class ModelRegistry:
 
         from ecrec_stream.embedding import weights_digest
 
-        self.verify(version)
+        if self.verify(version).artifact != "encoder":
+            raise ArtifactError(f"{version} is a fusion, not an encoder")
         model = SentenceTransformer(str(self.root / version), device=device)
         if weights_digest(model) != version:
             raise ArtifactError(f"{version}: loaded weights do not hash to the version")
