@@ -433,7 +433,7 @@ class RecommendSettings(BaseModel):
     flow_decay: float = Field(0.5, gt=0, le=1)
     # Places at the end of a "next" or "similar" answer kept for items only content finds
     # (no behaviour yet), so new items get shown (bench.recommend measures what it costs).
-    cold_slots: int = Field(2, ge=0, le=20)
+    cold_slots: int = Field(1, ge=0, le=20)
     # An anchor's weight is 1 / (its rank from the newest) ** recency (0: all anchors alike).
     recency: float = Field(1.0, ge=0, le=4)
     # Behaviour scores saturate: raw / (raw + shrink), so one co-visit is weak evidence and
