@@ -20,6 +20,11 @@ offset). Such a partition is resumed and re-read from its committed offset; ever
 deterministic, so a re-read makes duplicates downstream consumers drop, never different data.
 An agent busy with one message for longer than ``stall_s`` would be re-read too (duplicates
 only), so the default is well above any message's processing time here.
+
+A re-read is only safe because Faust no longer counts skipped offsets as acknowledged
+(``streams.app.never_commit_past_unread_records``): a stale record delivered right after the
+seek made Faust see a "gap", commit past the records being re-read, and drop them as already
+read (1 review in 900 lost, 1 run in 3 on Kafka, before that change).
 """
 
 from __future__ import annotations
