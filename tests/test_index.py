@@ -399,3 +399,20 @@ def test_equal_scores_are_ordered_by_item_id_whatever_the_insertion_order() -> N
         dense.append([h.item_id for h in vectors.search(same[:1], 12)[0]])
     assert lexical[0] == lexical[1] == sorted(titles)
     assert dense[0] == dense[1] == sorted(titles)
+
+
+def test_ivf_with_every_list_probed_finds_what_exact_search_finds() -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((400, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"it-{k}" for k in range(400)]
+    flat, ivf = FaissItemIndex(8), FaissItemIndex(8, backend="ivf", nlist=4, nprobe=1)
+    flat.upsert_many(ids, vectors)
+    ivf.upsert_many(ids, vectors)
+    assert ivf.is_trained_ivf
+    queries = vectors[:20]
+    ivf.set_nprobe(4)  # all four lists: exact
+    exact = [[h.item_id for h in row] for row in flat.search(queries, 10)]
+    assert [[h.item_id for h in row] for row in ivf.search(queries, 10)] == exact
+    with pytest.raises(IndexError_):
+        ivf.set_nprobe(0)

@@ -75,6 +75,15 @@ class FaissItemIndex:
     def is_trained_ivf(self) -> bool:
         return self._is_ivf
 
+    def set_nprobe(self, nprobe: int) -> None:
+        """Lists an IVF search visits (more: closer to exact, slower); kept for a later move to
+        IVF while the index is still flat."""
+        if nprobe < 1:
+            raise IndexError_(f"nprobe must be positive, got {nprobe}")
+        self.nprobe = nprobe
+        if self._is_ivf:
+            self._index.nprobe = nprobe
+
     def _check(self, vectors: np.ndarray, n: int) -> np.ndarray:
         array = np.ascontiguousarray(vectors, dtype=np.float32)
         if array.ndim != 2 or array.shape != (n, self.dim):
