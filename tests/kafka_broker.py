@@ -224,7 +224,12 @@ class KafkaBroker(RunsInTheBackground):
 
 
 def _cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding, never starting
+    with "-" (the storage tool would read it as an option, 1 start in 64; Kafka's own
+    ``Uuid.randomUuid`` skips those too)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster.startswith("-"):
+            return cluster
