@@ -173,9 +173,7 @@ class TrainerWorker:
             len(split.older_eval),
             ", ".join(trigger_ids),
         )
-        window = {
-            "offsets": {self.names.examples: dict(self.buffer.offsets.get(self.names.examples, {}))}
-        }
+        window = self._examples_window()
         outcome = self.retrainer.retrain(
             split,
             catalog,
@@ -189,12 +187,7 @@ class TrainerWorker:
         self.schedule.finished(triggers)
         producer = new_producer(self.bootstrap)
         if outcome.accepted and outcome.manifest is not None:
-            publication = ModelPublication.of(outcome.manifest, trigger=outcome.trigger)
-            producer.produce(
-                self.names.models,
-                key=outcome.manifest.name.encode(),
-                value=publication.model_dump_json().encode(),
-            )
+            self._announce(producer, outcome.manifest, outcome.trigger)
             self.stats["published"] += 1
             LOG.warning("published model %s (%s)", outcome.manifest.version, outcome.reasons)
             # the dense lists change with the encoder: refit the fusion on the next pass
@@ -220,6 +213,20 @@ class TrainerWorker:
         if self.on_outcome is not None:
             self.on_outcome(outcome)
         return outcome
+
+    def _examples_window(self) -> dict[str, Any]:
+        """The ``ecrec.examples`` offsets the buffer has read (a manifest's training window)."""
+        offsets = dict(self.buffer.offsets.get(self.names.examples, {}))
+        return {"offsets": {self.names.examples: offsets}}
+
+    def _announce(self, producer: Any, manifest: Any, trigger: str) -> None:
+        """Put the publication of ``manifest`` (a model or a fusion) on ``ecrec.models``."""
+        publication = ModelPublication.of(manifest, trigger=trigger)
+        producer.produce(
+            self.names.models,
+            key=manifest.name.encode(),
+            value=publication.model_dump_json().encode(),
+        )
 
     # -- the learned fusion of hybrid search -------------------------------------------------
     def fusion_due(self) -> bool:
@@ -282,23 +289,12 @@ class TrainerWorker:
             manifest = self.registry.publish_fusion(
                 outcome.candidate,
                 parent_version=serving_version,
-                training_window={
-                    **split.window(),
-                    "offsets": {
-                        self.names.examples: dict(self.buffer.offsets.get(self.names.examples, {}))
-                    },
-                },
+                training_window={**split.window(), **self._examples_window()},
                 metrics=flat,
             )
-            publication = ModelPublication.of(
-                manifest, trigger=f"fusion refit at {self.buffer.counts['added']} examples"
-            )
             producer = new_producer(self.bootstrap)
-            producer.produce(
-                self.names.models,
-                key=manifest.name.encode(),
-                value=publication.model_dump_json().encode(),
-            )
+            trigger = f"fusion refit at {self.buffer.counts['added']} examples"
+            self._announce(producer, manifest, trigger)
             producer.flush(10)
             self.stats["fusions_published"] += 1
             LOG.warning("published learned fusion %s (%s)", manifest.version, outcome.reasons)
