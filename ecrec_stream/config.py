@@ -106,7 +106,11 @@ class IndexSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    backend: Literal["flat", "ivf"] = "flat"
+    # auto: exact (flat) while small, an IVF from ivf_min_items on, re-trained in the
+    # background as the catalog grows (ecrec_stream/index/faiss_index.py); flat: exact at any
+    # size; ivf: an IVF of ivf_nlist lists trained inline at 39 x ivf_nlist items.
+    backend: Literal["auto", "flat", "ivf"] = "auto"
+    ivf_min_items: int = Field(50_000, ge=1)
     ivf_nlist: int = Field(256, ge=1)
     ivf_nprobe: int = Field(16, ge=1)
     # Items (not messages) embedded per micro-batch: a bulk load becomes searchable in steps

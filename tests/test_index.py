@@ -416,3 +416,81 @@ def test_ivf_with_every_list_probed_finds_what_exact_search_finds() -> None:
     assert [[h.item_id for h in row] for row in ivf.search(queries, 10)] == exact
     with pytest.raises(IndexError_):
         ivf.set_nprobe(0)
+
+
+def test_auto_backend_asks_for_an_ivf_at_its_size_and_again_as_the_catalog_grows() -> None:
+    rng = np.random.default_rng(3)
+    idx = FaissItemIndex(16, backend="auto", ivf_min_items=1_000)
+    vecs = _unit(rng, 4_000, 16)
+    idx.upsert_many([f"i{i}" for i in range(999)], vecs[:999])
+    assert idx.retrain_target() is None and not idx.is_trained_ivf  # below the size: exact
+    idx.upsert_many(["i999"], vecs[999:1000])
+    lists = idx.retrain_target()
+    assert lists == 16  # ~sqrt(1,000), with 39 training points per list
+    ivf = idx.retrained(lists)
+    assert ivf.is_trained_ivf and ivf.nlist == 16 and len(ivf) == 1_000
+    assert ivf.item_ids() == idx.item_ids()
+    np.testing.assert_allclose(ivf.vectors(["i7", "i3"]), vecs[[7, 3]], atol=1e-6)
+    assert ivf.retrain_target() is None  # 16 lists suit it until it is ~4x larger
+    ivf.set_nprobe(16)  # every list: what exact search finds
+    exact = [[h.item_id for h in hits] for hits in idx.search(vecs[:50], 5)]
+    assert [[h.item_id for h in hits] for hits in ivf.search(vecs[:50], 5)] == exact
+    ivf.upsert_many([f"i{i}" for i in range(1_000, 4_000)], vecs[1_000:])
+    assert ivf.retrain_target() == 64  # ~sqrt(4,000): at least twice the lists
+    blob, meta = ivf.to_state()
+    back = FaissItemIndex.from_state(blob, json.loads(json.dumps(meta)))
+    assert back.backend == "auto" and back.nlist == 16 and back.retrain_target() == 64
+
+
+def test_background_ivf_build_under_updates_and_searches_loses_nothing() -> None:
+    enc = HashEncoder()
+    live = LiveItemIndex(enc, IndexSettings(ivf_min_items=2_000))
+    live.apply_many([item(f"i{i}", f"product {i % 97} colour {i % 13}", 1) for i in range(2_000)])
+    assert live.retrain_due() and not live.index.is_trained_ivf
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    searched = [0]
+
+    def searcher() -> None:
+        try:
+            while not stop.is_set():
+                assert len(live.search("product 5 colour 5", 10, "dense")) == 10
+                searched[0] += 1
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    def writer() -> None:
+        try:
+            ts = 2
+            while not stop.is_set():
+                k = ts % 2_000
+                live.apply_many(
+                    [
+                        item(f"i{k}", f"renamed {k} product", ts),
+                        item(f"new{ts}", f"fresh product {ts}", ts),
+                        item(f"i{(k + 1_000) % 2_000}", op="delete", ts=ts),
+                    ]
+                )
+                ts += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher), threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    assert live.retrain_index(chunk=100)  # small chunks: the writer runs between them
+    time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert searched[0] > 0 and live.index.is_trained_ivf and live.stats()["ivf_retrains"] == 1
+    assert live.stats()["rebuild"] is None and not live.retrain_due()
+    # every stored item is in the IVF with its latest vector; deleted ones are not
+    stored = {s.item.item_id: s.item for s in live.store}
+    assert len(live) == len(stored) and any(i.startswith("new") for i in stored)
+    assert set(live.index.item_ids()) == set(stored)
+    ids = sorted(stored)
+    expected = enc.encode([item_text(stored[i]) for i in ids])
+    np.testing.assert_allclose(live.index.vectors(ids), expected, atol=1e-5)

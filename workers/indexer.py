@@ -295,6 +295,10 @@ class IndexReplica:
             try:
                 first = self._models.get(timeout=0.2)
             except queue.Empty:
+                # The same thread as model swaps, so an IVF re-training and a re-embedding
+                # never run at once; both leave the serving index answering meanwhile.
+                if self.live.retrain_due():
+                    self._retrain_index()
                 continue
             newest = {first[0].artifact: first}
             while not self._models.empty():  # a newer publication supersedes its kind's older
@@ -310,6 +314,17 @@ class IndexReplica:
                 # The offset moves only once the swap is done (or refused): a snapshot taken
                 # meanwhile still names the old model and makes a restart load this one again.
                 self._advance_models(partition, offset)
+
+    def _retrain_index(self) -> None:
+        started = time.monotonic()
+        if self.live.retrain_index():
+            self._dirty = True
+            LOG.warning(
+                "item index moved to an IVF of %s lists over %d items in %.1f s",
+                self.live.index.nlist,
+                len(self.live),
+                time.monotonic() - started,
+            )
 
     def use_fusion(self, version: str) -> bool:
         """Verify and load the learned fusion ``version``; False (the old fusion keeps

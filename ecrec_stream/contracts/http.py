@@ -64,7 +64,10 @@ class ReplicaStats(_Answer):
     applied_events: int
     items_embedded: int
     last_applied_at: datetime | None
-    backend: str
+    backend: str  # what serves now: "flat" or "ivf"
+    configured_backend: str  # INDEX__BACKEND: "auto", "flat" or "ivf"
+    ivf_lists: int | None
+    ivf_retrains: int  # IVFs built in the background by the auto backend
     model: str
     model_version: str
     swaps: int

@@ -119,6 +119,7 @@ class LiveItemIndex:
         self.applied_events = 0
         self.items_embedded = 0
         self.swaps = 0
+        self.ivf_retrains = 0
         # the hybrid fusion learned from the shop's clicks, once the trainer published one
         self.learned_fusion: LearnedFusion | None = None
         self.last_applied_at: datetime | None = None
@@ -129,6 +130,7 @@ class LiveItemIndex:
             backend=self.settings.backend,
             nlist=self.settings.ivf_nlist,
             nprobe=self.settings.ivf_nprobe,
+            ivf_min_items=self.settings.ivf_min_items,
         )
 
     def _new_lexical(self) -> Fts5Index | None:
@@ -336,6 +338,8 @@ class LiveItemIndex:
                     [i.item_id for i in chunk], encoder.encode([item_text(i) for i in chunk])
                 )
                 progress.done += len(chunk)
+            if (lists := fresh.retrain_target()) is not None:  # serve the new model as an IVF
+                fresh = fresh.retrained(lists)
             embedded = len(items)
             while True:
                 with self._lock:
@@ -363,6 +367,61 @@ class LiveItemIndex:
             )
         fresh.delete_many(gone)
         return len(present)
+
+    @property
+    def rebuilding(self) -> bool:
+        """A re-embedding or an IVF build is running."""
+        return self._rebuild is not None
+
+    def retrain_due(self) -> bool:
+        """The ``auto`` backend wants a (new) IVF and no rebuild is running."""
+        with self._lock:
+            return self._rebuild is None and self._pair.index.retrain_target() is not None
+
+    def retrain_index(self, chunk: int = 20_000) -> bool:
+        """Move the serving vectors into the IVF the ``auto`` backend asks for, while the
+        current index keeps serving and taking changes. Blocking: run it in a background
+        thread (the replica's model thread). The lock is held only to read a sample, each
+        chunk of vectors and the last catch-up; items changed meanwhile are copied from the
+        serving index before the swap. False when nothing was due, or an encoder swap
+        superseded the index being copied."""
+        with self._lock:
+            pair = self._pair
+            lists = pair.index.retrain_target()
+            if self._rebuild is not None or lists is None:
+                return False
+            sample = pair.index.training_sample(lists)
+            ids = pair.index.item_ids()
+            progress = RebuildProgress(f"ivf:{lists} lists", total=len(ids))
+            self._rebuild = progress
+        try:
+            fresh = pair.index.empty_trained_ivf(sample, lists)  # k-means, off the lock
+            del sample
+            for start in range(0, len(ids), chunk):
+                with self._lock:
+                    part = [i for i in ids[start : start + chunk] if i in pair.index]
+                    vectors = pair.index.vectors(part)
+                fresh.upsert_many(part, vectors)
+                progress.done += len(part)
+            while True:
+                with self._lock:
+                    if self._pair is not pair:
+                        return False
+                    changed, progress.changed = progress.changed, set()
+                    present = [i for i in sorted(changed) if i in pair.index]
+                    gone = sorted(changed - set(present))
+                    vectors = pair.index.vectors(present)
+                    if len(changed) <= CATCH_UP_UNDER_LOCK:
+                        fresh.upsert_many(present, vectors)
+                        fresh.delete_many(gone)
+                        self._pair = ServingPair(pair.encoder, fresh)
+                        self.ivf_retrains += 1
+                        return True
+                fresh.upsert_many(present, vectors)
+                fresh.delete_many(gone)
+        finally:
+            with self._lock:
+                self._rebuild = None
 
     def reembed_all(self, batch_size: int = 256) -> int:
         """Re-embed every stored item with the current encoder into a fresh index, then swap."""
@@ -443,6 +502,9 @@ class LiveItemIndex:
                 if self.last_applied_at
                 else None,
                 "backend": "ivf" if pair.index.is_trained_ivf else "flat",
+                "configured_backend": pair.index.backend,
+                "ivf_lists": pair.index.nlist if pair.index.is_trained_ivf else None,
+                "ivf_retrains": self.ivf_retrains,
                 "model": pair.encoder.name,
                 "model_version": pair.version,
                 "swaps": self.swaps,
