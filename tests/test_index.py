@@ -494,3 +494,21 @@ def test_background_ivf_build_under_updates_and_searches_loses_nothing() -> None
     ids = sorted(stored)
     expected = enc.encode([item_text(stored[i]) for i in ids])
     np.testing.assert_allclose(live.index.vectors(ids), expected, atol=1e-5)
+
+
+def test_a_snapshot_restored_under_another_backend_takes_the_configured_one(
+    tmp_path: Path,
+) -> None:
+    enc = HashEncoder()
+    saved = LiveItemIndex(enc, IndexSettings(backend="ivf", ivf_nlist=4))
+    saved.apply_many([item(f"i{i}", f"product {i % 31}", 1) for i in range(300)])
+    assert saved.index.is_trained_ivf
+    saved.save_snapshot(tmp_path, {})
+    exact = LiveItemIndex(enc, IndexSettings(backend="flat"))
+    exact.load_snapshot(tmp_path)
+    assert not exact.index.is_trained_ivf and exact.index.backend == "flat"
+    assert len(exact) == 300 and exact.search("product 7", 1, "dense")[0].item.title == "product 7"
+    auto = LiveItemIndex(enc, IndexSettings(backend="auto", ivf_min_items=200, ivf_nprobe=3))
+    auto.load_snapshot(tmp_path)
+    assert auto.index.backend == "auto" and auto.index.nprobe == 3
+    assert auto.index.is_trained_ivf and not auto.retrain_due()  # 4 lists suit 300 items

@@ -147,6 +147,25 @@ class FaissItemIndex:
         """The stored vector of ``item_id`` (KeyError if absent)."""
         return np.asarray(self._index.reconstruct(self._label_of[item_id]), dtype=np.float32)
 
+    def configure(self, backend: Backend, nprobe: int, ivf_min_items: int) -> None:
+        """Adopt settings other than the ones this index was saved with (a snapshot restored
+        under a changed configuration): an IVF asked to be ``flat`` becomes exact again, a
+        ``flat`` one asked to be ``ivf`` trains if it is large enough; ``auto`` takes the
+        index as it is and builds what :meth:`retrain_target` asks for later."""
+        if backend not in ("auto", "flat", "ivf"):
+            raise IndexError_(f"unknown index backend {backend!r} (auto, flat or ivf)")
+        self.backend, self.ivf_min_items = backend, ivf_min_items
+        self.set_nprobe(nprobe)
+        if backend == "flat" and self._is_ivf:
+            ids = self.item_ids()
+            labels = np.asarray([self._label_of[i] for i in ids], dtype=np.int64)
+            exact = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+            if ids:
+                exact.add_with_ids(self.vectors(ids), labels)
+            self._index, self._is_ivf = exact, False
+        elif backend == "ivf":
+            self._maybe_train_ivf()
+
     def item_ids(self) -> list[str]:
         """Every item id held, in the order first inserted."""
         return list(self._label_of)

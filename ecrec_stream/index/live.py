@@ -467,11 +467,12 @@ class LiveItemIndex:
             self.lexical = self._restore_lexical(snap)
             encoder = self._pair.encoder
             same_model = snap.model == encoder.version and snap.index_meta.get("dim") == encoder.dim
-            index = (
-                FaissItemIndex.from_state(snap.index_blob, snap.index_meta)
-                if same_model
-                else self._new_faiss(encoder.dim)
-            )
+            if same_model:
+                index = FaissItemIndex.from_state(snap.index_blob, snap.index_meta)
+                cfg = self.settings
+                index.configure(cfg.backend, cfg.ivf_nprobe, cfg.ivf_min_items)
+            else:
+                index = self._new_faiss(encoder.dim)
             self._pair = ServingPair(encoder, index)
         if not same_model:
             self.reembed_all()
