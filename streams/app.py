@@ -192,14 +192,27 @@ def create_app(
             if app.rebalancing:
                 return
             ends = lag.ends or {}
+            assigned = [tp for tp in consumer.assignment() if tp.topic in read_by_agents]
+            # acknowledgements so far per topic: committed offsets plus records acknowledged
+            # past them (a commit moves records from the second to the first: the sum only
+            # grows), summed over the topics of every agent reading the topic
+            acks: dict[str, int] = defaultdict(int)
+            for tp in assigned:
+                acks[tp.topic] += (consumer._committed_offset.get(tp) or 0) + len(
+                    consumer._acked.get(tp) or ()
+                )
+            agent_acks: dict[str, int] = defaultdict(int)
+            for topics in topics_of_agents:
+                for topic in topics:
+                    agent_acks[topic] += sum(acks[t] for t in topics)
             progress = {
                 tp: PartitionProgress(
                     consumer._committed_offset.get(tp),
                     consumer._read_offset.get(tp),
                     ends.get(tp.topic, {}).get(tp.partition),
+                    agent_acks.get(tp.topic, 0),
                 )
-                for tp in consumer.assignment()
-                if tp.topic in read_by_agents
+                for tp in assigned
             }
             for tp in stall_guard.stalled(progress, time.monotonic()):
                 state, start = progress[tp], progress[tp].committed or 0
@@ -242,7 +255,8 @@ def create_app(
     # The group's lag is over what its agents read, taken from the agents themselves: a topic
     # no agent reads (valid items: the catalog cache reads them without a group) would show as
     # forever behind, and one the labels or drift agents read exists only when they are on.
-    read_by_agents = sorted({t for agent in app.agents.values() for t in agent.get_topic_names()})
+    topics_of_agents = [tuple(agent.get_topic_names()) for agent in app.agents.values()]
+    read_by_agents = sorted({t for topics in topics_of_agents for t in topics})
     lag = LagMonitor(
         bootstrap,
         read_by_agents,

@@ -29,3 +29,18 @@ def test_only_a_partition_without_progress_and_with_records_past_its_commit_is_r
     guard.stalled({"a": dropped}, now=200.0)
     guard.stalled({}, now=201.0)
     assert guard.stalled({"a": dropped}, now=235.0) == []  # its clock restarted at 235
+
+
+def test_a_partition_waiting_for_a_busy_agent_is_reread_only_after_the_busy_limit() -> None:
+    guard: StallGuard[str] = StallGuard(stall_s=30, busy_stall_s=300)
+    # the agent acknowledges records of other partitions every 10 s: busy, not stuck
+    for t in range(0, 300, 10):
+        waiting = PartitionProgress(committed=None, read=7, agent_acks=t)
+        assert guard.stalled({"clicks:1": waiting}, now=float(t)) == []
+    busy = PartitionProgress(committed=None, read=7, agent_acks=300)
+    assert guard.stalled({"clicks:1": busy}, now=300.0) == ["clicks:1"]  # the busy limit
+    # once the agent goes idle, stall_s is enough again
+    idle = PartitionProgress(committed=3, read=7, agent_acks=400)
+    assert guard.stalled({"clicks:1": idle}, now=400.0) == []
+    assert guard.stalled({"clicks:1": idle}, now=429.0) == []
+    assert guard.stalled({"clicks:1": idle}, now=430.0) == ["clicks:1"]
