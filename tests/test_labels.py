@@ -244,6 +244,10 @@ def test_sentiment_labeler_pseudonymises_and_augments() -> None:
         a.augmented_from in {o.example_id for o in originals} for a in augmented
     )
     assert {e.example_id for e in labeler.label_many(cands)} == {e.example_id for e in out}
+    # a worker behind its input sheds the variants, never the originals, and counts them
+    shed = labeler.label_many(cands, augment=False)
+    assert [e.example_id for e in shed] == [e.example_id for e in originals]
+    assert labeler.counts["augment_shed"] == 2
 
 
 def _planted(n: int, rng: np.random.Generator, pos_rate: float) -> tuple[np.ndarray, np.ndarray]:
@@ -417,3 +421,27 @@ def test_a_pair_shown_in_many_sessions_and_never_clicked_is_one_negative() -> No
     assert negative.example_id == all_at_once[0].example_id
     assert negative.confidence == pytest.approx(1 - 0.5**3)
     assert negatives([sessions(2)]) == []  # two examinations are not yet enough
+
+
+def test_label_model_fit_on_distinct_rows_equals_the_row_by_row_fit() -> None:
+    # Golden figures from the row-by-row MAP-EM (the implementation before EM ran on the
+    # distinct (votes, anchor) rows weighted by their counts): the two must agree exactly.
+    rng = np.random.default_rng(5)
+    n = 600
+    y = rng.integers(0, 2, n)
+
+    def lf(acc: float, abstain: float) -> np.ndarray:
+        v = np.where(rng.random(n) < acc, y, 1 - y)
+        return np.where(rng.random(n) < abstain, ABSTAIN, v)
+
+    votes = np.stack([lf(0.9, 0.3), lf(0.7, 0.5), lf(0.6, 0.2)], axis=1)
+    anchors = np.where(rng.random(n) < 0.05, y, ABSTAIN)
+    fit = LabelModel().fit(votes, anchors).fitted
+    assert fit is not None and fit.iterations == 55
+    golden = [
+        [[0.760171, 0.239829], [0.227328, 0.772672]],
+        [[0.739469, 0.260531], [0.19907, 0.80093]],
+        [[0.712277, 0.287723], [0.336835, 0.663165]],
+    ]
+    np.testing.assert_allclose(fit.confusion, golden, atol=1e-6)
+    np.testing.assert_allclose(fit.priors, [0.519674, 0.480326], atol=1e-6)
