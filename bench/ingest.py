@@ -97,7 +97,7 @@ class OutputCounter:
         for msg in self.consumer.consume(1000, timeout=timeout):
             if msg.error() is not None:
                 continue
-            if self.batches and msg.topic().endswith("valid.reviews"):
+            if self.batches and ".valid." in msg.topic():
                 self.count += json.loads(msg.value())["events"].__len__()
             else:
                 self.count += 1

@@ -35,10 +35,12 @@ import asyncio
 import dataclasses
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import faust
@@ -211,12 +213,23 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                 event, kind, PROCESSING, failure.error, payload(failure.item), name(failure.item)
             )
 
+    def behind(event: Any) -> bool:
+        """Whether the batch message ``event`` was written longer ago than augmentation may
+        trail (then its variants are shed, counted)."""
+        if cfg.augment_max_lag_s is None or not event.message.timestamp:
+            return False
+        late = time.time() - event.message.timestamp > cfg.augment_max_lag_s
+        stats["augment_shed_batches"] += late
+        return late
+
     async def run_stage(
-        stage: ReviewLabelStage | SessionLabelStage, batch: Sequence[Any]
+        stage: ReviewLabelStage | SessionLabelStage, batch: Sequence[Any], event: Any
     ) -> LabelStep:
         """The stage on the model thread; its counts into the stats, its examples offered to
         the annotator (a deque append: never waits)."""
-        step: LabelStep = await shared.off_loop(stage.label_many, batch)
+        step: LabelStep = await shared.off_loop(
+            partial(stage.label_many, augment=not behind(event)), batch
+        )
         stats.update(step.counts)
         if annotator is not None:
             annotator.offer(step.examples, stage.labeler.fast_names)
@@ -268,7 +281,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                     if batch is None:
                         continue
                     reviews = [r for r in batch.events if isinstance(r, ReviewEvent)]
-                    step = await run_stage(review_stage, reviews)
+                    step = await run_stage(review_stage, reviews, event)
                     await dead_letter_failures(
                         event,
                         "review",
@@ -298,6 +311,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                     if batch is None:
                         continue
                     part = event.message.partition
+                    stats["session_events_read"] += len(batch.events)
                     closed = windows.add(
                         part,
                         event.message.topic,
@@ -316,7 +330,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                         )
                     if not closed.closed:
                         continue
-                    step = await run_stage(session_stage, closed.closed)
+                    step = await run_stage(session_stage, closed.closed, event)
                     await dead_letter_failures(
                         event,
                         "search",

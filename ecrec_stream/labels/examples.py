@@ -195,6 +195,7 @@ class _Labeler:
             "conflicting_skip": 0,
             "revised": 0,
             "revision_flipped": 0,
+            "augment_shed": 0,
             **dict.fromkeys(self.extra_counts, 0),
         }
 
@@ -356,8 +357,11 @@ class _Labeler:
     ) -> TrainingExample:
         raise NotImplementedError
 
-    def label_many(self, candidates: Sequence[Any]) -> list[TrainingExample]:
-        """Vote, combine and augment one micro-batch of candidates."""
+    def label_many(
+        self, candidates: Sequence[Any], *, augment: bool = True
+    ) -> list[TrainingExample]:
+        """Vote, combine and augment one micro-batch of candidates (``augment=False``: no
+        variants, counted as ``augment_shed``: the worker sheds augmentation when behind)."""
         self._prepare(candidates)
         votes, proba = self._combine(candidates)
         self.counts["candidates"] += len(candidates)
@@ -373,6 +377,9 @@ class _Labeler:
                 continue
             examples.append(self._example(cand, named, int(p.argmax()), float(p.max())))
         self.counts["examples"] += len(examples)
+        if not augment:
+            self.counts["augment_shed"] += len(examples)
+            return examples
         return examples + self._augment(examples)
 
 
@@ -491,10 +498,12 @@ class RelevanceLabeler(_Labeler):
             return "conflicting_skip"
         return None
 
-    def label_many(self, candidates: Sequence[Any]) -> list[TrainingExample]:
+    def label_many(
+        self, candidates: Sequence[Any], *, augment: bool = True
+    ) -> list[TrainingExample]:
         """The candidates' examples, and the negatives of pairs that their impressions left
         shown often enough without a click (:class:`NeverClicked`)."""
-        examples = super().label_many(candidates)
+        examples = super().label_many(candidates, augment=augment)
         if self.never_clicked is None or not candidates:
             return examples
         latest = {(c.query, c.item_id): c for c in candidates}

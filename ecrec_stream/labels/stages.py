@@ -18,6 +18,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Literal
 
 from ecrec_stream.contracts.events import ReviewEvent
@@ -92,14 +93,15 @@ class ReviewLabelStage:
             )
         return out
 
-    def label_many(self, reviews: Sequence[ReviewEvent]) -> LabelStep:
+    def label_many(self, reviews: Sequence[ReviewEvent], *, augment: bool = True) -> LabelStep:
+        """Sentiment examples of ``reviews`` (``augment=False``: without variants)."""
         step = LabelStep()
         step.counts["reviews_read"] += len(reviews)
         candidates, step.failed_inputs = isolate_failures(
             lambda batch: self._candidates(batch, step.counts), reviews, self.on_error
         )
         step.examples, step.failed_candidates = isolate_failures(
-            self.labeler.label_many, candidates, self.on_error
+            partial(self.labeler.label_many, augment=augment), candidates, self.on_error
         )
         return step
 
@@ -139,7 +141,10 @@ class SessionLabelStage:
         self.title_of = title_of
         self.on_error = on_error
 
-    def label_many(self, sessions: Sequence[dict[str, Any]]) -> LabelStep:
+    def label_many(
+        self, sessions: Sequence[dict[str, Any]], *, augment: bool = True
+    ) -> LabelStep:
+        """Relevance examples of closed ``sessions`` (``augment=False``: without variants)."""
         step = LabelStep()
         candidates: list[RelevanceCandidate] = []
         for session in sessions:
@@ -154,7 +159,7 @@ class SessionLabelStage:
             candidates.extend(relevance_candidates(session))
         candidates = [replace(c, item_title=self.title_of(c.item_id)) for c in candidates]
         step.examples, step.failed_candidates = isolate_failures(
-            self.labeler.label_many, candidates, self.on_error
+            partial(self.labeler.label_many, augment=augment), candidates, self.on_error
         )
         return step
 

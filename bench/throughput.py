@@ -1,0 +1,373 @@
+"""Worker throughput with every stage on, on two traffic mixes, against ingest only and a raw
+Faust passthrough in the same run, with a profile of where the time goes.
+
+    python -m bench.throughput [--mixes sessions,reviews] [--events 12000] [--reviews 600]
+                               [--items 50000] [--profile]
+
+Mixes (each a backlog produced as fast as the producer goes, after the catalog was loaded and
+the worker had it):
+
+* ``sessions``: shop traffic from :class:`workers.simulate.ShopSimulator` over the real
+  Instacart catalog (9,288 products) topped up with synthetic products to ``--items``: a search
+  with 10 impressions, clicks by a position-biased click model, add-to-carts and purchases, and
+  a review after some purchases (real clothing-review texts, 62 words on average, so the
+  embedding cost is a real review's); its share of events is in the results.
+* ``reviews``: a backlog of ``--reviews`` real review texts.
+
+Per mix, three processes read the same backlog in turn: a raw Faust passthrough (one topic in,
+one out: the per-message floor), the ecrec-stream worker with ingest only, and the worker with
+every stage on (labels, augmentation, meaning filter, drift). Per run: the seconds until
+ingest has written every event and until the label and drift agents have read every valid one
+(from the worker's own ``/ecrec/stats`` and ``/ecrec/drift``); events/s is the backlog over the
+slowest of those, the rate the worker sustains (every agent's event time then lags the input
+by the time to read one micro-batch); CPU µs per event; peak RSS.
+
+``--profile``: py-spy samples the worker with every stage on while it works the backlog
+(``--nonblocking``): a flame graph (SVG) and collapsed stacks under bench/results, and the
+table of CPU by stage (each sample counted for the innermost ecrec-stream stage on its stack,
+else for the library it is in).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import RESULTS, SHARED_DATA, proc_cpu_seconds, proc_peak_rss_mb, report
+from bench.ingest import OutputCounter, _review_texts, _wait_count, _wait_for
+from ecrec_stream.config import TopicNames
+from ecrec_stream.contracts.events import utc_now
+from streams.broker import EmbeddedBroker, free_port
+from streams.kafka import all_topics, ensure_topics, new_producer
+from workers.processes import worker_process
+from workers.simulate import ShopSimulator, load_instacart_catalog, synthetic_catalog
+
+PARTITIONS = 4
+Record = tuple[str, bytes, bytes]  # kind (items, searches, clicks, reviews), key, value
+
+# Where a profile's samples go: the innermost frame on a stack whose file matches (in order).
+STAGES = [
+    ("meaning filter (embeds variants)", ("augment/filter",)),
+    ("augmentation", ("ecrec_stream/augment/",)),
+    ("label model", ("labels/model", "labels/aggregate")),
+    ("position model", ("labels/position",)),
+    ("label functions", ("labels/relevance", "labels/sentiment")),
+    ("session folding", ("labels/sessions", "ingest/eventtime")),
+    ("label stage (other)", ("ecrec_stream/labels/",)),
+    ("drift statistics", ("ecrec_stream/drift/",)),
+    ("validation", ("ingest/validation", "ingest/batching", "ingest/quality", "contracts/")),
+    ("embedding (shared cache, no stage above)", ("ecrec_stream/embedding", "streams/catalog")),
+]
+TORCH = ("torch/", "sentence_transformers/", "transformers/", "tokenizers")
+LIBRARIES = [
+    ("torch / sentence-transformers (outside a stage)", TORCH),
+    ("JSON / pydantic (outside a stage)", ("json/", "pydantic", "orjson")),
+    ("Faust / mode / aiokafka", ("faust/", "mode/", "aiokafka/", "kafka/")),
+    ("asyncio / threads", ("asyncio/", "threading.py", "concurrent/", "selectors")),
+]
+
+
+def _catalog(n: int) -> list[Any]:
+    real = load_instacart_catalog(SHARED_DATA / "instacart_catalog")
+    extra = synthetic_catalog(max(0, n - len(real)))
+    return real + extra
+
+
+def session_traffic(
+    catalog: list[Any], events: int, tag: str, review_share: float, seed: int = 3
+) -> list[Record]:
+    """``events`` session events (searches, clicks, reviews), sessions one second apart in
+    event time (so sessions older than the 30-minute gap close and are labelled within the
+    backlog); reviews kept at ``review_share`` of events, their texts real ones."""
+    sim = ShopSimulator(catalog, seed=seed)
+    texts = _review_texts()
+    rng = random.Random(seed)
+    start = utc_now() - timedelta(hours=3)
+    out: list[Record] = []
+    n = reviews = 0
+    while len(out) < events:
+        sess = sim.session(start + timedelta(seconds=n))
+        n += 1
+        for kind, key, doc in sess.events:
+            doc["event_id"] = f"{tag}-{doc['event_id']}"
+            if kind == "review":
+                if reviews >= review_share * (len(out) + 1):
+                    continue  # the simulator reviews ~5% of events; shops see ~1-2%
+                reviews += 1
+                doc["text"] = texts[rng.randrange(len(texts))]
+            out.append((f"{kind}s" if kind != "search" else "searches", key.encode(),
+                        json.dumps(doc).encode()))  # fmt: skip
+    return out[:events]
+
+
+def review_backlog(catalog: list[Any], reviews: int, tag: str, seed: int = 4) -> list[Record]:
+    texts = _review_texts()
+    rng = random.Random(seed)
+    now = utc_now()
+    out: list[Record] = []
+    for i in range(reviews):
+        item = catalog[rng.randrange(len(catalog))]
+        doc = {
+            "event_id": f"{tag}-r{i}",
+            "ts": (now + timedelta(seconds=i)).isoformat(),
+            "item_id": item.item_id,
+            "rating": rng.randint(1, 5),
+            "text": texts[i % len(texts)],
+        }
+        out.append(("reviews", item.item_id.encode(), json.dumps(doc).encode()))
+    return out
+
+
+def _produce(bootstrap: str, topics: dict[str, str], records: list[Record]) -> None:
+    producer = new_producer(bootstrap)
+    for kind, key, value in records:
+        producer.produce(topics[kind], key=key, value=value)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def _catalog_records(catalog: list[Any], tag: str) -> list[Record]:
+    now = utc_now()
+    return [
+        ("items", c.item_id.encode(), json.dumps(c.upsert(f"{tag}-cat-{i}", now)).encode())
+        for i, c in enumerate(catalog)
+    ]
+
+
+class Profiler:
+    """py-spy attached to a process (non-blocking): a flame graph and collapsed stacks."""
+
+    def __init__(self, pid: int, name: str) -> None:
+        self.svg = RESULTS / f"{name}.svg"
+        self.raw = RESULTS / f"{name}.txt"
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        spy = [sys.executable.replace("python", "py-spy"), "record", "--pid", str(pid),
+               "--nonblocking", "--threads", "--rate", "50"]  # fmt: skip
+        self.procs = [
+            subprocess.Popen([*spy, "-f", "flamegraph", "-o", str(self.svg)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            subprocess.Popen([*spy, "-f", "raw", "-o", str(self.raw)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        ]  # fmt: skip
+
+    def stop(self) -> dict[str, float]:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in self.procs:
+            proc.wait(60)
+        return stage_shares(self.raw)
+
+
+def stage_shares(raw: Path) -> dict[str, dict[str, float]]:
+    """Share of busy samples per stage: py-spy's collapsed stacks (``frame;frame;... count``,
+    root first), each counted for its innermost stage frame (so the encoder's time goes to the
+    stage that called it, and is also counted as ``in_encoder``), else its library; samples of
+    threads waiting (idle) are left out."""
+    busy: Counter[str] = Counter()
+    in_encoder: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        leaf = frames[-1]
+        if any(w in leaf for w in ("select", "poll", "wait", "sleep", "_worker (concurrent")):
+            continue  # a thread blocked, not working
+        where = next(  # the stages proper first: the encoder's time goes to its caller
+            (name for frame in reversed(frames) for name, keys in STAGES[:-1]
+             if any(k in frame for k in keys)),
+            None,
+        ) or next(
+            (name for name, keys in STAGES[-1:] if any(k in f for f in frames for k in keys)),
+            None,
+        ) or next(
+            (name for name, keys in LIBRARIES if any(k in f for f in frames for k in keys)),
+            "other",
+        )  # fmt: skip
+        busy[where] += int(count)
+        if any(k in f for f in frames for k in TORCH):
+            in_encoder[where] += int(count)
+    total = sum(busy.values()) or 1
+    return {
+        k: {"share": v / total, "in_encoder": in_encoder[k] / total} for k, v in busy.most_common()
+    }
+
+
+def run_passthrough(bootstrap: str, records: list[Record], workdir: Path) -> dict[str, Any]:
+    """The floor: a raw Faust passthrough on one topic in, one out (every event, any kind)."""
+    tag = f"tp{uuid.uuid4().hex[:6]}"
+    src, dst = f"{tag}.in", f"{tag}.out"
+    ensure_topics(bootstrap, [src, dst], PARTITIONS)
+    with open(workdir / "passthrough.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.passthrough", src, dst, bootstrap, tag],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        counter = OutputCounter(bootstrap, [dst], batches=False)
+        producer = new_producer(bootstrap)
+        producer.produce(src, key=b"warm", value=b"{}")
+        producer.flush(30)
+        counter.wait(1, timeout_s=120, pid=proc.pid)
+        cpu0, start = proc_cpu_seconds(proc.pid), time.monotonic()
+        _produce(bootstrap, {k: src for k in ("searches", "clicks", "reviews")}, records)
+        end = counter.wait(1 + len(records), timeout_s=900, pid=proc.pid)
+        return {
+            "name": "raw Faust passthrough (baseline)",
+            "events": len(records),
+            "seconds": end - start,
+            "events_per_s": len(records) / (end - start),
+            "cpu_us_per_event": (proc_cpu_seconds(proc.pid) - cpu0) / len(records) * 1e6,
+            "peak_rss_mb": proc_peak_rss_mb(proc.pid),
+        }
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def run_worker(
+    broker: EmbeddedBroker,
+    catalog: list[Any],
+    records: list[Record],
+    workdir: Path,
+    *,
+    stages: bool,
+    profile: str | None = None,
+) -> dict[str, Any]:
+    """The ecrec-stream worker on its own topics: ingest only, or every stage on."""
+    tag = f"tw{uuid.uuid4().hex[:6]}"
+    names = TopicNames(**{f: f"{tag}.{v}" for f, v in TopicNames().model_dump().items()})
+    ensure_topics(broker.bootstrap, all_topics(names), PARTITIONS)
+    env = {f"ECREC_TOPICS__{f.upper()}": v for f, v in names.model_dump().items()}
+    env.update(
+        ECREC_APP_ID=tag,
+        ECREC_PARTITIONS=str(PARTITIONS),
+        ECREC_LABELS__ENABLED=str(stages).lower(),
+        ECREC_DRIFT__ENABLED=str(stages).lower(),
+    )
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    topics = {"items": names.items, "searches": names.searches, "clicks": names.clicks,
+              "reviews": names.reviews}  # fmt: skip
+    worker = worker_process(broker.url, workdir / tag, port, extra_env=env).start()
+    try:
+        worker.wait_http(f"{base}/ecrec/stats")
+        assert worker.proc is not None
+        pid = worker.proc.pid
+        # the catalog first, and (with labels on) until the worker's title cache holds it
+        _produce(broker.bootstrap, topics, _catalog_records(catalog, tag))
+        valid_topics = [names.valid_searches, names.valid_clicks, names.valid_reviews]
+        counter = OutputCounter(broker.bootstrap, [*valid_topics, names.dlq], batches=True)
+        if stages:
+            _wait_count(f"{base}/ecrec/stats", ("labels", "titles_known"), len(catalog), pid)
+        kinds = Counter(kind for kind, _, _ in records)
+        spy = Profiler(pid, profile) if profile else None
+        cpu0, start = proc_cpu_seconds(pid), time.monotonic()
+        _produce(broker.bootstrap, topics, records)
+        _wait_for(lambda: _events_out(counter) >= len(records), pid, 900,
+                  lambda: f"ingest wrote {counter.count} of {len(records)}")  # fmt: skip
+        result: dict[str, Any] = {
+            "name": "ecrec-stream worker: " + ("every stage on" if stages else "ingest only"),
+            "events": len(records),
+            "mix": dict(kinds),
+            "ingest_s": time.monotonic() - start,
+        }
+        if stages:
+            sessions_in = kinds["searches"] + kinds["clicks"]
+            if sessions_in:
+                _wait_count(f"{base}/ecrec/stats", ("labels", "session_events_read"),
+                            sessions_in, pid, timeout_s=3600)  # fmt: skip
+                result["session_labels_s"] = time.monotonic() - start
+            if kinds["reviews"]:
+                _wait_count(f"{base}/ecrec/stats", ("labels", "reviews_read"), kinds["reviews"],
+                            pid, timeout_s=3600)  # fmt: skip
+                result["review_labels_s"] = time.monotonic() - start
+            _wait_count(f"{base}/ecrec/drift", ("counts", "events"), len(records), pid,
+                        timeout_s=3600)  # fmt: skip
+            result["drift_s"] = time.monotonic() - start
+        seconds = time.monotonic() - start
+        result["seconds"] = seconds
+        result["events_per_s"] = len(records) / seconds
+        result["cpu_us_per_event"] = (proc_cpu_seconds(pid) - cpu0) / len(records) * 1e6
+        result["peak_rss_mb"] = proc_peak_rss_mb(pid)
+        if spy is not None:
+            result["profile"] = spy.stop()
+            result["flame_graph"] = str(spy.svg)
+        if stages:
+            stats = httpx.get(f"{base}/ecrec/stats", timeout=10).json()["labels"]
+            result["label_counts"] = {k: v for k, v in stats.items() if isinstance(v, int)}
+        return result
+    finally:
+        worker.stop()
+
+
+def _events_out(counter: OutputCounter) -> int:
+    counter.poll()
+    return counter.count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mixes", default="sessions,reviews")
+    parser.add_argument("--events", type=int, default=12_000, help="session-mix events")
+    parser.add_argument("--reviews", type=int, default=600, help="review-backlog reviews")
+    parser.add_argument("--items", type=int, default=50_000, help="catalog size")
+    parser.add_argument("--review-share", type=float, default=0.015, help="of session events")
+    parser.add_argument("--profile", action="store_true", help="py-spy the all-stages worker")
+    args = parser.parse_args()
+    catalog = _catalog(args.items)
+    workdir = Path(tempfile.mkdtemp(prefix="ecrec-bench-throughput-"))
+    rows, results = [], {}
+    with EmbeddedBroker() as broker:
+        for mix in args.mixes.split(","):
+            tag = f"m{uuid.uuid4().hex[:6]}"
+            records = (
+                session_traffic(catalog, args.events, tag, args.review_share)
+                if mix == "sessions"
+                else review_backlog(catalog, args.reviews, tag)
+            )
+            runs = [
+                run_passthrough(broker.bootstrap, records, workdir),
+                run_worker(broker, catalog, records, workdir, stages=False),
+                run_worker(broker, catalog, records, workdir, stages=True,
+                           profile=f"throughput-{mix}" if args.profile else None),
+            ]  # fmt: skip
+            results[mix] = runs
+            for r in runs:
+                rows.append([mix, r["name"], r["events"], r["events_per_s"],
+                             r["events_per_s"] / runs[0]["events_per_s"], r["cpu_us_per_event"],
+                             r["peak_rss_mb"], r.get("session_labels_s", "-"),
+                             r.get("review_labels_s", "-"), r.get("drift_s", "-")])  # fmt: skip
+            if args.profile:
+                prof = runs[-1]["profile"]
+                report(f"throughput_profile_{mix}",
+                       f"Where the worker's busy CPU goes, {mix} mix, every stage on (py-spy)",
+                       ["stage", "share of busy samples", "of which in the encoder (torch)"],
+                       [[k, f"{v['share']:.1%}", f"{v['in_encoder']:.1%}"]
+                        for k, v in prof.items()], {"shares": prof})  # fmt: skip
+    report(
+        "throughput",
+        f"Worker throughput, {args.items:,}-item catalog, embedded broker, same run",
+        ["mix", "runtime", "events", "events/s", "x passthrough", "CPU µs/event", "peak RSS MB",
+         "session labels s", "review labels s", "drift s"],
+        rows,
+        {"items": args.items, "results": results, "partitions": PARTITIONS},
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
