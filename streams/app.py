@@ -126,6 +126,41 @@ def never_commit_past_unread_records() -> None:
     Consumer._add_gap = _record_no_gap  # type: ignore[method-assign]
 
 
+def never_ack_skipped_records() -> None:
+    """Make Faust leave the records its streams skip unacknowledged.
+
+    faust-streaming's stream skips a record taken from its queue while the app's flow control
+    is paused or that was fetched under an earlier consumer generation (a rebalance in
+    between), and acknowledges it anyway ("otherwise the lag would increase"): its offset is
+    committed and the record is never processed. During a rebalance Faust resumes the stream
+    partitions before it seeks them (faust-streaming#596), so records fetched from the old
+    positions reach the queues while flow control is still paused: traced on Kafka 3.9
+    (tests/test_scaleout.py), a survivor acknowledged 7 validated review batches it had taken
+    over without its label agent seeing them, and the reviews that no re-read raw batch
+    carried again were never labelled (1 of 900, 1 run in 3). Unacknowledged, they stop the
+    commits there; Faust's seek or the stall guard (streams/stalls.py) re-reads them. A record
+    processed to the end while a rebalance starts is not acknowledged either: re-read, its
+    outputs repeat under the same ids (at-least-once). Checked against faust-streaming 0.15
+    (the pin), whose streams acknowledge through ``Event.ack``.
+    """
+    from faust.events import Event
+
+    if getattr(Event.ack, "ecrec_patched", False):
+        return
+    acknowledge = Event.ack
+
+    def ack_unless_skipped(self: Any) -> bool:
+        app, generation = self.app, self.message.generation_id
+        if not app.flow_control.is_active() or (
+            generation is not None and generation != app.consumer_generation_id
+        ):
+            return False
+        return bool(acknowledge(self))
+
+    ack_unless_skipped.ecrec_patched = True  # type: ignore[attr-defined]
+    Event.ack = ack_unless_skipped  # type: ignore[method-assign]
+
+
 def create_app(
     settings: Settings, bootstrap: str, capabilities: BrokerCapabilities | None = None
 ) -> faust.App:
@@ -133,6 +168,7 @@ def create_app(
     broker's measured ``capabilities`` (probed here when not given)."""
     cap_faust_fetch_wait(settings.ingest.fetch_max_wait_ms)
     never_commit_past_unread_records()
+    never_ack_skipped_records()
     labels = settings.labels.enabled
     capabilities = capabilities or probe_capabilities(bootstrap)
     if settings.ingest.auto_offset_reset == "latest" and not capabilities.exact_end_offsets:
