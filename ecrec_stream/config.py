@@ -363,6 +363,9 @@ class TrainingSettings(BaseModel):
     hard_negative_skip: int = Field(2, ge=0, le=100)
     lora: bool = False
     lora_rank: int = Field(8, ge=1, le=256)
+    # Recompute activations in the backward pass (same gradients, ~1/3 more compute, much
+    # less memory): "auto" does it on a CPU, where the trainer shares a machine's memory.
+    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     eval_k: int = Field(10, ge=1, le=1000)

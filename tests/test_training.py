@@ -143,6 +143,28 @@ def test_lora_adapters_are_merged_into_a_plain_publishable_model(tmp_path: Path)
     assert not any("lora" in k for k in loaded.state_dict())
 
 
+def test_gradient_checkpointing_trains_to_the_same_weights(tmp_path: Path) -> None:
+    import torch
+
+    from ecrec_stream.training.finetune import FineTuneConfig, TrainPair, _transformer, fine_tune
+
+    catalog, examples = toy_relevance(300)
+    pairs = [TrainPair(e.text, catalog[e.item_id]) for e in examples if e.label == 1]
+    initial = tiny_sentence_model(tmp_path / "initial", seed=0).state_dict()
+    trained = []
+    for checkpointing in (False, True):
+        model = tiny_sentence_model(tmp_path / f"m{checkpointing}", seed=0)
+        assert _transformer(model) is not None  # a Hugging Face model that can checkpoint
+        config = FineTuneConfig(epochs=1, batch_size=16, gradient_checkpointing=checkpointing)
+        assert fine_tune(model, pairs, config).steps > 0
+        assert not _transformer(model).is_gradient_checkpointing  # off again for serving
+        trained.append(model.state_dict())
+    moved = [k for k in initial if not torch.equal(initial[k], trained[1][k])]
+    assert moved  # it trained
+    for key in moved:  # dropout masks replayed in the recomputation: the same gradients
+        torch.testing.assert_close(trained[0][key], trained[1][key], atol=1e-5, rtol=1e-4)
+
+
 def test_logged_rerank_does_not_favour_the_model_that_chose_the_logged_items() -> None:
     # The serving model showed b then a; the shopper judged a relevant, b not. A candidate
     # that ranks a above b but retrieves two never-shown (unjudged) items first loses on

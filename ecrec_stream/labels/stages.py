@@ -141,9 +141,7 @@ class SessionLabelStage:
         self.title_of = title_of
         self.on_error = on_error
 
-    def label_many(
-        self, sessions: Sequence[dict[str, Any]], *, augment: bool = True
-    ) -> LabelStep:
+    def label_many(self, sessions: Sequence[dict[str, Any]], *, augment: bool = True) -> LabelStep:
         """Relevance examples of closed ``sessions`` (``augment=False``: without variants)."""
         step = LabelStep()
         candidates: list[RelevanceCandidate] = []

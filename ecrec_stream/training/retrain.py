@@ -275,6 +275,8 @@ class Retrainer:
                 patience=cfg.patience,
                 lora=cfg.lora,
                 lora_rank=cfg.lora_rank,
+                gradient_checkpointing=cfg.gradient_checkpointing == "on"
+                or (cfg.gradient_checkpointing == "auto" and self.device == "cpu"),
                 seed=cfg.seed,
             ),
             device=self.device,
