@@ -216,25 +216,10 @@ def outcome_model(retrainer: Retrainer, outcome: Any, fallback: Any) -> Any:
 
 
 # -- timing -------------------------------------------------------------------------------
-def timing(
-    workdir: Path,
-    model_name: str = "tiny",
-    n_items: int = 50_000,
-    n_examples: int = 10_000,
-    epochs: int = 1,
-    batch_size: int = 64,
-    encode_batch: int = 256,
-    warm_up: bool = True,
-) -> dict[str, Any]:
-    """Alert -> new model serving, phase by phase; ``model_name`` "tiny" builds a 1-layer model
-    from a config, anything else is a sentence-transformers name or path (``default`` = the
-    packaged all-MiniLM-L6-v2)."""
-    from sentence_transformers import SentenceTransformer
-
-    from ecrec_stream.contracts.events import ItemEvent
-    from ecrec_stream.embedding import encode_pretokenised, resolve_model_path, weights_digest
-    from ecrec_stream.index import LiveItemIndex
-    from tests.helpers import relevant_pair, tiny_sentence_model
+def workload(n_items: int, n_examples: int) -> tuple[dict[str, str], list[TrainingExample]]:
+    """A catalog of ``n_items`` real Instacart titles and size variants of them, and
+    ``n_examples`` relevant (query, item) examples: the query is the title's first two words."""
+    from tests.helpers import relevant_pair
 
     names = instacart_titles()
     sizes = ["", "family size", "2 pack", "organic", "12 oz", "value pack"]
@@ -257,6 +242,31 @@ def timing(
                 t0 + timedelta(seconds=n),
             )
         )
+    return catalog, examples
+
+
+def timing(
+    workdir: Path,
+    model_name: str = "tiny",
+    n_items: int = 50_000,
+    n_examples: int = 10_000,
+    epochs: int = 1,
+    batch_size: int = 64,
+    encode_batch: int = 256,
+    warm_up: bool = True,
+) -> dict[str, Any]:
+    """Alert -> new model serving, phase by phase; ``model_name`` "tiny" builds a 1-layer model
+    from a config, anything else is a sentence-transformers name or path (``default`` = the
+    packaged all-MiniLM-L6-v2)."""
+    from sentence_transformers import SentenceTransformer
+
+    from ecrec_stream.contracts.events import ItemEvent
+    from ecrec_stream.embedding import encode_pretokenised, resolve_model_path, weights_digest
+    from ecrec_stream.index import LiveItemIndex
+    from tests.helpers import tiny_sentence_model
+
+    catalog, examples = workload(n_items, n_examples)
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     registry = ModelRegistry(workdir / "timing-models")
     if model_name == "tiny":
         base = tiny_sentence_model(workdir / "tiny")
