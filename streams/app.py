@@ -27,7 +27,7 @@ from faust.types import EventT
 
 from ecrec_stream.config import Settings
 from ecrec_stream.contracts.events import DeadLetterReason, SourcePosition
-from ecrec_stream.contracts.http import DriftStatus, WorkerStats
+from ecrec_stream.contracts.http import DriftStatus, WorkerStats, bearer_token_ok
 from ecrec_stream.exceptions import ConfigError
 from ecrec_stream.ingest.batching import event_batch_messages
 from ecrec_stream.ingest.validation import RawRecord, make_dead_letter, validate_many
@@ -52,11 +52,13 @@ class IngestCounters:
     dead: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     batches: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     messages: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    dead_reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def as_dict(self) -> dict[str, dict[str, int]]:
         return {
             "valid": dict(self.valid),
             "dead": dict(self.dead),
+            "dead_reasons": dict(self.dead_reasons),
             "batches": dict(self.batches),
             "messages": dict(self.messages),
         }
@@ -106,7 +108,15 @@ def never_commit_past_unread_records() -> None:
 
     faust-streaming's consumer treats a jump in a partition's offsets (a record arriving more
     than one past the last read) as records that will never come (compacted topics,
-    transaction markers) and commits past them as if the agents had acknowledged them. None of
+    transaction markers) and commits past them as if the agents had acknowledged them. And
+    its commit rule (``Consumer._new_offset``) commits the first run of acknowledged offsets
+    even when the record at the committed offset is not among them: it checks the head only
+    when something was committed before (not on a partition new to the group, whose first
+    records a takeover may not have delivered yet), and then only for a hole of two or more
+    records (``min(acked) - committed > 1``). Traced on Kafka 3.9 (tests/test_scaleout.py):
+    a survivor committed a taken-over partition past 8 validated review batches its label
+    agent never saw. Here the run must start exactly at the committed offset, or at the
+    partition's first offset when nothing was committed yet. None of
     the topics the agents read is compacted or transactional, so a jump there is Faust's own
     rebalance race (streams/stalls.py): records fetched but not delivered. Counted as
     acknowledged, they were committed unprocessed and, once re-fetched, dropped as already
@@ -118,12 +128,48 @@ def never_commit_past_unread_records() -> None:
     only from its delivery loop.
     """
     from faust.transport.consumer import Consumer
+    from faust.utils.functional import consecutive_numbers
 
     async def _record_no_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
         LOG.info("%s: offsets %d-%d skipped in delivery; not counted as acknowledged",
                  tp, offset_from, offset_to)  # fmt: skip
 
+    def _next_commit(self: Any, tp: Any) -> int | None:
+        """The offset to commit for ``tp``: one past the run of acknowledged offsets that starts
+        at the committed offset (or, with none committed yet, at the partition's first offset,
+        :func:`record_log_starts`); None while the record there is not acknowledged."""
+        acked = self._acked[tp]
+        if not acked:
+            return None
+        acked.sort()
+        committed = self._committed_offset[tp]
+        log_start = LOG_STARTS.get(tp)
+        if committed is None and log_start is None:
+            return None  # where the partition starts is not known yet: commit nothing
+        start = max(x for x in (committed, log_start) if x is not None)
+        if acked[0] > start:
+            return None  # the record at ``start`` is still out: never commit past it
+        batch = next(consecutive_numbers(acked))
+        acked[: len(batch)] = []
+        self._acked_index[tp].difference_update(batch)
+        return int(batch[-1]) + 1
+
     Consumer._add_gap = _record_no_gap  # type: ignore[method-assign]
+    Consumer._new_offset = _next_commit  # type: ignore[method-assign]
+
+
+# A partition's first offset (the log start), for a partition the group has committed nothing
+# on: filled by the worker's timer (record_log_starts), read by the commit rule above.
+LOG_STARTS: dict[Any, int] = {}
+
+
+async def record_log_starts(consumer: Any) -> None:
+    """Note the first offset of every assigned partition (one request for all of them): the
+    start of a partition the group has committed nothing on, and of one whose retention
+    removed records past its commit."""
+    assigned = list(consumer.assignment())
+    if assigned:
+        LOG_STARTS.update(await consumer.earliest_offsets(*assigned))
 
 
 def never_ack_skipped_records() -> None:
@@ -159,6 +205,27 @@ def never_ack_skipped_records() -> None:
 
     ack_unless_skipped.ecrec_patched = True  # type: ignore[attr-defined]
     Event.ack = ack_unless_skipped  # type: ignore[method-assign]
+
+
+def require_token(app: faust.App, expected: str) -> None:
+    """ECREC_API__TOKEN: every page of the worker's web server (its own and Faust's) answers
+    401 without ``Authorization: Bearer <token>`` (or ``?token=``)."""
+    from aiohttp import web
+
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        if not bearer_token_ok(
+            expected, request.headers.get("Authorization"), request.query.get("token")
+        ):
+            return web.json_response(
+                {"detail": "a bearer token is required (ECREC_API__TOKEN)"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app.web.web_app.middlewares.append(check)  # type: ignore[attr-defined]
 
 
 def create_app(
@@ -214,9 +281,22 @@ def create_app(
         # producer's own limit must admit that plus its record overhead.
         producer_max_request_size=settings.max_message_bytes + 65_536,
     )
+    if settings.api.token is not None and web_enabled:
+        require_token(app, settings.api.token.get_secret_value())
     counters = IngestCounters()
     names = settings.topics
     stall_guard: StallGuard[Any] = StallGuard(settings.ingest.stall_reread_s)
+
+    @app.timer(2.0)
+    async def note_log_starts() -> None:
+        """Partitions new to the group commit only once their first offset is known."""
+        if app.rebalancing:
+            return
+        try:
+            await record_log_starts(app.consumer)
+        except Exception as exc:  # the broker may be busy; the next tick asks again
+            LOG.info("could not read partitions' first offsets yet: %s", exc)
+
     if settings.ingest.stall_reread_s > 0:
 
         @app.timer(max(1.0, settings.ingest.stall_reread_s / 4))
@@ -416,5 +496,7 @@ async def _ingest_batch(
             )
         counters.valid[kind] += len(outcome.valid) - len(oversized)
         counters.dead[kind] += len(dead)
+        for letter in dead:
+            counters.dead_reasons[letter.reason.value] += 1
         counters.messages[kind] += len(messages)
     counters.batches[kind] += 1

@@ -55,3 +55,37 @@ def test_an_offset_jump_in_delivery_is_not_acknowledged() -> None:
     consumer = Recorder()
     asyncio.run(Consumer._add_gap(consumer, TP("t", 0), 10, 14))  # type: ignore[arg-type]
     assert not any(consumer._gap.values())  # nothing counted as acknowledged
+
+
+def test_a_commit_never_passes_a_record_not_yet_acknowledged() -> None:
+    from collections import defaultdict
+
+    from faust.transport.consumer import Consumer
+
+    from streams.app import LOG_STARTS, never_commit_past_unread_records
+
+    never_commit_past_unread_records()
+    tp = TP("commit-rule", 0)
+
+    class Offsets:  # the consumer state Faust's own commit rule reads and trims
+        def __init__(self, committed: int | None, acked: list[int]) -> None:
+            self._committed_offset = {tp: committed}
+            self._acked = {tp: list(acked)}
+            self._acked_index: defaultdict[TP, set[int]] = defaultdict(set)
+            self._acked_index[tp] = set(acked)
+
+    def commit(committed: int | None, acked: list[int]) -> int | None:
+        return Consumer._new_offset(Offsets(committed, acked), tp)  # type: ignore[arg-type]
+
+    # Faust's own rule committed 8 here, past offset 5, which no agent had acknowledged
+    assert commit(5, [6, 7]) is None
+    assert commit(5, [5, 6, 8]) == 7  # the run from the committed offset, not past the hole
+    # nothing committed yet: where the partition starts must be known first
+    LOG_STARTS.pop(tp, None)
+    assert commit(None, [0, 1]) is None
+    LOG_STARTS[tp] = 0
+    assert commit(None, [8, 9, 10]) is None  # a takeover that has not delivered 0-7 yet
+    assert commit(None, [0, 1, 2, 8]) == 3
+    assert commit(0, [1, 2]) is None  # committed 0 was skipped by Faust's check altogether
+    LOG_STARTS[tp] = 40  # retention removed 0-39: the run starts at the log start
+    assert commit(12, [40, 41]) == 42
