@@ -29,7 +29,13 @@ KAFKA4 ?= 4.1.0
 
 test: test-tansu test-kafka test-kafka4
 
-test-tansu: $(STAMP)
+# The console's browser test drives Debian's Chromium (no browser download).
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get install -y -q chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+
+test-tansu: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-kafka: $(STAMP)

@@ -36,7 +36,7 @@ def _rss() -> dict[str, float]:
     return {"rss_mb": out["VmRSS"], "peak_mb": out["VmHWM"]}
 
 
-def trainer(n_examples: int, n_items: int, epochs: int) -> list[dict[str, Any]]:
+def trainer(n_examples: int, n_items: int, epochs: int, checkpointing: str) -> list[dict[str, Any]]:
     from bench.retrain import workload
     from ecrec_stream.config import EmbeddingSettings, TrainingSettings
     from ecrec_stream.training import ReplayBuffer, Retrainer
@@ -47,7 +47,11 @@ def trainer(n_examples: int, n_items: int, epochs: int) -> list[dict[str, Any]]:
     phases.append({"phase": f"catalog ({n_items:,}) and examples ({n_examples:,}) built", **_rss()})
     with tempfile.TemporaryDirectory() as tmp:
         registry = ModelRegistry(Path(tmp) / "models")  # the base model is its first version
-        settings = TrainingSettings(epochs=epochs, device="cpu")
+        settings = TrainingSettings(
+            epochs=epochs,
+            device="cpu",
+            gradient_checkpointing=checkpointing,  # type: ignore[arg-type]
+        )
         retrainer = Retrainer(settings, registry, EmbeddingSettings())
         version, model = retrainer.serving()
         buffer = ReplayBuffer(20_000, 0)
@@ -109,22 +113,28 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--child", choices=["trainer", "replica"], help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "trainer":
-        print(json.dumps(trainer(args.examples, args.items, args.epochs)))
+        print(json.dumps(trainer(args.examples, args.items, args.epochs, args.checkpointing)))
         return
     if args.child == "replica":
         print(json.dumps(replica(args.items)))
         return
     rows, data = [], {}
-    for child in ("trainer", "replica"):
+    # the trainer without gradient checkpointing (the baseline), then as it runs by default
+    runs = [("trainer, checkpointing off", "trainer", "off"),
+            ("trainer (default: checkpointing on a CPU)", "trainer", "auto"),
+            ("replica", "replica", "auto")]  # fmt: skip
+    for name, child, checkpointing in runs:
         out = subprocess.run(
             [sys.executable, "-m", "bench.memory", "--child", child, "--examples",
-             str(args.examples), "--items", str(args.items), "--epochs", str(args.epochs)],
+             str(args.examples), "--items", str(args.items), "--epochs", str(args.epochs),
+             "--checkpointing", checkpointing],
             check=True, capture_output=True, text=True,
         )  # fmt: skip
-        data[child] = phases = json.loads(out.stdout.strip().splitlines()[-1])
-        rows += [[child, p["phase"], p["rss_mb"], p["peak_mb"], p.get("s", "")] for p in phases]
+        data[name] = phases = json.loads(out.stdout.strip().splitlines()[-1])
+        rows += [[name, p["phase"], p["rss_mb"], p["peak_mb"], p.get("s", "")] for p in phases]
     report(
         "memory",
         f"RSS by phase: trainer retrain of {args.examples:,} examples over {args.items:,} "

@@ -455,6 +455,32 @@ class RecommendSettings(BaseModel):
     max_items: int = Field(50, ge=1, description="anchor items a request may name")
 
 
+class ApiSettings(BaseModel):
+    """What every HTTP endpoint of the project shares."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # When set, every request to the replica's API and the worker's pages needs
+    # ``Authorization: Bearer <token>`` (the console page also takes ``?token=``); 401 without.
+    token: SecretStr | None = None
+
+
+class ConsoleSettings(BaseModel):
+    """The operator console served by an index replica at ``/console``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    # Stream workers' web pages (``/ecrec/stats``, ``/ecrec/drift``); empty: the local
+    # worker at worker_web_port.
+    worker_urls: tuple[str, ...] = ()
+    # The trainer's status.json (a shared volume when the trainer runs elsewhere); default
+    # <data_dir>/trainer/status.json.
+    trainer_status: Path | None = None
+    sample_interval_s: float = Field(2.0, gt=0, le=3600)
+    history: int = Field(900, ge=10, le=100_000, description="samples kept per series")
+
+
 class Settings(BaseSettings):
     """Everything a process needs; frozen once built."""
 
@@ -482,6 +508,8 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     robustness: RobustnessSettings = RobustnessSettings()
     recommend: RecommendSettings = RecommendSettings()
+    api: ApiSettings = ApiSettings()
+    console: ConsoleSettings = ConsoleSettings()
     # Every message an agent sends stays under this many bytes (batches are split); Kafka's
     # default broker and producer limit is 1 MiB, so keep a margin below it.
     max_message_bytes: int = Field(524_288, ge=16_384, le=1_000_000)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ecrec_stream.contracts.events import ItemEvent
+from ecrec_stream.contracts.events import ItemEvent, utc_now
 from workers.processes import wait_until
 
 __all__ = ["wait_until"]  # re-exported for the tests
@@ -275,3 +275,24 @@ def relevant_pair(
         source_event_ids=source_event_ids,
         ts=ts,
     )
+
+
+REVIEW_WORDS = ["lovely soft", "great fitting", "awful scratchy", "cheap flimsy", "perfect warm"]
+
+
+def souring_reviews(topic: str, tag: str, n: int) -> list[tuple[str, str, bytes]]:
+    """Reviews of 29 items one second apart; ratings sour half-way (a drift the ``rating``
+    detector sees)."""
+    start = utc_now()
+    out = []
+    for i in range(n):
+        good = i < n // 2
+        doc = {
+            "event_id": f"{tag}-{i}",
+            "ts": (start + timedelta(seconds=i)).isoformat(),
+            "item_id": f"item-{i % 29}",
+            "rating": (5, 4, 5, 4, 5)[i % 5] if good else (1, 2, 1, 1, 2)[i % 5],
+            "text": f"A {REVIEW_WORDS[i % 5]} sweater, review number {i}",
+        }
+        out.append((topic, doc["item_id"], json.dumps(doc).encode()))
+    return out

@@ -23,6 +23,7 @@ from tests.helpers import (
     produce,
     read_to_end,
     read_topic,
+    souring_reviews,
     unique,
     wait_until,
 )
@@ -32,25 +33,6 @@ pytestmark = pytest.mark.integration
 
 PARTITIONS = 6
 FUNCTIONS = ["rating", "lexicon", "prototype", "seed_classifier"]
-WORDS = ["lovely soft", "great fitting", "awful scratchy", "cheap flimsy", "perfect warm"]
-
-
-def _reviews(topic: str, tag: str, n: int) -> list[tuple[str, str, bytes]]:
-    """Reviews of 29 items one second apart; ratings sour half-way (a drift the ``rating``
-    detector sees)."""
-    start = utc_now()
-    out = []
-    for i in range(n):
-        good = i < n // 2
-        doc = {
-            "event_id": f"{tag}-{i}",
-            "ts": (start + timedelta(seconds=i)).isoformat(),
-            "item_id": f"item-{i % 29}",
-            "rating": (5, 4, 5, 4, 5)[i % 5] if good else (1, 2, 1, 1, 2)[i % 5],
-            "text": f"A {WORDS[i % 5]} sweater, review number {i}",
-        }
-        out.append((topic, doc["item_id"], json.dumps(doc).encode()))
-    return out
 
 
 def _originals(messages: list[Any]) -> list[str]:
@@ -154,7 +136,7 @@ def test_workers_split_partitions_and_survivors_finish_after_a_kill(
 
         wait_until(split, timeout_s=120, interval_s=0.5)
         shares = [sorted(held(p)) for p in ports]
-        produce(broker.bootstrap, _reviews(names.reviews, tag, n))
+        produce(broker.bootstrap, souring_reviews(names.reviews, tag, n))
         read_topic(
             broker.bootstrap,
             names.examples,

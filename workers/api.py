@@ -4,10 +4,13 @@ and the replica process that serves it."""
 from __future__ import annotations
 
 import signal
+import time
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import Counter, Histogram, make_asgi_app
 
 from ecrec_stream.config import SearchMode, Settings
@@ -20,11 +23,13 @@ from ecrec_stream.contracts.http import (
     ReplicaStats,
     SearchResponse,
     SearchResult,
+    bearer_token_ok,
 )
 from ecrec_stream.exceptions import IndexError_
 from ecrec_stream.index import LiveItemIndex
 from ecrec_stream.recommend import Recommendation
 from ecrec_stream.recommend.recommender import Kind as RecommendKind
+from workers.console import STATIC, ConsoleSampler, LatencyWindow
 from workers.indexer import IndexReplica, serving_encoder
 
 if TYPE_CHECKING:
@@ -38,14 +43,61 @@ SEARCH_SECONDS = Histogram(
 )
 
 
+def replica_models(replica: IndexReplica) -> list[dict[str, Any]]:
+    """The registry's versions, newest first, each with the command that makes it serve."""
+    registry = replica.registry
+    current = {registry.current(), registry.current_fusion()}
+    return [
+        {
+            "version": m.version,
+            "artifact": m.artifact,
+            "name": m.name,
+            "created_at": m.created_at.isoformat(),
+            "parent_version": m.parent_version,
+            "metrics": m.metrics,
+            "serving": m.version in current,
+            "rollback": f"ecrec-stream models --use {m.version}",
+        }
+        for m in reversed(registry.versions())
+    ]
+
+
 def create_api(
-    settings: Settings, replica: IndexReplica, miner: RobustnessMinerThread | None = None
+    settings: Settings,
+    replica: IndexReplica,
+    miner: RobustnessMinerThread | None = None,
+    console: ConsoleSampler | None = None,
+    latencies: dict[str, LatencyWindow] | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving ``replica``'s live index (and its robustness miner's stats)."""
+    """The FastAPI app serving ``replica``'s live index (and its robustness miner's stats,
+    and the operator console when ``console`` samples for it)."""
     live = replica.live
     cfg = settings.index
+    latencies = latencies if latencies is not None else {}
     api = FastAPI(title="ecrec-stream index replica", version="0.1.0")
     api.mount("/metrics", make_asgi_app())
+    token = settings.api.token
+
+    if token is not None:
+        expected = token.get_secret_value()
+
+        @api.middleware("http")
+        async def require_token(request: Request, call_next: Any) -> Response:
+            """ECREC_API__TOKEN: every endpoint (metrics, health and the console too)."""
+            if not bearer_token_ok(
+                expected, request.headers.get("authorization"), request.query_params.get("token")
+            ):
+                return JSONResponse(
+                    {"detail": "a bearer token is required (ECREC_API__TOKEN)"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            response: Response = await call_next(request)
+            return response
+
+    def timed(name: str, started: float) -> None:
+        if (window := latencies.get(name)) is not None:
+            window.record(time.perf_counter() - started)
 
     # built here: the description names this replica's default, and an annotation could
     # not see ``cfg`` (annotations are strings in this module)
@@ -67,9 +119,11 @@ def create_api(
         except IndexError_ as exc:  # e.g. a lexical mode on a replica without the lexical index
             raise HTTPException(status_code=422, detail=str(exc)) from exc
         SEARCHES.inc()
+        started = time.perf_counter()
         with SEARCH_SECONDS.labels(mode).time():
             # Embedding is CPU work: run it off the event loop (../shared/MODELS.md).
             results = await run_in_threadpool(live.search, query, k, mode)
+        timed("search", started)
         return SearchResponse(
             query=query,
             k=k,
@@ -165,16 +219,20 @@ def create_api(
                     return session.items(), True, results
 
             RECOMMENDS.labels("session").inc()
+            started = time.perf_counter()
             with RECOMMEND_SECONDS.labels("session").time():
                 # the content search is CPU work: off the event loop, as /search does
                 anchors, found, results = await run_in_threadpool(for_session)
+            timed("recommend", started)
             return recommended(
                 "next", anchors, k, results or [], session_id=session_id, session_found=found
             )
         chosen: RecommendKind = kind or "similar"
         RECOMMENDS.labels(chosen).inc()
+        started = time.perf_counter()
         with RECOMMEND_SECONDS.labels(chosen).time():
             results = await run_in_threadpool(run_recommend, chosen, [item_id or ""], k, **options)
+        timed("recommend", started)
         return recommended(chosen, [item_id or ""], k, results)
 
     @api.post("/recommend", response_model=RecommendResponse)
@@ -191,6 +249,7 @@ def create_api(
         if request.category_cap is not None and request.category_cap < 1:
             raise HTTPException(status_code=422, detail="category_cap must be at least 1")
         RECOMMENDS.labels(request.kind).inc()
+        started = time.perf_counter()
         with RECOMMEND_SECONDS.labels(request.kind).time():
             results = await run_in_threadpool(
                 run_recommend,
@@ -201,6 +260,7 @@ def create_api(
                 category=request.category,
                 category_cap=request.category_cap,
             )
+        timed("recommend", started)
         return recommended(request.kind, request.item_ids, request.k, results)
 
     @api.get("/items/{item_id}", response_model=ItemResponse)
@@ -212,21 +272,24 @@ def create_api(
 
     @api.get("/stats", response_model=ReplicaStats)
     async def stats() -> ReplicaStats:
-        return ReplicaStats(
-            **{
-                **live.stats(),
-                "freshness": live.freshness(),
-                "restored_from_snapshot": replica.restored_from_snapshot,
-                "offsets": replica.offsets,
-                "skipped_messages": replica.skipped_messages,
-                "caught_up": replica.caught_up.is_set(),
-                "models": replica.model_stats,  # swaps done, artifacts refused, last error
-                "robustness": miner.stats() if miner is not None else {"enabled": False},
-                "recommend": replica.recommend_stats(),
-                "lag": replica.lag.as_dict() if replica.lag is not None else {},
-                "broker": replica.capabilities.as_dict() if replica.capabilities else {},
+        return ReplicaStats(**replica_stats(replica, miner))
+
+    if console is not None:
+        api.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
+
+        @api.get("/console", include_in_schema=False)
+        async def console_page() -> FileResponse:
+            """The operator console (workers/console.py)."""
+            return FileResponse(STATIC / "console.html", media_type="text/html")
+
+        @api.get("/console/data")
+        async def console_data() -> dict[str, Any]:
+            """Every series the console plots, the alerts and the tables."""
+            return {
+                "interval_s": console.interval_s,
+                "now": time.time(),
+                **console.state.as_dict(),
             }
-        )
 
     @api.get("/healthz", response_model=Health)
     async def healthz() -> Health:
@@ -235,6 +298,26 @@ def create_api(
         return Health(ok=True)
 
     return api
+
+
+def replica_stats(
+    replica: IndexReplica, miner: RobustnessMinerThread | None = None
+) -> dict[str, Any]:
+    """What ``/stats`` answers (and the console samples)."""
+    live = replica.live
+    return {
+        **live.stats(),
+        "freshness": live.freshness(),
+        "restored_from_snapshot": replica.restored_from_snapshot,
+        "offsets": replica.offsets,
+        "skipped_messages": replica.skipped_messages,
+        "caught_up": replica.caught_up.is_set(),
+        "models": replica.model_stats,  # swaps done, artifacts refused, last error
+        "robustness": miner.stats() if miner is not None else {"enabled": False},
+        "recommend": replica.recommend_stats(),
+        "lag": replica.lag.as_dict() if replica.lag is not None else {},
+        "broker": replica.capabilities.as_dict() if replica.capabilities else {},
+    }
 
 
 def serve_indexer(settings: Settings, bootstrap: str, *, log_level: str = "warning") -> None:
@@ -251,7 +334,16 @@ def serve_indexer(settings: Settings, bootstrap: str, *, log_level: str = "warni
 
         miner = RobustnessMinerThread(settings, bootstrap, live, replica.caught_up)
         miner.start()
-    api = create_api(settings, replica, miner)
+    console = latencies = None
+    if settings.console.enabled:
+        latencies = {"search": LatencyWindow(), "recommend": LatencyWindow()}
+        console = ConsoleSampler(
+            settings,
+            lambda: replica_stats(replica, miner),
+            latencies,
+            lambda: replica_models(replica),
+        ).start()
+    api = create_api(settings, replica, miner, console, latencies)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal into the
     # handler that was installed before it. Make that a no-op so the final snapshot below runs
     # and the process exits 0 instead of dying by the signal.
@@ -260,6 +352,8 @@ def serve_indexer(settings: Settings, bootstrap: str, *, log_level: str = "warni
     try:
         uvicorn.run(api, host=settings.index.host, port=settings.index.port, log_level=log_level)
     finally:
+        if console is not None:
+            console.stop()
         if miner is not None:
             miner.stop()
         replica.stop(final_snapshot=True)

@@ -295,7 +295,11 @@ def run_demo(settings: Settings, options: DemoOptions, console: Console) -> None
         }
         trainer_extra = {k: v for k, v in trainer_env.items() if k not in os.environ}
         worker = worker_process(broker_url, workdir, worker_port, extra_env=extra).start()
-        indexer = indexer_process(broker_url, workdir, index_port).start()
+        # the replica's console reads this worker's pages
+        console_env = {
+            "ECREC_CONSOLE__WORKER_URLS": json.dumps([f"http://127.0.0.1:{worker_port}"])
+        }
+        indexer = indexer_process(broker_url, workdir, index_port, extra_env=console_env).start()
         trainer = trainer_process(broker_url, workdir, extra_env=trainer_extra).start()
         try:
             _drive(
@@ -349,6 +353,7 @@ def _drive(
         producer.produce(topics[kind], key=key.encode(), value=json.dumps(doc).encode())
         produced += 1
     producer.flush(30)
+    console.print(f"[bold]operator console:[/] {index_url}/console")
     console.print(
         f"sent a catalog of {len(catalog):,} items; streaming sessions at "
         f"{options.rate:.0f} events/s for {options.duration_s:.0f} s (Ctrl-C stops)"

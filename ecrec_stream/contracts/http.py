@@ -6,6 +6,7 @@ counters, each detector's row, the miner's stats) are typed as JSON objects here
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from typing import Any, Literal
 
@@ -101,6 +102,7 @@ class WorkerStats(_Answer):
 
     valid: dict[str, int]
     dead: dict[str, int]
+    dead_reasons: dict[str, int] = {}  # ingest's dead letters by reason
     batches: dict[str, int]
     messages: dict[str, int]
     assigned: int
@@ -163,3 +165,16 @@ class RecommendResponse(_Answer):
     k: int
     index_size: int
     results: list[RecommendResult]
+
+
+def bearer_token_ok(expected: str, authorization: str | None, query_token: str | None) -> bool:
+    """Whether a request carries ``expected``: ``Authorization: Bearer <token>`` or, for a
+    browser opening the console, ``?token=<token>`` (compared in constant time).
+
+    >>> bearer_token_ok("s3cret", "Bearer s3cret", None), bearer_token_ok("s3cret", None, "x")
+    (True, False)
+    """
+    given = query_token
+    if authorization and authorization.startswith("Bearer "):
+        given = authorization.removeprefix("Bearer ")
+    return given is not None and secrets.compare_digest(given.encode(), expected.encode())
