@@ -195,7 +195,9 @@ class ConsoleSampler:
         values["index.items"] = stats.get("items")
         values["index.freshness_p50_s"] = fresh.get("p50_s")
         values["index.freshness_p99_s"] = fresh.get("p99_s")
-        values["lag.replica"] = (stats.get("lag") or {}).get("total")
+        lag = stats.get("lag") or {}
+        values["lag.replica"] = lag.get("total")
+        self.state.tables.setdefault("lag_reasons", {})["replica"] = lag.get("reason")
         for name, window in self.latencies.items():
             values[f"latency.{name}_p50_ms"], values[f"latency.{name}_p99_ms"] = _quantiles_ms(
                 window.take()
@@ -227,7 +229,9 @@ class ConsoleSampler:
                     if k.startswith("dead_letters_")
                 },
             }
-            values[f"lag.worker {url}"] = (stats.get("lag") or {}).get("total")
+            lag = stats.get("lag") or {}
+            values[f"lag.worker {url}"] = lag.get("total")
+            self.state.tables.setdefault("lag_reasons", {})[f"worker {url}"] = lag.get("reason")
             labels = stats.get("labels", {})
             self.state.tables["label_functions"] = {
                 task: labels.get(f"{task}_lf_accuracy") for task in ("sentiment", "relevance")

@@ -62,6 +62,9 @@ function fmt(x) { return x === null || x === undefined ? "-" : typeof x === "num
 function render(data) {
   draw("chart-events", data, [...names(data, "rate.events."), ...names(data, "rate.dead_letters")]);
   draw("chart-lag", data, names(data, "lag."));
+  const noLag = Object.entries(data.tables.lag_reasons || {}).filter(([, why]) => why);
+  document.getElementById("lag-reasons").innerHTML = noLag.map(([who, why]) =>
+    `<p class="empty">${esc(who)}: no lag figure (${esc(why)})</p>`).join("");
   draw("chart-items", data, ["index.items"]);
   draw("chart-freshness", data, ["index.freshness_p50_s", "index.freshness_p99_s"]);
   draw("chart-latency", data, names(data, "latency."));
