@@ -4,8 +4,9 @@ of M items, and an index replica holding the same catalog, each in a process of 
     python -m bench.memory [--examples 10000] [--items 50000] [--epochs 1]
 
 Trainer: the trainer's own :class:`Retrainer` with the packaged all-MiniLM-L6-v2 (the
-default model), the ``bench.retrain`` workload (real Instacart titles and size variants of
-them; relevant (query, item) examples) in a :class:`ReplayBuffer`, then one retrain: buffer
+default model), once as it was (no gradient checkpointing, glibc's malloc defaults: the
+baseline) and once as ``ecrec-stream trainer`` runs now: the ``bench.retrain`` workload
+(real Instacart titles and size variants of them; relevant (query, item) examples) in a :class:`ReplayBuffer`, then one retrain: buffer
 split, fine-tuning, the gate's evaluation over the whole catalog with the serving and the
 candidate model. Replica: a :class:`LiveItemIndex` (the default ``auto`` backend, lexical
 index on) loading the catalog through the packaged model. Per phase: the process's RSS and
@@ -36,13 +37,18 @@ def _rss() -> dict[str, float]:
     return {"rss_mb": out["VmRSS"], "peak_mb": out["VmHWM"]}
 
 
-def trainer(n_examples: int, n_items: int, epochs: int, checkpointing: str) -> list[dict[str, Any]]:
+def trainer(
+    n_examples: int, n_items: int, epochs: int, checkpointing: str, glibc_defaults: bool
+) -> list[dict[str, Any]]:
     from bench.retrain import workload
     from ecrec_stream.config import EmbeddingSettings, TrainingSettings
     from ecrec_stream.training import ReplayBuffer, Retrainer
     from ecrec_stream.training.registry import ModelRegistry
+    from workers.trainer import return_large_allocations_to_the_os
 
-    phases = [{"phase": "started (torch imported)", **_rss()}]
+    if not glibc_defaults:  # as `ecrec-stream trainer` starts
+        return_large_allocations_to_the_os()
+    phases = [{"phase": "started", **_rss()}]
     catalog, examples = workload(n_items, n_examples)
     phases.append({"phase": f"catalog ({n_items:,}) and examples ({n_examples:,}) built", **_rss()})
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,23 +120,29 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--child", choices=["trainer", "replica"], help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--glibc-defaults", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "trainer":
-        print(json.dumps(trainer(args.examples, args.items, args.epochs, args.checkpointing)))
+        phases = trainer(
+            args.examples, args.items, args.epochs, args.checkpointing, args.glibc_defaults
+        )
+        print(json.dumps(phases))
         return
     if args.child == "replica":
         print(json.dumps(replica(args.items)))
         return
     rows, data = [], {}
-    # the trainer without gradient checkpointing (the baseline), then as it runs by default
-    runs = [("trainer, checkpointing off", "trainer", "off"),
-            ("trainer (default: checkpointing on a CPU)", "trainer", "auto"),
-            ("replica", "replica", "auto")]  # fmt: skip
-    for name, child, checkpointing in runs:
+    # the trainer as it was (the baseline: no gradient checkpointing, glibc's malloc defaults),
+    # then as `ecrec-stream trainer` runs now
+    runs = [("trainer, before (baseline)", "trainer", ["--checkpointing", "off",
+                                                       "--glibc-defaults"]),
+            ("trainer (default)", "trainer", ["--checkpointing", "auto"]),
+            ("replica", "replica", [])]  # fmt: skip
+    for name, child, options in runs:
         out = subprocess.run(
             [sys.executable, "-m", "bench.memory", "--child", child, "--examples",
              str(args.examples), "--items", str(args.items), "--epochs", str(args.epochs),
-             "--checkpointing", checkpointing],
+             *options],
             check=True, capture_output=True, text=True,
         )  # fmt: skip
         data[name] = phases = json.loads(out.stdout.strip().splitlines()[-1])
