@@ -5,12 +5,13 @@ of M items, and an index replica holding the same catalog, each in a process of 
 
 Trainer: the trainer's own :class:`Retrainer` with the packaged all-MiniLM-L6-v2 (the
 default model), once as it was (no gradient checkpointing, glibc's malloc defaults: the
-baseline) and once as ``ecrec-stream trainer`` runs now: the ``bench.retrain`` workload
-(real Instacart titles and size variants of them; relevant (query, item) examples) in a :class:`ReplayBuffer`, then one retrain: buffer
-split, fine-tuning, the gate's evaluation over the whole catalog with the serving and the
-candidate model. Replica: a :class:`LiveItemIndex` (the default ``auto`` backend, lexical
-index on) loading the catalog through the packaged model. Per phase: the process's RSS and
-its peak so far (``VmRSS`` / ``VmHWM``). The worker's peak RSS is bench.throughput's.
+baseline) and once as ``ecrec-stream trainer`` runs now, on the ``bench.retrain`` workload
+(real Instacart titles and size variants of them; relevant (query, item) examples) in a
+:class:`ReplayBuffer`; one retrain: buffer split, fine-tuning, the gate's evaluation over the
+whole catalog with the serving and the candidate model. Replica: a :class:`LiveItemIndex` (the
+default ``auto`` backend, lexical index on) loading the catalog through the packaged model.
+Per phase: the process's RSS and its peak so far (``VmRSS`` / ``VmHWM``). The worker's peak
+RSS is bench.throughput's.
 """
 
 from __future__ import annotations
