@@ -127,3 +127,26 @@ def cached_encoder(cache: str, encoder: Any, texts: list[str]) -> TableEncoder:
     """A :class:`TableEncoder` of ``texts`` (embedded once, cached under ``cache``)."""
     vectors = cached_vectors(cache, encoder.version, texts, encoder.encode)
     return TableEncoder(encoder, dict(zip(texts, vectors, strict=True)))
+
+
+def isolated_worker(
+    bootstrap: str, prefix: str, partitions: int, *, labels: bool, drift: bool
+) -> tuple[Any, dict[str, str]]:
+    """Topics (created) and environment of a stream worker of its own: topic names and
+    consumer group under a fresh tag, the label and drift agents on or off."""
+    import uuid
+
+    from ecrec_stream.config import TopicNames
+    from streams.kafka import all_topics, ensure_topics
+
+    tag = f"{prefix}{uuid.uuid4().hex[:6]}"
+    names = TopicNames(**{f: f"{tag}.{v}" for f, v in TopicNames().model_dump().items()})
+    ensure_topics(bootstrap, all_topics(names), partitions)
+    env = {f"ECREC_TOPICS__{f.upper()}": v for f, v in names.model_dump().items()}
+    env.update(
+        ECREC_APP_ID=tag,
+        ECREC_PARTITIONS=str(partitions),
+        ECREC_LABELS__ENABLED=str(labels).lower(),
+        ECREC_DRIFT__ENABLED=str(drift).lower(),
+    )
+    return names, env

@@ -33,11 +33,10 @@ from typing import Any
 
 import httpx
 
-from bench.common import SHARED_DATA, proc_cpu_seconds, proc_peak_rss_mb, report
-from ecrec_stream.config import TopicNames
+from bench.common import SHARED_DATA, isolated_worker, proc_cpu_seconds, proc_peak_rss_mb, report
 from ecrec_stream.contracts.events import utc_now
 from streams.broker import EmbeddedBroker, free_port
-from streams.kafka import all_topics, ensure_topics, new_producer, partition_reader
+from streams.kafka import ensure_topics, new_producer, partition_reader
 from workers.processes import worker_process
 
 PARTITIONS = 4
@@ -231,16 +230,8 @@ def run_worker(
 ) -> dict[str, Any]:
     """The ecrec-stream worker on its own topics and consumer group, with the label and drift
     agents on or off; the agents' catch-up is read from the worker's own pages."""
-    tag = f"bi{uuid.uuid4().hex[:6]}"
-    names = TopicNames(**{f: f"{tag}.{v}" for f, v in TopicNames().model_dump().items()})
-    ensure_topics(broker.bootstrap, all_topics(names), PARTITIONS)
-    env = {f"ECREC_TOPICS__{f.upper()}": v for f, v in names.model_dump().items()}
-    env.update(
-        ECREC_APP_ID=tag,
-        ECREC_PARTITIONS=str(PARTITIONS),
-        ECREC_LABELS__ENABLED=str(labels).lower(),
-        ECREC_DRIFT__ENABLED=str(drift).lower(),
-    )
+    names, env = isolated_worker(broker.bootstrap, "bi", PARTITIONS, labels=labels, drift=drift)
+    tag = env["ECREC_APP_ID"]
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     probes: list[Probe] = []

@@ -46,12 +46,18 @@ from typing import Any
 
 import httpx
 
-from bench.common import RESULTS, SHARED_DATA, proc_cpu_seconds, proc_peak_rss_mb, report
+from bench.common import (
+    RESULTS,
+    SHARED_DATA,
+    isolated_worker,
+    proc_cpu_seconds,
+    proc_peak_rss_mb,
+    report,
+)
 from bench.ingest import OutputCounter, _review_texts, _wait_count, _wait_for
-from ecrec_stream.config import TopicNames
 from ecrec_stream.contracts.events import utc_now
 from streams.broker import EmbeddedBroker, free_port
-from streams.kafka import all_topics, ensure_topics, new_producer
+from streams.kafka import ensure_topics, new_producer
 from workers.processes import worker_process
 from workers.simulate import ShopSimulator, load_instacart_catalog, synthetic_catalog
 
@@ -249,16 +255,8 @@ def run_worker(
     profile: str | None = None,
 ) -> dict[str, Any]:
     """The ecrec-stream worker on its own topics: ingest only, or every stage on."""
-    tag = f"tw{uuid.uuid4().hex[:6]}"
-    names = TopicNames(**{f: f"{tag}.{v}" for f, v in TopicNames().model_dump().items()})
-    ensure_topics(broker.bootstrap, all_topics(names), PARTITIONS)
-    env = {f"ECREC_TOPICS__{f.upper()}": v for f, v in names.model_dump().items()}
-    env.update(
-        ECREC_APP_ID=tag,
-        ECREC_PARTITIONS=str(PARTITIONS),
-        ECREC_LABELS__ENABLED=str(stages).lower(),
-        ECREC_DRIFT__ENABLED=str(stages).lower(),
-    )
+    names, env = isolated_worker(broker.bootstrap, "tw", PARTITIONS, labels=stages, drift=stages)
+    tag = env["ECREC_APP_ID"]
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     topics = {"items": names.items, "searches": names.searches, "clicks": names.clicks,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,25 @@ class SlowEncoder(HashEncoder):
         return super().encode(texts)
 
 
+def _churn(live: LiveItemIndex, n: int, stop: threading.Event, errors: list[BaseException]) -> None:
+    """Until ``stop``: rename items i0..i<n>, add new ones and delete others, a batch at a time
+    (errors go to ``errors``, for the main thread to report)."""
+    try:
+        ts = 2
+        while not stop.is_set():
+            k = ts % n
+            live.apply_many(
+                [
+                    item(f"i{k}", f"renamed {k} product", ts),
+                    item(f"new{ts}", f"fresh product {ts}", ts),
+                    item(f"i{(k + n // 2) % n}", op="delete", ts=ts),
+                ]
+            )
+            ts += 1
+    except BaseException as exc:
+        errors.append(exc)
+
+
 def test_hot_swap_under_searches_and_updates_mixes_no_models_and_loses_nothing() -> None:
     old, new = HashEncoder(name="m"), SlowEncoder(name="m", salt="v2")
     encoders = {old.version: old, new.version: new}
@@ -178,22 +198,7 @@ def test_hot_swap_under_searches_and_updates_mixes_no_models_and_loses_nothing()
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
-    def writer() -> None:
-        try:
-            ts = 2
-            while not stop.is_set():
-                k = ts % 3000
-                live.apply_many(
-                    [
-                        item(f"i{k}", f"renamed {k} product", ts),
-                        item(f"new{ts}", f"fresh product {ts}", ts),
-                        item(f"i{(k + 1500) % 3000}", op="delete", ts=ts),
-                    ]
-                )
-                ts += 1
-        except BaseException as exc:
-            errors.append(exc)
-
+    writer = partial(_churn, live, 3000, stop, errors)
     threads = [threading.Thread(target=searcher), threading.Thread(target=writer)]
     for t in threads:
         t.start()
@@ -459,22 +464,7 @@ def test_background_ivf_build_under_updates_and_searches_loses_nothing() -> None
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
-    def writer() -> None:
-        try:
-            ts = 2
-            while not stop.is_set():
-                k = ts % 2_000
-                live.apply_many(
-                    [
-                        item(f"i{k}", f"renamed {k} product", ts),
-                        item(f"new{ts}", f"fresh product {ts}", ts),
-                        item(f"i{(k + 1_000) % 2_000}", op="delete", ts=ts),
-                    ]
-                )
-                ts += 1
-        except BaseException as exc:
-            errors.append(exc)
-
+    writer = partial(_churn, live, 2_000, stop, errors)
     threads = [threading.Thread(target=searcher), threading.Thread(target=writer)]
     for t in threads:
         t.start()
