@@ -140,6 +140,7 @@ def test_console_plots_the_loop_in_a_real_browser_behind_a_token(
             # the drift panel plots the rating detector with its alert marked, and lists it
             assert page.locator("#drift-rating canvas").count() >= 1
             assert int(page.get_attribute("#drift-rating", "data-alerts") or 0) >= 1
+            assert int(page.get_attribute("#drift-rating", "data-marked") or 0) >= 1
             assert "rating" in page.inner_text("#alerts")
             # and the page keeps updating
             before = page.evaluate("window.consoleUpdates")

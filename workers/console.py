@@ -242,7 +242,9 @@ class ConsoleSampler:
                 values[f"drift.{name}.statistic"] = det.get("statistic")
                 values[f"drift.{name}.threshold"] = det.get("threshold")
             for alert in drift.get("alerts", []):
-                self.state.alerts.setdefault(alert["alert_id"], alert)
+                # seen_at: the wall-clock time the console first saw it, where the page marks it
+                # (raised_at may be in the traffic's event time)
+                self.state.alerts.setdefault(alert["alert_id"], {**alert, "seen_at": time.time()})
             while len(self.state.alerts) > MAX_ALERTS:
                 self.state.alerts.pop(next(iter(self.state.alerts)))
 

@@ -87,19 +87,22 @@ function render(data) {
     const stat = data.series[`drift.${det}.statistic`] || [];
     const raised = data.alerts.filter(a => a.detector === det);
     // an alert marked where the statistic was when it was raised
-    const alertPoints = raised.length ? stat.filter(p => p[1] !== null && raised.some(a => Date.parse(a.raised_at) / 1000 <= p[0] + data.interval_s && Date.parse(a.raised_at) / 1000 > p[0] - data.interval_s)) : [];
+    // each alert on the first sample of the statistic at or after the console first saw it
+    const alertPoints = raised.map(a => stat.find(p => p[1] !== null && p[0] >= a.seen_at - data.interval_s))
+      .filter(p => p !== undefined);
     const withAlerts = { series: { ...data.series, [`drift.${det}.alert`]: alertPoints } };
     draw("drift-" + det, withAlerts, [`drift.${det}.statistic`, `drift.${det}.threshold`, `drift.${det}.alert`],
       el.querySelector("div"), { [`drift.${det}.alert`]: { stroke: "#dc2626", width: 0, points: { show: true, size: 10, fill: "#dc2626" } },
         [`drift.${det}.threshold`]: { dash: [6, 4] } });
     el.dataset.alerts = String(raised.length);
+    el.dataset.marked = String(alertPoints.length);
   }
 
   const trainer = data.tables.trainer || {};
   const retrains = trainer.retrains || [];
   document.getElementById("alerts").innerHTML = data.alerts.length ? data.alerts.slice().reverse().map(a => {
     const did = retrains.filter(r => (r.trigger || "").includes(a.alert_id));
-    const evidence = Object.entries(a).filter(([k]) => !["alert_id", "detector", "raised_at"].includes(k))
+    const evidence = Object.entries(a).filter(([k]) => !["alert_id", "detector", "raised_at", "seen_at"].includes(k))
       .map(([k, v]) => `${esc(k)}: <code>${esc(typeof v === "object" ? JSON.stringify(v) : v)}</code>`).join("<br>");
     return `<div class="alert"><b>${esc(a.detector)}</b> ${esc(a.raised_at)} <code>${esc(a.alert_id)}</code><br>${evidence}<br>` +
       `trainer: ${did.length ? did.map(r => esc(r.verdict)).join(", ") : "no retrain for it yet"}</div>`;
