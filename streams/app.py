@@ -104,28 +104,28 @@ def cap_faust_fetch_wait(max_wait_ms: int) -> None:
 
 
 def never_commit_past_unread_records() -> None:
-    """Make Faust record no "gap" as acknowledged.
+    """Make Faust commit no offset past a record that no agent has acknowledged.
 
-    faust-streaming's consumer treats a jump in a partition's offsets (a record arriving more
-    than one past the last read) as records that will never come (compacted topics,
-    transaction markers) and commits past them as if the agents had acknowledged them. And
+    Two faust-streaming rules did. Its delivery loop treats a jump in a partition's offsets (a
+    record arriving more than one past the last read) as records that will never come
+    (compacted topics, transaction markers) and counts them as acknowledged ("gaps"). None of
+    the topics the agents read is compacted or transactional, so a jump there is Faust's own
+    rebalance race (streams/stalls.py): records fetched but not delivered, which were then
+    committed unprocessed and, once re-fetched, dropped as already read (1 of 900 reviews never
+    labelled after a worker was killed, 1 run in 3 on Kafka 3.9, tests/test_scaleout.py). And
     its commit rule (``Consumer._new_offset``) commits the first run of acknowledged offsets
     even when the record at the committed offset is not among them: it checks the head only
-    when something was committed before (not on a partition new to the group, whose first
-    records a takeover may not have delivered yet), and then only for a hole of two or more
-    records (``min(acked) - committed > 1``). Traced on Kafka 3.9 (tests/test_scaleout.py):
-    a survivor committed a taken-over partition past 8 validated review batches its label
-    agent never saw. Here the run must start exactly at the committed offset, or at the
-    partition's first offset when nothing was committed yet. None of
-    the topics the agents read is compacted or transactional, so a jump there is Faust's own
-    rebalance race (streams/stalls.py): records fetched but not delivered. Counted as
-    acknowledged, they were committed unprocessed and, once re-fetched, dropped as already
-    read: measured on Kafka 3.9, 1 of 900 reviews never labelled after a worker was killed and
-    its partition re-read (tests/test_scaleout.py, 1 run in 3). Without the gap the commit
-    stops at those records, the stall guard re-reads them, and they are processed
-    (at-least-once). Tables' changelogs are not acknowledged by agents, so their recovery is
-    not affected. Checked against faust-streaming 0.15 (the pin), which calls ``_add_gap``
-    only from its delivery loop.
+    when something was committed before (not on a partition new to its owner, whose first
+    records a takeover may not have delivered yet), and then only for a hole of two records or
+    more (``min(acked) - committed > 1``): traced on Kafka 3.9, a survivor committed a
+    taken-over partition past 8 validated review batches its label agent never saw.
+
+    Here no gap counts as acknowledged, and the committed run must start exactly at the
+    committed offset, or at the partition's first offset (:func:`record_log_starts`) when
+    nothing was committed yet. The commit then stops before the missing records, and Faust's
+    seek or the stall guard re-reads them (at-least-once). Tables' changelogs are not
+    acknowledged by agents, so their recovery is not affected. Checked against faust-streaming
+    0.15 (the pin), which calls ``_add_gap`` only from its delivery loop.
     """
     from faust.transport.consumer import Consumer
     from faust.utils.functional import consecutive_numbers
@@ -158,18 +158,28 @@ def never_commit_past_unread_records() -> None:
     Consumer._new_offset = _next_commit  # type: ignore[method-assign]
 
 
-# A partition's first offset (the log start), for a partition the group has committed nothing
-# on: filled by the worker's timer (record_log_starts), read by the commit rule above.
+# A partition's first offset (the log start), for the commit rule above: filled by the
+# worker's timer (record_log_starts).
 LOG_STARTS: dict[Any, int] = {}
 
 
 async def record_log_starts(consumer: Any) -> None:
-    """Note the first offset of every assigned partition (one request for all of them): the
-    start of a partition the group has committed nothing on, and of one whose retention
-    removed records past its commit."""
-    assigned = list(consumer.assignment())
-    if assigned:
-        LOG_STARTS.update(await consumer.earliest_offsets(*assigned))
+    """Ask the broker (one request) for the first offset of every assigned partition whose
+    commit waits on it: acknowledged records but nothing committed and no start known yet, or
+    acknowledged records all past the commit and the known start (retention may have removed
+    records past the commit). Nothing is asked while every commit can go ahead."""
+    waiting = []
+    for tp in consumer.assignment():
+        acked = consumer._acked.get(tp)
+        if not acked:
+            continue
+        known = [
+            x for x in (consumer._committed_offset.get(tp), LOG_STARTS.get(tp)) if x is not None
+        ]
+        if not known or min(acked) > max(known):
+            waiting.append(tp)
+    if waiting:
+        LOG_STARTS.update(await consumer.earliest_offsets(*waiting))
 
 
 def never_ack_skipped_records() -> None:
@@ -289,7 +299,7 @@ def create_app(
 
     @app.timer(2.0)
     async def note_log_starts() -> None:
-        """Partitions new to the group commit only once their first offset is known."""
+        """A partition whose commit waits on its first offset learns it within 2 s."""
         if app.rebalancing:
             return
         try:

@@ -89,3 +89,34 @@ def test_a_commit_never_passes_a_record_not_yet_acknowledged() -> None:
     assert commit(0, [1, 2]) is None  # committed 0 was skipped by Faust's check altogether
     LOG_STARTS[tp] = 40  # retention removed 0-39: the run starts at the log start
     assert commit(12, [40, 41]) == 42
+
+
+def test_only_partitions_whose_commit_waits_ask_for_their_first_offset() -> None:
+    import asyncio
+
+    from streams.app import LOG_STARTS, record_log_starts
+
+    ready, new, behind_retention, idle = (TP("log-starts", p) for p in range(4))
+
+    class Consumer:  # what record_log_starts reads, and the broker's answer
+        def __init__(self) -> None:
+            self._committed_offset = {ready: 5, new: None, behind_retention: 5, idle: None}
+            self._acked = {ready: [5, 6], new: [0, 1], behind_retention: [40], idle: []}
+            self.asked: list[TP] = []
+
+        def assignment(self) -> set[TP]:
+            return {ready, new, behind_retention, idle}
+
+        async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+            self.asked.extend(tps)
+            return {tp: {new: 0, behind_retention: 40}.get(tp, 0) for tp in tps}
+
+    for tp in (ready, new, behind_retention, idle):
+        LOG_STARTS.pop(tp, None)
+    consumer = Consumer()
+    asyncio.run(record_log_starts(consumer))
+    assert sorted(consumer.asked) == sorted([new, behind_retention])
+    assert LOG_STARTS[new] == 0 and LOG_STARTS[behind_retention] == 40
+    consumer.asked.clear()
+    asyncio.run(record_log_starts(consumer))  # every commit can go ahead now: nothing asked
+    assert consumer.asked == []
