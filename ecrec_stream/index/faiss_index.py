@@ -10,9 +10,10 @@ FAISS keys vectors by int64 labels; this module keeps the item id <-> label map.
   map is a hashtable, which is what lets IVF remove and reconstruct by arbitrary id.
 * ``auto`` (the default): flat while small; from ``ivf_min_items`` on, :meth:`retrain_target`
   asks for an IVF with about sqrt(items) lists, and again each time the catalog has grown
-  enough for twice the lists. The owner builds it off the serving path
-  (:meth:`FaissItemIndex.trained_ivf`, :meth:`vectors`; ``LiveItemIndex.retrain_index``) and
-  swaps it in, so searches and upserts never wait for a training.
+  enough for twice the lists. The owner builds it off the serving path and swaps it in
+  (``LiveItemIndex.retrain_index``: the sample and the vectors are read under its lock,
+  :meth:`FaissItemIndex.empty_trained_ivf` trains outside it), so searches and upserts never
+  wait for a training.
 
 HNSW is deliberately absent: it cannot remove vectors, and a live catalog deletes.
 """
@@ -188,17 +189,10 @@ class FaissItemIndex:
             return None
         return lists
 
-    def trained_ivf(self, nlist: int, seed: int = 0) -> FaissItemIndex:
-        """An empty index of this one's settings whose IVF (``nlist`` lists) is trained on a
-        sample of this index's vectors; fill it with :meth:`upsert_many`. Where others write
-        to this index meanwhile, take the :meth:`training_sample` under their lock and train
-        (the slow part, touching only the new index) with :meth:`empty_trained_ivf` outside."""
-        return self.empty_trained_ivf(self.training_sample(nlist, seed), nlist)
-
     def retrained(self, nlist: int, chunk: int = 50_000) -> FaissItemIndex:
         """A copy of this index as an IVF of ``nlist`` lists (for an owner that nobody else
         writes to meanwhile, such as an index being rebuilt before its swap)."""
-        fresh = self.trained_ivf(nlist)
+        fresh = self.empty_trained_ivf(self.training_sample(nlist), nlist)
         ids = self.item_ids()
         for start in range(0, len(ids), chunk):
             part = ids[start : start + chunk]
