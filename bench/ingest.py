@@ -195,8 +195,11 @@ def _wait_count(
     return seen
 
 
-def run_passthrough(bootstrap: str, events: int, bad_rate: float, workdir: Path) -> dict[str, Any]:
-    """The baseline: a raw Faust passthrough process on its own topics, measured like ours."""
+def run_passthrough(
+    bootstrap: str, payloads: list[tuple[bytes, bytes]], workdir: Path
+) -> dict[str, Any]:
+    """The baseline: a raw Faust passthrough process on its own topics (one in, one out),
+    measured like ours on ``payloads`` (key, value)."""
     tag = f"bp{uuid.uuid4().hex[:6]}"
     src, dst = f"{tag}.in", f"{tag}.out"
     ensure_topics(bootstrap, [src, dst], PARTITIONS)
@@ -213,7 +216,7 @@ def run_passthrough(bootstrap: str, events: int, bad_rate: float, workdir: Path)
             src,
             OutputCounter(bootstrap, [dst], batches=False),
             base.pid,
-            _payloads(events, tag, bad_rate),
+            payloads,
         )
     finally:
         base.terminate()
@@ -270,7 +273,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="ecrec-bench-ingest-"))
     results = []
     with EmbeddedBroker() as broker:
-        results.append(run_passthrough(broker.bootstrap, args.events, args.bad_rate, workdir))
+        payloads = _payloads(args.events, "bp", args.bad_rate)
+        results.append(run_passthrough(broker.bootstrap, payloads, workdir))
         results.append(run_worker(broker, args, workdir))
         if args.agents:
             results.append(run_worker(broker, args, workdir, drift=True))

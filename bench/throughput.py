@@ -54,10 +54,10 @@ from bench.common import (
     proc_peak_rss_mb,
     report,
 )
-from bench.ingest import OutputCounter, _review_texts, _wait_count, _wait_for
+from bench.ingest import OutputCounter, _review_texts, _wait_count, _wait_for, run_passthrough
 from ecrec_stream.contracts.events import utc_now
 from streams.broker import EmbeddedBroker, free_port
-from streams.kafka import ensure_topics, new_producer
+from streams.kafka import new_producer
 from workers.processes import worker_process
 from workers.simulate import ShopSimulator, load_instacart_catalog, synthetic_catalog
 
@@ -212,39 +212,6 @@ def stage_shares(raw: Path) -> dict[str, dict[str, float]]:
     }
 
 
-def run_passthrough(bootstrap: str, records: list[Record], workdir: Path) -> dict[str, Any]:
-    """The floor: a raw Faust passthrough on one topic in, one out (every event, any kind)."""
-    tag = f"tp{uuid.uuid4().hex[:6]}"
-    src, dst = f"{tag}.in", f"{tag}.out"
-    ensure_topics(bootstrap, [src, dst], PARTITIONS)
-    with open(workdir / "passthrough.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.passthrough", src, dst, bootstrap, tag],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    try:
-        counter = OutputCounter(bootstrap, [dst], batches=False)
-        producer = new_producer(bootstrap)
-        producer.produce(src, key=b"warm", value=b"{}")
-        producer.flush(30)
-        counter.wait(1, timeout_s=120, pid=proc.pid)
-        cpu0, start = proc_cpu_seconds(proc.pid), time.monotonic()
-        _produce(bootstrap, {k: src for k in ("searches", "clicks", "reviews")}, records)
-        end = counter.wait(1 + len(records), timeout_s=900, pid=proc.pid)
-        return {
-            "name": "raw Faust passthrough (baseline)",
-            "events": len(records),
-            "seconds": end - start,
-            "events_per_s": len(records) / (end - start),
-            "cpu_us_per_event": (proc_cpu_seconds(proc.pid) - cpu0) / len(records) * 1e6,
-            "peak_rss_mb": proc_peak_rss_mb(proc.pid),
-        }
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-
 def run_worker(
     broker: EmbeddedBroker,
     catalog: list[Any],
@@ -339,7 +306,8 @@ def main() -> None:
                 else review_backlog(catalog, args.reviews, tag)
             )
             runs = [
-                run_passthrough(broker.bootstrap, records, workdir),
+                # the floor: every event, any kind, through one topic in and one out
+                run_passthrough(broker.bootstrap, [(k, v) for _, k, v in records], workdir),
                 run_worker(broker, catalog, records, workdir, stages=False),
                 run_worker(broker, catalog, records, workdir, stages=True,
                            profile=f"throughput-{mix}" if args.profile else None),
