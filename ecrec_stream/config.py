@@ -314,6 +314,10 @@ class DriftSettings(BaseModel):
     # ``batch_wait_s``, per step (one hand-off to the model thread per step).
     batch_max: int = Field(500, ge=1, le=100_000)
     batch_wait_s: float = Field(0.5, gt=0, le=60)
+    # The embedding detectors embed at most this many texts (each) per micro-batch: a uniform
+    # sample by event id when a batch has more (counted as <detector>_sampled_out). A window
+    # still holds ``window_events`` texts; under load it spans more events. None: every text.
+    embed_max_per_batch: int | None = Field(64, ge=1)
     snapshot_interval_s: float = Field(1.0, gt=0)
     webhook_url: str | None = None
     webhook_timeout_s: float = Field(2.0, gt=0, le=60)

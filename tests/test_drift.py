@@ -22,6 +22,7 @@ from ecrec_stream.drift import (
 )
 from ecrec_stream.drift.monitor import STATE_KIND, STATE_VERSION
 from ecrec_stream.state import load_state, save_state
+from tests.helpers import HashEncoder
 
 
 def gaussian_stream(n: int, shift_at: int | None, seed: int, dim: int = 16) -> list:
@@ -407,3 +408,36 @@ def test_a_window_closed_early_is_tested_against_its_own_size() -> None:
     assert results and {r.n for r in results} == {100}
     assert all(r.threshold == det.threshold_for(100) > det.threshold for r in results)
     assert sum(r.drifted for r in results) <= 0.05 * len(results)
+
+
+def test_embedding_detectors_sample_a_busy_batch_and_still_see_a_query_shift() -> None:
+    """Under load the query detector embeds a uniform sample of each micro-batch (at most
+    ``embed_max_per_batch`` texts), counted; its windows still fill and a vocabulary shift is
+    still detected, with no alarm before it."""
+    encoder = HashEncoder(dim=32)
+    calls: list[int] = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        calls.append(len(texts))
+        return encoder.encode(texts)
+
+    settings = DriftSettings(
+        detectors=("query_embedding",), window_events=100, reference_size=400,
+        embed_max_per_batch=20,
+    )  # fmt: skip
+    m = DriftMonitor(settings, encode=encode, category_of=str, model_version="m1")
+    rng = random.Random(0)
+    before = ["fresh milk", "oat milk", "greek yogurt", "cheddar cheese", "butter", "eggs"]
+    after = ["cordless drill", "hammer", "screwdriver set", "tape measure", "wrench", "saw"]
+    events = [
+        SearchEvent(event_id=f"s{i}", ts=_ts(i), search_id=f"q{i}", session_id=f"u{i}",
+                    query=rng.choice(before if i < 6000 else after), impressions=[])
+        for i in range(9000)
+    ]  # fmt: skip
+    alerts = []
+    for i in range(0, len(events), 100):
+        alerts += [(i, a) for a in m.observe(events[i : i + 100]).alerts]
+    assert max(calls) == 20 and m.counts["query_embedding_sampled_out"] == 90 * 80
+    assert m.detectors["query_embedding"].windows > 0
+    assert alerts and all(i >= 6000 for i, _ in alerts)
+    assert alerts[0][0] < 6000 + 1000  # within ten batches of the shift

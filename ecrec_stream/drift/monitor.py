@@ -141,14 +141,14 @@ class DriftMonitor:
         """Each detector's observations of ``events``; ``resolve_all``: also the click-through
         of every search still open (end of a finite stream)."""
         obs: dict[str, list[tuple[float, Any]]] = defaultdict(list)
-        texts: dict[str, list[tuple[float, str]]] = defaultdict(list)
+        texts: dict[str, list[tuple[float, str, str]]] = defaultdict(list)  # ts, text, event id
         # clicks received so far (released or still waiting): a search is resolved only once
         # the click inputs are past its horizon, however the topics were read
         clicks_received = self.reorder.progress(self.click_inputs)
         for ev in events:
             ts = ev.ts.timestamp()
             if isinstance(ev, SearchEvent):
-                texts["query_embedding"].append((ts, ev.query))
+                texts["query_embedding"].append((ts, ev.query, ev.event_id))
                 if ev.impressions and (cat := self.category_of(ev.impressions[0])):
                     obs["search_category"].append((ts, cat))
                 clicked = ev.search_id in self.early_clicks
@@ -170,23 +170,48 @@ class DriftMonitor:
             elif isinstance(ev, ReviewEvent):
                 text = ". ".join(p for p in (ev.title, ev.text) if p.strip())
                 if text:
-                    texts["review_embedding"].append((ts, text))
+                    texts["review_embedding"].append((ts, text, ev.event_id))
                 if cat := self.category_of(ev.item_id):
                     obs["review_category"].append((ts, cat))
                 obs["rating"].append((ts, (ev.rating - 1) / 4))
             obs["click_through"].extend(self._resolve_searches(min(ts, clicks_received)))
         if resolve_all:
             obs["click_through"].extend(self._resolve_searches(math.inf))
-        wanted = [(n, rows) for n, rows in texts.items() if n in self.detectors and rows]
+        wanted = [
+            (n, self._sample(n, rows)) for n, rows in texts.items() if n in self.detectors and rows
+        ]
         if wanted and self.encode is not None:
-            flat = [t for _, rows in wanted for _, t in rows]
+            flat = [t for _, rows in wanted for _, t, _ in rows]
             vectors = np.asarray(self.encode(flat), dtype=np.float32)
             i = 0
             for name, rows in wanted:
-                obs[name] = [(ts, vectors[i + k]) for k, (ts, _) in enumerate(rows)]
-                self.samples[name].extend(t for _, t in rows[-5:])
+                obs[name] = [(ts, vectors[i + k]) for k, (ts, _, _) in enumerate(rows)]
+                self.samples[name].extend(t for _, t, _ in rows[-5:])
                 i += len(rows)
         return {n: rows for n, rows in obs.items() if n in self.detectors}
+
+    def _sample(
+        self, name: str, rows: list[tuple[float, str, str]]
+    ) -> list[tuple[float, str, str]]:
+        """At most ``embed_max_per_batch`` of a batch's ``rows`` (time, text, event id), in
+        order: those whose event ids hash lowest, a uniform sample that a redelivery repeats.
+        Embedding is the drift agent's whole cost, and a two-sample test needs a window of
+        texts, not every text: at 1,000 events/s a 200-query window still closes every second.
+
+        >>> m = DriftMonitor(DriftSettings(embed_max_per_batch=2), encode=None,
+        ...     category_of=str, model_version="m1")
+        >>> [r[2] for r in m._sample("q", [(1.0, "a", "e1"), (2.0, "b", "e2"), (3.0, "c", "e3")])]
+        ['e1', 'e3']
+        >>> m.counts["q_sampled_out"]
+        1
+        """
+        cap = self.settings.embed_max_per_batch
+        if cap is None or len(rows) <= cap:
+            return rows
+        keys = [hashlib.blake2b(e.encode(), digest_size=8).digest() for _, _, e in rows]
+        kept = sorted(sorted(range(len(rows)), key=keys.__getitem__)[:cap])
+        self.counts[f"{name}_sampled_out"] += len(rows) - cap
+        return [rows[i] for i in kept]
 
     def _resolve_searches(self, now: float) -> list[tuple[float, float]]:
         """Click-through observations (search time, 1.0 if it was clicked) of the searches
@@ -205,8 +230,15 @@ class DriftMonitor:
         """Feed validated events read from ``source`` (a topic and partition: inputs are merged
         in event-time order, see :class:`ReorderBuffer`; duplicates by event id are dropped);
         returns the windows this closed and the alerts they raised."""
-        released = self.reorder.add(source, [(ev.ts.timestamp(), ev) for ev in events])
-        return self._observe_ordered(released)  # type: ignore[arg-type]
+        return self.observe_many([(source, events)])
+
+    def observe_many(self, batches: Sequence[tuple[str, Sequence[AnyEvent]]]) -> MonitorStep:
+        """:meth:`observe` for a micro-batch of ``(source, events)``: what they release is
+        observed at once (one ``encode`` call, one sample per detector)."""
+        released: list[AnyEvent] = []
+        for source, events in batches:
+            released += self.reorder.add(source, [(ev.ts.timestamp(), ev) for ev in events])  # type: ignore[arg-type]
+        return self._observe_ordered(released)
 
     def tick(self) -> MonitorStep:
         """Observe the events whose slower inputs have gone idle (wall clock; call from a

@@ -51,20 +51,20 @@ class DriftStage:
         self.offsets: dict[str, dict[int, int]] = defaultdict(dict)  # last observed per partition
 
     def observe_many(self, records: Sequence[DriftRecord]) -> DriftStep:
-        step = DriftStep()
+        counts: Counter[str] = Counter()
+        batches = []
         for record in records:
             if record.offset <= self.offsets[record.topic].get(record.partition, -1):
-                step.counts["skipped_redelivered"] += 1
+                counts["skipped_redelivered"] += 1
                 continue
             if record.events is None:
-                step.counts["skipped_batches"] += 1
+                counts["skipped_batches"] += 1
             else:
-                observed = self.monitor.observe(record.events, f"{record.topic}:{record.partition}")
-                step.results.extend(observed.results)
-                step.alerts.extend(observed.alerts)
-                step.counts["batches"] += 1
+                batches.append((f"{record.topic}:{record.partition}", record.events))
+                counts["batches"] += 1
             self.offsets[record.topic][record.partition] = record.offset
-        return step
+        observed = self.monitor.observe_many(batches)
+        return DriftStep(results=observed.results, alerts=observed.alerts, counts=counts)
 
     def tick(self) -> MonitorStep:
         """Release the events whose slower inputs went idle (call from a timer)."""
