@@ -1,6 +1,11 @@
-"""Which torch device a setting means: ``auto`` is CUDA when torch sees a GPU, else the CPU."""
+"""Which torch device a setting means (``auto`` is CUDA when torch sees a GPU, else the CPU),
+and which precision the encoder runs in there."""
 
 from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
 
 
 def resolve_device(device: str) -> str:
@@ -14,3 +19,28 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AMX or AVX512-BF16, from Linux's CPU
+    flags); elsewhere torch emulates bf16, slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(amx_bf16|avx512_bf16)\b", flags) is not None
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``"auto"`` -> ``"bfloat16"`` on CUDA and on CPUs with native bf16, else ``"float32"``;
+    any other value is returned as it is.
+
+    >>> resolve_precision("float32", "cuda")
+    'float32'
+    """
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda") or (device == "cpu" and cpu_has_bf16()):
+        return "bfloat16"
+    return "float32"

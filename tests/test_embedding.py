@@ -49,6 +49,22 @@ def test_pretokenised_encoding_matches_sentence_transformers(tmp_path: Any) -> N
     model = tiny_sentence_model(tmp_path)
     texts = ["oat milk", "a much longer text about whole wheat bread, sliced", "milk", "oat milk"]
     expected = model.encode(texts, normalize_embeddings=True)
-    got = encode_pretokenised(model, texts, batch_size=3)
+    got = encode_pretokenised(model, texts, batch_size=3, precision="float32")
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert got.dtype == np.float32 and encode_pretokenised(model, [], 3).shape == (0, 32)
+
+
+def test_bf16_inference_gives_float32_vectors_close_to_the_float32_ones(tmp_path: Any) -> None:
+    """bf16 autocast (the default on CUDA and on CPUs with native bf16) changes the vectors
+    only in rounding: unit float32 vectors, cosine to the float32 ones near 1, same order."""
+    from ecrec_stream.embedding import encode_pretokenised
+    from tests.helpers import tiny_sentence_model
+
+    model = tiny_sentence_model(tmp_path)
+    texts = ["oat milk", "a much longer text about whole wheat bread, sliced", "milk", "rice"]
+    exact = encode_pretokenised(model, texts, precision="float32")
+    bf16 = encode_pretokenised(model, texts, precision="bfloat16")
+    assert bf16.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(bf16, axis=1), 1.0, atol=1e-5)
+    assert (exact * bf16).sum(axis=1).min() > 0.99
+    assert not np.array_equal(exact, bf16)  # autocast did run in bf16
