@@ -478,7 +478,12 @@ class RelevanceLabeler(_Labeler):
             Observation(c.query, c.item_id, c.position, c.action != "none") for c in candidates
         )
         self._since_refit += len(candidates)
-        if self._since_refit >= self.settings.position_bias_refit_every:
+        # A fit costs time in proportion to the sample (up to 500,000 impressions): refitting
+        # every 2,000 of them made the labelling of a sustained stream quadratic (the worker
+        # fell further behind the longer it ran), so a fit also waits for the sample to grow
+        # by a tenth.
+        sample = len(self.position_bias.sample.items)
+        if self._since_refit >= max(self.settings.position_bias_refit_every, sample // 10):
             self.position_bias.fit()
             self._since_refit = 0
 
