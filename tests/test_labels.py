@@ -221,6 +221,36 @@ def test_relevance_labeler_grades_a_session() -> None:
     assert again == {e.example_id for e in examples.values()}
 
 
+def test_a_query_gets_the_same_variants_in_every_example_and_each_is_embedded_once() -> None:
+    """Relevance variants are drawn per query, not per example: examples of one query share
+    them, so the meaning filter embeds each distinct variant once."""
+    encoder = HashEncoder()
+    encoded: list[str] = []
+    inner = encoder.encode
+    encoder.encode = lambda texts: (encoded.extend(texts), inner(texts))[1]  # type: ignore[method-assign]
+    from ecrec_stream.augment import EdaAugmenter, MeaningFilter, TypoAugmenter
+
+    augmenters = [EdaAugmenter(), TypoAugmenter()]
+    filter_all = MeaningFilter(encoder, min_similarity=-1.0)
+    labeler = RelevanceLabeler(encoder, LabelSettings(), augmenters, filter_all)
+    cands = [_cand(0, skipped=True), _cand(1, "purchase", dwell=30_000), _cand(2, "click")]
+    cands.append(_cand(3, "purchase", dwell=30_000, query="oat milk"))
+    examples = labeler.label_many(cands)
+    variants = [e for e in examples if e.augmented_from]
+    by_query: dict[str, set[str]] = {}
+    parents = {e.example_id: e for e in examples}
+    for v in variants:
+        by_query.setdefault(parents[v.augmented_from].text, set()).add(v.text)
+    trail = [v for v in variants if parents[v.augmented_from].text == "trail running shoes"]
+    trail_parents = {v.augmented_from for v in trail}
+    assert len(trail_parents) >= 2  # several examples of the query were augmented
+    assert len(trail) == 2 * len(trail_parents) and len(by_query["trail running shoes"]) == 2
+    assert len(by_query["oat milk"]) == 2
+    assert len({v.example_id for v in variants}) == len(variants)  # one id per example
+    for text in by_query["trail running shoes"]:
+        assert encoded.count(text) == 1
+
+
 def test_sentiment_labeler_pseudonymises_and_augments() -> None:
     from ecrec_stream.augment import EdaAugmenter, MeaningFilter, TypoAugmenter
 
