@@ -98,6 +98,10 @@ class EmbeddingSettings(BaseModel):
     # AVX512-BF16), where it is 1.8-2.5x faster than float32 with vectors at cosine 0.9999
     # to float32's (docs/benchmarks.md); training always runs in float32.
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    # On a CPU, inference through a TorchScript trace of the model (one graph run without the
+    # GIL instead of hundreds of eager ops that wait for the event loop's thread); the eager
+    # model when the trace cannot be made or gives other vectors.
+    torchscript: bool = True
     batch_size: int = Field(64, ge=1, le=4096)
     allow_downloads: bool = False
 

@@ -68,3 +68,38 @@ def test_bf16_inference_gives_float32_vectors_close_to_the_float32_ones(tmp_path
     np.testing.assert_allclose(np.linalg.norm(bf16, axis=1), 1.0, atol=1e-5)
     assert (exact * bf16).sum(axis=1).min() > 0.99
     assert not np.array_equal(exact, bf16)  # autocast did run in bf16
+
+
+def test_the_cpu_encoder_runs_a_trace_that_gives_the_eager_vectors(tmp_path: Any) -> None:
+    """On a CPU the encoder runs a TorchScript trace of its model (checked at load against
+    the eager forward pass on another shape); the vectors are the eager ones."""
+    from ecrec_stream.embedding import encode_pretokenised, traced_forward
+    from tests.helpers import tiny_sentence_model
+
+    model = tiny_sentence_model(tmp_path)
+    traced = traced_forward(model, "float32")
+    assert traced is not None
+    texts = ["oat milk", "a much longer text about whole wheat bread, sliced", "milk"] * 5
+    eager = encode_pretokenised(model, texts, 4, "float32")
+    np.testing.assert_allclose(
+        encode_pretokenised(model, texts, 4, "float32", forward=traced), eager, atol=1e-5
+    )
+    encoder = SentenceTransformerEncoder(
+        EmbeddingSettings(model=str(tmp_path), device="cpu", precision="float32")
+    )
+    assert encoder._forward is not None
+    np.testing.assert_allclose(encoder.encode(texts), eager, atol=1e-5)
+    plain = SentenceTransformerEncoder(
+        EmbeddingSettings(model=str(tmp_path), device="cpu", torchscript=False)
+    )
+    assert plain._forward is None
+
+
+def test_a_model_that_cannot_be_traced_runs_eagerly(tmp_path: Any, caplog: Any) -> None:
+    from ecrec_stream.embedding import traced_forward
+    from tests.helpers import tiny_sentence_model
+
+    model = tiny_sentence_model(tmp_path)
+    model.tokenizer.padding_side = "left"  # the pre-tokenised path cannot serve it
+    assert traced_forward(model, "float32") is None
+    assert "could not be traced" in caplog.text
