@@ -23,6 +23,8 @@ import numpy as np
 from ecrec_stream.labels.relevance import ips_weight
 from ecrec_stream.labels.reservoir import Reservoir
 
+CONVERGED = 1e-6  # EM stops once no probability moves more than this in an iteration
+
 
 @dataclass(frozen=True, slots=True)
 class Observation:
@@ -158,13 +160,19 @@ class PositionBiasModel:
             denom = np.maximum(1.0 - t * g, 1e-12)
             examined = click + (1 - click) * t * (1 - g) / denom  # E[examined | data]
             attractive = click + (1 - click) * (1 - t) * g / denom  # E[attractive | data]
-            gamma = np.bincount(pair, weights=attractive, minlength=len(pair_ids)) / shown_pair
+            new_gamma = np.bincount(pair, weights=attractive, minlength=len(pair_ids)) / shown_pair
+            moved = float(np.abs(new_gamma - gamma).max())
+            gamma = new_gamma
             if learn_theta:
                 new_theta = np.bincount(pos, weights=examined, minlength=n_pos) / np.maximum(
                     shown, 1
                 )
                 new_theta[shown == 0] = theta[shown == 0]
-                theta = np.clip(new_theta, 1e-6, 1.0)
+                new_theta = np.clip(new_theta, 1e-6, 1.0)
+                moved = max(moved, float(np.abs(new_theta - theta).max()))
+                theta = new_theta
+            if moved < CONVERGED:
+                break  # converged
         # gamma is P(click | examined): the click model's relevance estimate of each pair
         self.attractiveness = {
             key: (float(gamma[i]), int(shown_pair[i])) for key, i in pair_ids.items()
