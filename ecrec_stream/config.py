@@ -102,6 +102,9 @@ class EmbeddingSettings(BaseModel):
     # GIL instead of hundreds of eager ops that wait for the event loop's thread); the eager
     # model when the trace cannot be made or gives other vectors.
     torchscript: bool = True
+    # torch threads in the stream worker (its event loop needs a core); default: one fewer
+    # than the CPUs, at least one (ecrec_stream.device.inference_threads)
+    worker_threads: int | None = Field(None, ge=1)
     batch_size: int = Field(64, ge=1, le=4096)
     allow_downloads: bool = False
 

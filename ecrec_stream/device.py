@@ -4,6 +4,7 @@ and which precision the encoder runs in there."""
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 
@@ -44,3 +45,13 @@ def resolve_precision(precision: str, device: str) -> str:
     if device.startswith("cuda") or (device == "cpu" and cpu_has_bf16()):
         return "bfloat16"
     return "float32"
+
+
+def inference_threads(setting: int | None) -> int:
+    """Torch threads for a process whose event loop shares the CPU with inference: the setting,
+    or one fewer than the CPUs this process may use (at least one). Two torch threads next to a
+    busy event loop on two cores spend their time waiting for each other: 32 product names
+    took 11.3 ms each that way against 2.8 ms with one thread (0.96 and 1.21 ms alone)."""
+    if setting is not None:
+        return setting
+    return max(1, len(os.sched_getaffinity(0)) - 1)

@@ -16,8 +16,12 @@ class SharedModelWork:
     label function is a cache hit for the drift detector (and never embedded twice at once)."""
 
     def __init__(self, settings: Settings, bootstrap: str) -> None:
+        import torch
+
+        from ecrec_stream.device import inference_threads
         from ecrec_stream.embedding import CachedEncoder, SentenceTransformerEncoder
 
+        torch.set_num_threads(inference_threads(settings.embedding.worker_threads))
         self.encoder = CachedEncoder(SentenceTransformerEncoder(settings.embedding))
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecrec-model")
         self.catalog = CatalogCache(bootstrap, settings.topics.valid_items)
