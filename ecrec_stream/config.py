@@ -329,7 +329,7 @@ class DriftSettings(BaseModel):
     # The embedding detectors embed at most this many texts (each) per micro-batch: a uniform
     # sample by event id when a batch has more (counted as <detector>_sampled_out). A window
     # still holds ``window_events`` texts; under load it spans more events. None: every text.
-    embed_max_per_batch: int | None = Field(64, ge=1)
+    embed_max_per_batch: int | None = Field(32, ge=1)
     snapshot_interval_s: float = Field(1.0, gt=0)
     webhook_url: str | None = None
     webhook_timeout_s: float = Field(2.0, gt=0, le=60)

@@ -207,7 +207,9 @@ class DriftMonitor:
         """
         cap = self.settings.embed_max_per_batch
         if cap is None or len(rows) <= cap:
+            self.counts[f"{name}_embedded"] += len(rows)
             return rows
+        self.counts[f"{name}_embedded"] += cap
         keys = [hashlib.blake2b(e.encode(), digest_size=8).digest() for _, _, e in rows]
         kept = sorted(sorted(range(len(rows)), key=keys.__getitem__)[:cap])
         self.counts[f"{name}_sampled_out"] += len(rows) - cap
