@@ -133,7 +133,8 @@ def isolated_worker(
     bootstrap: str, prefix: str, partitions: int, *, labels: bool, drift: bool
 ) -> tuple[Any, dict[str, str]]:
     """Topics (created) and environment of a stream worker of its own: topic names and
-    consumer group under a fresh tag, the label and drift agents on or off."""
+    consumer group under a fresh tag, the label and drift agents on or off (a second role
+    process on the same topics: the same environment with another ``ECREC_APP_ID``)."""
     import uuid
 
     from ecrec_stream.config import TopicNames

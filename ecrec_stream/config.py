@@ -71,6 +71,10 @@ class IngestSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # A worker runs ingest, the label agents and the drift agent by default; false leaves
+    # ingest to other workers, so the roles can run in processes of their own (each with its
+    # own ECREC_APP_ID, hence consumer group: docs/operations.md, "Scaling out").
+    enabled: bool = True
     batch_max: int = Field(500, ge=1, le=100_000)
     batch_wait_s: float = Field(0.05, gt=0, le=60)
     fetch_max_wait_ms: int = Field(50, ge=1, le=10_000)

@@ -358,7 +358,8 @@ def create_app(
 
     dlq = app.topic(names.dlq, value_serializer="raw", key_serializer="raw")
     for kind, (source_name, valid_name) in names.routes().items():
-        _add_ingest_agent(app, settings, counters, kind, source_name, valid_name, dlq)
+        if settings.ingest.enabled:
+            _add_ingest_agent(app, settings, counters, kind, source_name, valid_name, dlq)
     runtime = drift = None
     if labels or settings.drift.enabled:
         from streams.catalog import SharedModelWork

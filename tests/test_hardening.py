@@ -234,3 +234,24 @@ def test_web_port_zero_disables_the_faust_web_server(tmp_path: Any) -> None:
     )
     assert app.conf.web_enabled is False
     assert (tmp_path / "not" / "there" / "worker").is_dir()
+
+
+def test_roles_can_run_in_processes_of_their_own(tmp_path: Any) -> None:
+    """``ECREC_INGEST__ENABLED=false`` leaves ingest to other workers: a drift-only worker
+    reads the validated topics and nothing else (its own app id is its consumer group)."""
+    from streams.app import create_app
+    from streams.capabilities import BrokerCapabilities
+
+    caps = BrokerCapabilities(exact_end_offsets=True, topic_configs=True)
+    both = create_app(Settings(data_dir=tmp_path / "a", labels={"enabled": False}), "h:9", caps)
+    drift_only = Settings(
+        app_id="ecrec-drift", data_dir=tmp_path / "b", ingest={"enabled": False},
+        labels={"enabled": False},
+    )  # fmt: skip
+    app = create_app(drift_only, "h:9", caps)
+    topics = {t for agent in app.agents.values() for t in agent.get_topic_names()}
+    names = drift_only.topics
+    assert names.searches not in topics and names.reviews not in topics
+    assert {names.valid_searches, names.valid_clicks, names.valid_reviews} <= topics
+    all_topics = {t for agent in both.agents.values() for t in agent.get_topic_names()}
+    assert names.searches in all_topics and len(app.agents) < len(both.agents)
