@@ -37,6 +37,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -137,12 +138,80 @@ def review_backlog(catalog: list[Any], reviews: int, tag: str, seed: int = 4) ->
     return out
 
 
-def _produce(bootstrap: str, topics: dict[str, str], records: list[Record]) -> None:
+def _produce(
+    bootstrap: str, topics: dict[str, str], records: list[Record], rate: float | None = None
+) -> None:
+    """Produce ``records`` as fast as the producer goes, or paced at ``rate`` events/s."""
     producer = new_producer(bootstrap)
-    for kind, key, value in records:
+    start = time.monotonic()
+    for i, (kind, key, value) in enumerate(records):
+        if rate is not None and (ahead := i / rate - (time.monotonic() - start)) > 0:
+            producer.poll(ahead)  # serves delivery callbacks while it waits
         producer.produce(topics[kind], key=key, value=value)
         producer.poll(0)
     assert producer.flush(60) == 0
+
+
+def _agents_read(base: str, drift_base: str) -> dict[str, Any]:
+    """Events each agent has read so far: the session and review label agents (from
+    ``/ecrec/stats``) and drift (observed, or held by its event-time merge for slower inputs:
+    read either way; the merge's hold-back is event time, not work left)."""
+    labels = httpx.get(f"{base}/ecrec/stats", timeout=10).json()["labels"]
+    drift = httpx.get(f"{drift_base}/ecrec/drift", timeout=10).json()
+    return {
+        "sessions": int(labels.get("session_events_read", 0)),
+        "reviews": int(labels.get("reviews_read", 0)),
+        "drift": int(drift["counts"].get("events", 0)) + int(drift.get("waiting", 0)),
+        "label_lag_s": labels.get("lag_s", {}),
+    }
+
+
+def sustained_lags(
+    base: str,
+    drift_base: str,
+    pid: int,
+    kinds: Counter[str],
+    rate: float,
+    producing: threading.Thread,
+) -> dict[str, Any]:
+    """Poll the agents while ``producing`` paces the backlog at ``rate`` events/s, then until
+    they have read it all; each agent's lag at a poll is how long its oldest unread event has
+    waited (the events of each kind arrive at their share of ``rate``). The worker keeps up
+    when every lag stays under 10 s."""
+    wanted = {
+        "sessions": kinds["searches"] + kinds["clicks"],
+        "reviews": kinds["reviews"],
+        "drift": sum(kinds.values()) - kinds["items"],
+    }
+    wanted = {k: v for k, v in wanted.items() if v}
+    total = sum(kinds.values())
+    start = time.monotonic()
+    lags: dict[str, list[float]] = {k: [] for k in wanted}
+    series = []  # per poll: seconds, events read per agent, the label agents' own lags
+    while True:
+        read = _agents_read(base, drift_base)
+        now = time.monotonic() - start
+        series.append({"t": round(now, 2), **read})
+        for agent, n in wanted.items():
+            if read[agent] < n:  # the next event to read was produced at this share of total
+                lags[agent].append(max(0.0, now - (read[agent] / n) * total / rate))
+            else:
+                lags[agent].append(0.0)
+        if not producing.is_alive() and all(read[a] >= n for a, n in wanted.items()):
+            break
+        if not Path(f"/proc/{pid}").exists():
+            raise RuntimeError(f"process {pid} exited; see its log")
+        if now > 3 * total / rate + 600:
+            raise TimeoutError(f"agents read {read} of {wanted}")
+        time.sleep(0.5)
+    return {
+        "rate": rate,
+        "seconds": time.monotonic() - start,
+        "max_lag_s": {a: max(v) for a, v in lags.items()},
+        "p50_lag_s": {a: sorted(v)[len(v) // 2] for a, v in lags.items()},
+        "kept_up": all(max(v) < 10.0 for v in lags.values()),
+        "series": series,
+    }
 
 
 def _catalog_records(catalog: list[Any], tag: str) -> list[Record]:
@@ -220,17 +289,33 @@ def run_worker(
     *,
     stages: bool,
     profile: str | None = None,
+    rate: float | None = None,
+    split: bool = False,
 ) -> dict[str, Any]:
-    """The ecrec-stream worker on its own topics: ingest only, or every stage on."""
+    """The ecrec-stream worker on its own topics: ingest only, or every stage on; a backlog,
+    or (``rate``, every stage on) the records paced at that many events/s; ``split``: the
+    drift agent in a second worker process (its own consumer group, ingest and labels off)."""
     names, env = isolated_worker(broker.bootstrap, "tw", PARTITIONS, labels=stages, drift=stages)
     tag = env["ECREC_APP_ID"]
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    base = drift_base = f"http://127.0.0.1:{port}"
     topics = {"items": names.items, "searches": names.searches, "clicks": names.clicks,
               "reviews": names.reviews}  # fmt: skip
+    drift_worker = None
+    if split:
+        drift_port = free_port()
+        drift_base = f"http://127.0.0.1:{drift_port}"
+        drift_env = {**env, "ECREC_APP_ID": f"{tag}-drift", "ECREC_INGEST__ENABLED": "false",
+                     "ECREC_LABELS__ENABLED": "false"}  # fmt: skip
+        env = {**env, "ECREC_DRIFT__ENABLED": "false"}
+        drift_worker = worker_process(
+            broker.url, workdir / f"{tag}-drift", drift_port, extra_env=drift_env
+        ).start()
     worker = worker_process(broker.url, workdir / tag, port, extra_env=env).start()
     try:
         worker.wait_http(f"{base}/ecrec/stats")
+        if drift_worker is not None:
+            drift_worker.wait_http(f"{drift_base}/ecrec/stats")
         assert worker.proc is not None
         pid = worker.proc.pid
         # the catalog first, and (with labels on) until the worker's title cache holds it
@@ -241,7 +326,32 @@ def run_worker(
             _wait_count(f"{base}/ecrec/stats", ("labels", "titles_known"), len(catalog), pid)
         kinds = Counter(kind for kind, _, _ in records)
         spy = Profiler(pid, profile) if profile else None
-        cpu0, start = proc_cpu_seconds(pid), time.monotonic()
+        pids = [pid] + ([drift_worker.proc.pid] if drift_worker and drift_worker.proc else [])
+        cpu0, start = sum(map(proc_cpu_seconds, pids)), time.monotonic()
+        if rate is not None:
+            producing = threading.Thread(
+                target=_produce, args=(broker.bootstrap, topics, records, rate)
+            )
+            producing.start()
+            paced = sustained_lags(base, drift_base, pid, kinds, rate, producing)
+            producing.join()
+            out = {
+                "name": "ecrec-stream worker: every stage on, paced"
+                + (", drift in a second process" if split else ""),
+                "events": len(records),
+                "mix": dict(kinds),
+                **paced,
+                "cpu_us_per_event": (sum(map(proc_cpu_seconds, pids)) - cpu0) / len(records) * 1e6,
+                "peak_rss_mb": sum(map(proc_peak_rss_mb, pids)),
+            }
+            if spy is not None:
+                out["profile"] = spy.stop()
+                out["flame_graph"] = str(spy.svg)
+            out["label_counts"] = httpx.get(f"{base}/ecrec/stats", timeout=10).json()["labels"]
+            out["drift_counts"] = httpx.get(f"{drift_base}/ecrec/drift", timeout=10).json()[
+                "counts"
+            ]
+            return out
         _produce(broker.bootstrap, topics, records)
         _wait_for(lambda: _events_out(counter) >= len(records), pid, 900,
                   lambda: f"ingest wrote {counter.count} of {len(records)}")  # fmt: skip
@@ -278,6 +388,8 @@ def run_worker(
         return result
     finally:
         worker.stop()
+        if drift_worker is not None:
+            drift_worker.stop()
 
 
 def _events_out(counter: OutputCounter) -> int:
@@ -293,7 +405,20 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=50_000, help="catalog size")
     parser.add_argument("--review-share", type=float, default=0.015, help="of session events")
     parser.add_argument("--profile", action="store_true", help="py-spy the all-stages worker")
+    parser.add_argument(
+        "--paced",
+        metavar="MIX=RATE,...",
+        help="instead of backlogs: each mix paced at RATE events/s for --seconds, every stage on "
+        "(e.g. sessions=1000,reviews=100); reports each agent's lag",
+    )
+    parser.add_argument("--seconds", type=float, default=60.0, help="of paced traffic")
+    parser.add_argument(
+        "--split", action="store_true", help="paced: the drift agent in a second worker process"
+    )
     args = parser.parse_args()
+    if args.paced:
+        paced(args)
+        return
     catalog = _catalog(args.items)
     workdir = Path(tempfile.mkdtemp(prefix="ecrec-bench-throughput-"))
     rows, results = [], {}
@@ -332,6 +457,39 @@ def main() -> None:
          "session labels s", "review labels s", "drift s"],
         rows,
         {"items": args.items, "results": results, "partitions": PARTITIONS},
+    )  # fmt: skip
+
+
+def paced(args: argparse.Namespace) -> None:
+    """The sustained-rate check: each mix at its rate, every stage on, lags per agent."""
+    rates = {mix: float(rate) for mix, rate in (kv.split("=") for kv in args.paced.split(","))}
+    catalog = _catalog(args.items)
+    workdir = Path(tempfile.mkdtemp(prefix="ecrec-bench-throughput-"))
+    rows, results = [], {}
+    with EmbeddedBroker() as broker:
+        for mix, rate in rates.items():
+            tag = f"p{uuid.uuid4().hex[:6]}"
+            n = int(rate * args.seconds)
+            records = (
+                session_traffic(catalog, n, tag, args.review_share)
+                if mix == "sessions"
+                else review_backlog(catalog, n, tag)
+            )
+            r = run_worker(broker, catalog, records, workdir, stages=True, rate=rate,
+                           profile=f"throughput-paced-{mix}" if args.profile else None,
+                           split=args.split)  # fmt: skip
+            results[mix] = r
+            lags = ", ".join(f"{a} {v:.1f}" for a, v in r["max_lag_s"].items())
+            rows.append([mix, r["name"].split(": ", 1)[1], rate, r["events"], lags,
+                         "yes" if r["kept_up"] else "no", r["cpu_us_per_event"],
+                         r["peak_rss_mb"]])  # fmt: skip
+    report(
+        "throughput_sustained",
+        f"Worker with every stage on, paced traffic, {args.items:,}-item catalog",
+        ["mix", "worker", "events/s", "events", "max lag s (agent)", "kept up (< 10 s)",
+         "CPU µs/event", "peak RSS MB"],
+        rows,
+        {"items": args.items, "seconds": args.seconds, "results": results},
     )  # fmt: skip
 
 
