@@ -162,10 +162,13 @@ def test_batched_search_equals_one_search_per_query(minilm: Any, mode: str) -> N
     live.apply_many([item(f"i{n}", t) for n, t in enumerate(TITLES)])
     queries = [*QUERIES, "kitchen caart", "zzz unknown words"]
     batched = live.search_many(queries, 3, mode)  # type: ignore[arg-type]
+    # bf16 inference (the default on CPUs with AMX) rounds a query's vector a little
+    # differently with its batch's padded width: scores move by ~3e-4, the order does not
+    tol = 1e-5 if getattr(minilm, "precision", "float32") == "float32" else 1e-3
     for query, results in zip(queries, batched, strict=True):
         single = live.search(query, 3, mode)  # type: ignore[arg-type]
         assert [r.item.item_id for r in results] == [r.item.item_id for r in single]
-        assert [r.score for r in results] == pytest.approx([r.score for r in single], abs=1e-5)
+        assert [r.score for r in results] == pytest.approx([r.score for r in single], abs=tol)
     assert live.search_many([], 3) == []
 
 
