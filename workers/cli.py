@@ -150,7 +150,9 @@ def broker(
 def worker(
     log_level: Annotated[str, typer.Option(help="log level")] = "warning",
 ) -> None:
-    """Run the Faust stream worker (ingest agents: validate, route to valid topics or the DLQ)."""
+    """Run the Faust stream worker: ingest (validate, route to valid topics or the DLQ), the
+    label agents and the drift agent; ECREC_INGEST__ENABLED, ECREC_LABELS__ENABLED and
+    ECREC_DRIFT__ENABLED switch each role (docs/operations.md)."""
     from streams.worker import run_worker
 
     settings = _settings()
