@@ -138,6 +138,15 @@ def review_backlog(catalog: list[Any], reviews: int, tag: str, seed: int = 4) ->
     return out
 
 
+def mix_records(
+    mix: str, catalog: list[Any], n: int, tag: str, review_share: float
+) -> list[Record]:
+    """``n`` events of ``mix``: session traffic (``sessions``) or a review backlog."""
+    if mix == "sessions":
+        return session_traffic(catalog, n, tag, review_share)
+    return review_backlog(catalog, n, tag)
+
+
 def _produce(
     bootstrap: str, topics: dict[str, str], records: list[Record], rate: float | None = None
 ) -> None:
@@ -335,56 +344,48 @@ def run_worker(
             producing.start()
             paced = sustained_lags(base, drift_base, pid, kinds, rate, producing)
             producing.join()
-            out = {
+            result: dict[str, Any] = {
                 "name": "ecrec-stream worker: every stage on, paced"
                 + (", drift in a second process" if split else ""),
                 "events": len(records),
                 "mix": dict(kinds),
                 **paced,
-                "cpu_us_per_event": (sum(map(proc_cpu_seconds, pids)) - cpu0) / len(records) * 1e6,
-                "peak_rss_mb": sum(map(proc_peak_rss_mb, pids)),
             }
-            if spy is not None:
-                out["profile"] = spy.stop()
-                out["flame_graph"] = str(spy.svg)
-            out["label_counts"] = httpx.get(f"{base}/ecrec/stats", timeout=10).json()["labels"]
-            out["drift_counts"] = httpx.get(f"{drift_base}/ecrec/drift", timeout=10).json()[
-                "counts"
-            ]
-            return out
-        _produce(broker.bootstrap, topics, records)
-        _wait_for(lambda: _events_out(counter) >= len(records), pid, 900,
-                  lambda: f"ingest wrote {counter.count} of {len(records)}")  # fmt: skip
-        result: dict[str, Any] = {
-            "name": "ecrec-stream worker: " + ("every stage on" if stages else "ingest only"),
-            "events": len(records),
-            "mix": dict(kinds),
-            "ingest_s": time.monotonic() - start,
-        }
-        if stages:
-            sessions_in = kinds["searches"] + kinds["clicks"]
-            if sessions_in:
-                _wait_count(f"{base}/ecrec/stats", ("labels", "session_events_read"),
-                            sessions_in, pid, timeout_s=3600)  # fmt: skip
-                result["session_labels_s"] = time.monotonic() - start
-            if kinds["reviews"]:
-                _wait_count(f"{base}/ecrec/stats", ("labels", "reviews_read"), kinds["reviews"],
-                            pid, timeout_s=3600)  # fmt: skip
-                result["review_labels_s"] = time.monotonic() - start
-            _wait_count(f"{base}/ecrec/drift", ("counts", "events"), len(records), pid,
-                        timeout_s=3600)  # fmt: skip
-            result["drift_s"] = time.monotonic() - start
-        seconds = time.monotonic() - start
-        result["seconds"] = seconds
-        result["events_per_s"] = len(records) / seconds
-        result["cpu_us_per_event"] = (proc_cpu_seconds(pid) - cpu0) / len(records) * 1e6
-        result["peak_rss_mb"] = proc_peak_rss_mb(pid)
+        else:
+            _produce(broker.bootstrap, topics, records)
+            _wait_for(lambda: _events_out(counter) >= len(records), pid, 900,
+                      lambda: f"ingest wrote {counter.count} of {len(records)}")  # fmt: skip
+            result = {
+                "name": "ecrec-stream worker: " + ("every stage on" if stages else "ingest only"),
+                "events": len(records),
+                "mix": dict(kinds),
+                "ingest_s": time.monotonic() - start,
+            }
+            if stages:
+                sessions_in = kinds["searches"] + kinds["clicks"]
+                if sessions_in:
+                    _wait_count(f"{base}/ecrec/stats", ("labels", "session_events_read"),
+                                sessions_in, pid, timeout_s=3600)  # fmt: skip
+                    result["session_labels_s"] = time.monotonic() - start
+                if kinds["reviews"]:
+                    _wait_count(f"{base}/ecrec/stats", ("labels", "reviews_read"),
+                                kinds["reviews"], pid, timeout_s=3600)  # fmt: skip
+                    result["review_labels_s"] = time.monotonic() - start
+                _wait_count(f"{base}/ecrec/drift", ("counts", "events"), len(records), pid,
+                            timeout_s=3600)  # fmt: skip
+                result["drift_s"] = time.monotonic() - start
+            result["seconds"] = seconds = time.monotonic() - start
+            result["events_per_s"] = len(records) / seconds
+        cpu = sum(map(proc_cpu_seconds, pids)) - cpu0
+        result["cpu_us_per_event"] = cpu / len(records) * 1e6
+        result["peak_rss_mb"] = sum(map(proc_peak_rss_mb, pids))
         if spy is not None:
             result["profile"] = spy.stop()
             result["flame_graph"] = str(spy.svg)
         if stages:
-            stats = httpx.get(f"{base}/ecrec/stats", timeout=10).json()["labels"]
-            result["label_counts"] = {k: v for k, v in stats.items() if isinstance(v, int)}
+            result["label_counts"] = httpx.get(f"{base}/ecrec/stats", timeout=10).json()["labels"]
+            drift = httpx.get(f"{drift_base}/ecrec/drift", timeout=10).json()
+            result["drift_counts"] = drift["counts"]
         return result
     finally:
         worker.stop()
@@ -425,11 +426,8 @@ def main() -> None:
     with EmbeddedBroker() as broker:
         for mix in args.mixes.split(","):
             tag = f"m{uuid.uuid4().hex[:6]}"
-            records = (
-                session_traffic(catalog, args.events, tag, args.review_share)
-                if mix == "sessions"
-                else review_backlog(catalog, args.reviews, tag)
-            )
+            n = args.events if mix == "sessions" else args.reviews
+            records = mix_records(mix, catalog, n, tag, args.review_share)
             runs = [
                 # the floor: every event, any kind, through one topic in and one out
                 run_passthrough(broker.bootstrap, [(k, v) for _, k, v in records], workdir),
@@ -469,12 +467,7 @@ def paced(args: argparse.Namespace) -> None:
     with EmbeddedBroker() as broker:
         for mix, rate in rates.items():
             tag = f"p{uuid.uuid4().hex[:6]}"
-            n = int(rate * args.seconds)
-            records = (
-                session_traffic(catalog, n, tag, args.review_share)
-                if mix == "sessions"
-                else review_backlog(catalog, n, tag)
-            )
+            records = mix_records(mix, catalog, int(rate * args.seconds), tag, args.review_share)
             r = run_worker(broker, catalog, records, workdir, stages=True, rate=rate,
                            profile=f"throughput-paced-{mix}" if args.profile else None,
                            split=args.split)  # fmt: skip
