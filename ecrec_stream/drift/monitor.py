@@ -206,14 +206,13 @@ class DriftMonitor:
         1
         """
         cap = self.settings.embed_max_per_batch
-        if cap is None or len(rows) <= cap:
-            self.counts[f"{name}_embedded"] += len(rows)
-            return rows
-        self.counts[f"{name}_embedded"] += cap
-        keys = [hashlib.blake2b(e.encode(), digest_size=8).digest() for _, _, e in rows]
-        kept = sorted(sorted(range(len(rows)), key=keys.__getitem__)[:cap])
-        self.counts[f"{name}_sampled_out"] += len(rows) - cap
-        return [rows[i] for i in kept]
+        if cap is not None and len(rows) > cap:
+            keys = [hashlib.blake2b(e.encode(), digest_size=8).digest() for _, _, e in rows]
+            kept = sorted(sorted(range(len(rows)), key=keys.__getitem__)[:cap])
+            self.counts[f"{name}_sampled_out"] += len(rows) - cap
+            rows = [rows[i] for i in kept]
+        self.counts[f"{name}_embedded"] += len(rows)
+        return rows
 
     def _resolve_searches(self, now: float) -> list[tuple[float, float]]:
         """Click-through observations (search time, 1.0 if it was clicked) of the searches
