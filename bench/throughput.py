@@ -148,15 +148,24 @@ def mix_records(
 
 
 def _produce(
-    bootstrap: str, topics: dict[str, str], records: list[Record], rate: float | None = None
+    bootstrap: str,
+    topics: dict[str, str],
+    records: list[Record],
+    rate: float | None = None,
+    sent_at: list[float] | None = None,
 ) -> None:
-    """Produce ``records`` as fast as the producer goes, or paced at ``rate`` events/s."""
+    """Produce ``records`` as fast as the producer goes, or paced at ``rate`` events/s;
+    ``sent_at`` gets each record's ``time.monotonic()`` when it was handed to the producer."""
     producer = new_producer(bootstrap)
     start = time.monotonic()
     for i, (kind, key, value) in enumerate(records):
+        # Sleep until it is time (``poll(ahead)`` returns at the first delivery report, and
+        # under a millisecond it does not wait at all: it spun a core of this machine away)
         if rate is not None and (ahead := i / rate - (time.monotonic() - start)) > 0:
-            producer.poll(ahead)  # serves delivery callbacks while it waits
+            time.sleep(ahead)
         producer.produce(topics[kind], key=key, value=value)
+        if sent_at is not None:
+            sent_at.append(time.monotonic())
         producer.poll(0)
     assert producer.flush(60) == 0
 
@@ -175,49 +184,58 @@ def _agents_read(base: str, drift_base: str) -> dict[str, Any]:
     }
 
 
+AGENT_KINDS = {"sessions": {"searches", "clicks"}, "reviews": {"reviews"},
+               "drift": {"searches", "clicks", "reviews"}}  # fmt: skip
+
+
 def sustained_lags(
     base: str,
     drift_base: str,
     pid: int,
-    kinds: Counter[str],
+    records: list[Record],
     rate: float,
     producing: threading.Thread,
+    sent_at: list[float],
 ) -> dict[str, Any]:
-    """Poll the agents while ``producing`` paces the backlog at ``rate`` events/s, then until
-    they have read it all; each agent's lag at a poll is how long its oldest unread event has
-    waited (the events of each kind arrive at their share of ``rate``). The worker keeps up
-    when every lag stays under 10 s."""
-    wanted = {
-        "sessions": kinds["searches"] + kinds["clicks"],
-        "reviews": kinds["reviews"],
-        "drift": sum(kinds.values()) - kinds["items"],
+    """Poll the agents while ``producing`` paces ``records`` at ``rate`` events/s (appending
+    each one's send time to ``sent_at``), then until they have read it all. An agent's lag at
+    a poll is how long the oldest event of its kinds that it has not read was sent ago (an
+    agent reads its events in about the order they were sent); it keeps up when every lag
+    stays under 10 s. The label agents' own worst lag (batch message written -> labelled,
+    ``lag_max_s``) is reported beside it."""
+    of_agent = {
+        agent: [i for i, (kind, _, _) in enumerate(records) if kind in kinds]
+        for agent, kinds in AGENT_KINDS.items()
     }
-    wanted = {k: v for k, v in wanted.items() if v}
-    total = sum(kinds.values())
+    wanted = {agent: len(idx) for agent, idx in of_agent.items() if idx}
     start = time.monotonic()
     lags: dict[str, list[float]] = {k: [] for k in wanted}
     series = []  # per poll: seconds, events read per agent, the label agents' own lags
     while True:
         read = _agents_read(base, drift_base)
-        now = time.monotonic() - start
-        series.append({"t": round(now, 2), **read})
+        now = time.monotonic()
+        series.append({"t": round(now - start, 2), "sent": len(sent_at), **read})
         for agent, n in wanted.items():
-            if read[agent] < n:  # the next event to read was produced at this share of total
-                lags[agent].append(max(0.0, now - (read[agent] / n) * total / rate))
-            else:
+            oldest_unread = of_agent[agent][read[agent]] if read[agent] < n else None
+            if oldest_unread is not None and oldest_unread < len(sent_at):
+                lags[agent].append(now - sent_at[oldest_unread])
+            else:  # read all that was sent
                 lags[agent].append(0.0)
         if not producing.is_alive() and all(read[a] >= n for a, n in wanted.items()):
             break
         if not Path(f"/proc/{pid}").exists():
             raise RuntimeError(f"process {pid} exited; see its log")
-        if now > 3 * total / rate + 600:
+        if now - start > 3 * len(records) / rate + 600:
             raise TimeoutError(f"agents read {read} of {wanted}")
         time.sleep(0.5)
+    labels = httpx.get(f"{base}/ecrec/stats", timeout=10).json()["labels"]
     return {
         "rate": rate,
         "seconds": time.monotonic() - start,
+        "sent_s": sent_at[-1] - sent_at[0],
         "max_lag_s": {a: max(v) for a, v in lags.items()},
         "p50_lag_s": {a: sorted(v)[len(v) // 2] for a, v in lags.items()},
+        "label_lag_max_s": labels.get("lag_max_s", {}),
         "kept_up": all(max(v) < 10.0 for v in lags.values()),
         "series": series,
     }
@@ -329,8 +347,7 @@ def run_worker(
         pid = worker.proc.pid
         # the catalog first, and (with labels on) until the worker's title cache holds it
         _produce(broker.bootstrap, topics, _catalog_records(catalog, tag))
-        valid_topics = [names.valid_searches, names.valid_clicks, names.valid_reviews]
-        counter = OutputCounter(broker.bootstrap, [*valid_topics, names.dlq], batches=True)
+        valid_topics = [names.valid_searches, names.valid_clicks, names.valid_reviews, names.dlq]
         if stages:
             _wait_count(f"{base}/ecrec/stats", ("labels", "titles_known"), len(catalog), pid)
         kinds = Counter(kind for kind, _, _ in records)
@@ -338,11 +355,12 @@ def run_worker(
         pids = [pid] + ([drift_worker.proc.pid] if drift_worker and drift_worker.proc else [])
         cpu0, start = sum(map(proc_cpu_seconds, pids)), time.monotonic()
         if rate is not None:
+            sent_at: list[float] = []
             producing = threading.Thread(
-                target=_produce, args=(broker.bootstrap, topics, records, rate)
+                target=_produce, args=(broker.bootstrap, topics, records, rate, sent_at)
             )
             producing.start()
-            paced = sustained_lags(base, drift_base, pid, kinds, rate, producing)
+            paced = sustained_lags(base, drift_base, pid, records, rate, producing, sent_at)
             producing.join()
             result: dict[str, Any] = {
                 "name": "ecrec-stream worker: every stage on, paced"
@@ -352,6 +370,8 @@ def run_worker(
                 **paced,
             }
         else:
+            # reads from the beginning; not made for paced runs (its fetching costs CPU)
+            counter = OutputCounter(broker.bootstrap, valid_topics, batches=True)
             _produce(broker.bootstrap, topics, records)
             _wait_for(lambda: _events_out(counter) >= len(records), pid, 900,
                       lambda: f"ingest wrote {counter.count} of {len(records)}")  # fmt: skip
@@ -473,14 +493,18 @@ def paced(args: argparse.Namespace) -> None:
                            split=args.split)  # fmt: skip
             results[mix] = r
             lags = ", ".join(f"{a} {v:.1f}" for a, v in r["max_lag_s"].items())
-            rows.append([mix, r["name"].split(": ", 1)[1], rate, r["events"], lags,
-                         "yes" if r["kept_up"] else "no", r["cpu_us_per_event"],
+            counts = [r.get("label_counts", {}).get(f"{t}_counts", {})
+                      for t in ("relevance", "sentiment")]  # fmt: skip
+            variants = "{} / {}".format(*(sum(c.get(k, 0) for c in counts)
+                                          for k in ("augmented", "augment_shed")))  # fmt: skip
+            rows.append([mix, r["name"].split(": ", 1)[1], rate, r["events"], r["sent_s"], lags,
+                         "yes" if r["kept_up"] else "no", variants, r["cpu_us_per_event"],
                          r["peak_rss_mb"]])  # fmt: skip
     report(
         "throughput_sustained",
         f"Worker with every stage on, paced traffic, {args.items:,}-item catalog",
-        ["mix", "worker", "events/s", "events", "max lag s (agent)", "kept up (< 10 s)",
-         "CPU µs/event", "peak RSS MB"],
+        ["mix", "worker", "events/s", "events", "sent in s", "max lag s (agent)",
+         "kept up (< 10 s)", "variants made / shed", "CPU µs/event", "peak RSS MB"],
         rows,
         {"items": args.items, "seconds": args.seconds, "results": results},
     )  # fmt: skip
