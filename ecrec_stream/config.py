@@ -261,11 +261,13 @@ class LabelSettings(BaseModel):
         "query_rewrite",
     )
     augment_variants: int = Field(1, ge=0, le=10)
-    # Augmentation (and the meaning filter's embeddings, most of a label agent's cost) is
-    # shed for a micro-batch written to its validated topic longer ago than this: originals
-    # keep up with a peak, variants come back once the agent has caught up (counted as
-    # augment_shed per task on /ecrec/stats). None: always augment.
+    # Augmentation (and the meaning filter's embeddings, most of a label agent's cost) trails
+    # labelling in the worker: originals are sent first, variants made while the label agents
+    # have nothing to read; an example that waits longer than this for them, or that more than
+    # augment_queue_capacity newer ones push out, gets none (counted as augment_shed per task
+    # on /ecrec/stats). None: every micro-batch augmented inline, on the labelling path.
     augment_max_lag_s: float | None = Field(10.0, gt=0)
+    augment_queue_capacity: int = Field(10_000, ge=1)
     augment_seed: int = 13
     min_similarity: float = Field(0.8, ge=-1, le=1)
     bot_max_clicks_per_minute: float = Field(30.0, gt=0)

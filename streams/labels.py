@@ -1,10 +1,16 @@
 """Faust agents that turn validated events into training examples on ``ecrec.examples``.
 
 * ``label.reviews``: each micro-batch of reviews -> dedupe -> sentiment label functions ->
-  label model -> augment -> one ``ExampleBatch`` message.
+  label model -> one ``ExampleBatch`` message.
 * ``label.sessions``: searches and clicks (both keyed by session id, so co-partitioned) are
   folded into a session table; a session closes when event time in its partition passes its
   last event by ``session_gap_s``; closed sessions become relevance examples, bot-like ones none.
+* augmentation trails labelling (:class:`~ecrec_stream.labels.stages.TrailingAugmentation`):
+  each micro-batch's examples are sent first, then queued; a task makes their variants, a few
+  at a time, while neither label agent has a message in hand, and sends them to the
+  originals' partition. An example that waits over ``augment_max_lag_s`` gets none (counted as
+  ``augment_shed``); a crash loses the queue (the originals were sent). ``augment_max_lag_s``
+  null: variants made inline, in the originals' message.
 * the LLM annotator (``ECREC_LABELS__ANNOTATOR__ENABLED=true``): the agents offer their
   examples to its bounded queue and never wait for it; a task drains the queue within its rate
   budget on a thread of its own and sends the revised examples (``revision`` 1) when its votes
@@ -32,12 +38,13 @@ stops the worker before it commits (:func:`streams.failstop.stop_on_error`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -67,7 +74,12 @@ from ecrec_stream.labels.examples import (
     example_batch_messages,
 )
 from ecrec_stream.labels.sessions import BotRules, SessionWindows
-from ecrec_stream.labels.stages import LabelStep, ReviewLabelStage, SessionLabelStage
+from ecrec_stream.labels.stages import (
+    LabelStep,
+    ReviewLabelStage,
+    SessionLabelStage,
+    TrailingAugmentation,
+)
 from ecrec_stream.state import load_state, save_state
 from streams.catalog import CatalogCache, SharedModelWork
 from streams.failstop import stop_on_error
@@ -76,6 +88,11 @@ LOG = logging.getLogger(__name__)
 PROCESSING = DeadLetterReason.PROCESSING_ERROR
 STATE_KIND = "label_stages"
 STATE_VERSION = 1
+# Trailing augmentation: examples per model call (reviews: ~16 embeddings, ~0.15 s on one CPU
+# thread, the longest a label agent's next message waits for it), and how long both agents
+# must have had nothing in hand before it runs (an agent with more to read takes it first).
+AUGMENT_CHUNK = 8
+AUGMENT_SETTLE_S = 0.005
 
 
 def _candidate_json(candidate: RelevanceCandidate | SentimentCandidate) -> bytes:
@@ -96,12 +113,15 @@ class LabelRuntime:
     titles: CatalogCache
     stats: Counter[str] = field(default_factory=Counter)
     annotator: Annotator | None = None
-    # per task: seconds from its latest batch message being written to its labelling
+    # per task: seconds from its latest batch message being written to its labelling, and
+    # the most any of its messages waited since the worker started
     lag_s: dict[str, float] = field(default_factory=dict)
+    lag_max_s: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {**self.stats, "titles_known": len(self.titles)}
         out["lag_s"] = {task: round(lag, 3) for task, lag in self.lag_s.items()}
+        out["lag_max_s"] = {task: round(lag, 3) for task, lag in self.lag_max_s.items()}
         if self.annotator is not None:
             out["annotator"] = self.annotator.stats.as_dict(self.annotator.backlog)
         for labeler in (self.relevance, self.sentiment):
@@ -221,31 +241,91 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
             )
 
     lags = runtime.lag_s
-
-    def behind(event: Any, task: str) -> bool:
-        """Whether augmentation is shed for the batch message ``event`` (counted): it, or the
-        latest batch of the other label agent, was written longer ago than augmentation may
-        trail. The agents share the model thread: variants of reviews made while the session
-        agent falls behind would only push it further behind."""
-        if cfg.augment_max_lag_s is None or not event.message.timestamp:
-            return False
-        lags[task] = time.time() - event.message.timestamp
-        late = max(lags.values()) > cfg.augment_max_lag_s
-        stats["augment_shed_batches"] += late
-        return late
+    # Variants trail their originals (TrailingAugmentation) unless augment_max_lag_s is null:
+    # then every micro-batch is augmented inline, on the labelling path.
+    trailing: dict[Task, TrailingAugmentation[tuple[int | None, str]]] = {}
+    if cfg.augment_max_lag_s is not None:
+        trailing = {
+            labeler.task: TrailingAugmentation(
+                labeler,
+                max_wait_s=cfg.augment_max_lag_s,
+                capacity=cfg.augment_queue_capacity,
+                chunk=AUGMENT_CHUNK,
+                on_error=policy,
+            )
+            for labeler in (relevance, sentiment)
+        }
+    busy: Counter[str] = Counter()  # label agents with a message in hand
+    wake_augmentation = asyncio.Event()
 
     async def run_stage(
         stage: ReviewLabelStage | SessionLabelStage, batch: Sequence[Any], event: Any
     ) -> LabelStep:
         """The stage on the model thread; its counts into the stats, its examples offered to
         the annotator (a deque append: never waits)."""
+        task = stage.labeler.task
+        if event.message.timestamp:
+            lags[task] = lag = time.time() - event.message.timestamp
+            runtime.lag_max_s[task] = max(lag, runtime.lag_max_s.get(task, 0.0))
         step: LabelStep = await shared.off_loop(
-            partial(stage.label_many, augment=not behind(event, stage.labeler.task)), batch
+            partial(stage.label_many, augment=task not in trailing), batch
         )
         stats.update(step.counts)
         if annotator is not None:
             annotator.offer(step.examples, stage.labeler.fast_names)
         return step
+
+    async def emit_and_trail(
+        task: Task, examples: list[TrainingExample], partition: int | None, key: str
+    ) -> None:
+        """Send a micro-batch's examples, then queue them for their variants."""
+        await emit(task, examples, partition, key)
+        if task in trailing:
+            trailing[task].offer(examples, (partition, key), now=time.monotonic())
+
+    @contextlib.contextmanager
+    def handling(task: Task) -> Iterator[None]:
+        """Marks a label agent busy while it handles one message; when the last agent is done,
+        trailing augmentation may use the model thread."""
+        busy[task] += 1
+        try:
+            yield
+        finally:
+            busy[task] -= 1
+            if not any(busy.values()):
+                wake_augmentation.set()
+
+    if trailing:
+
+        @app.task
+        async def augment_trailing() -> None:
+            """Make the waiting variants while the label agents have nothing to read: one chunk
+            at a time, oldest first, each task in turn; send each chunk's variants to its
+            originals' partition."""
+            while True:
+                await wake_augmentation.wait()
+                wake_augmentation.clear()
+                while any(t.waiting for t in trailing.values()):
+                    await asyncio.sleep(AUGMENT_SETTLE_S)
+                    if any(busy.values()):
+                        break  # an agent had more to read; it wakes this task when done
+                    for task, trail in trailing.items():
+                        chunk = trail.next_chunk(now=time.monotonic())
+                        if chunk is None:
+                            continue
+                        with stop_on_error("label.augment"):
+                            async with processing.reader:
+                                step = await shared.off_loop(trail.augment_many, chunk)
+                            for failure in step.failed:
+                                stats[f"augment_failed_{task}"] += 1
+                                LOG.warning(
+                                    "no variants of %s: %s",
+                                    failure.item.example_id,
+                                    failure.error,
+                                )
+                            if step.variants:
+                                partition, key = step.route
+                                await emit(task, step.variants, partition, f"{key}:variants")
 
     if annotator is not None:
         llm_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecrec-llm")
@@ -287,7 +367,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
 
     async def label_reviews(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            with stop_on_error("label.reviews"):
+            with stop_on_error("label.reviews"), handling("sentiment"):
                 async with processing.reader:
                     batch = await parse(event)
                     if batch is None:
@@ -304,7 +384,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                     await dead_letter_failures(
                         event, "review", step.failed_candidates, _candidate_json, _event_id
                     )
-                    await emit(
+                    await emit_and_trail(
                         "sentiment",
                         step.examples,
                         batch.source.partition,
@@ -317,7 +397,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
 
     async def label_sessions(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            with stop_on_error("label.sessions"):
+            with stop_on_error("label.sessions"), handling("relevance"):
                 async with processing.reader:
                     batch = await parse(event)
                     if batch is None:
@@ -351,7 +431,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                         lambda c: f"{c.search_event_id}/{c.item_id}",
                     )
                     if step.examples:
-                        await emit(
+                        await emit_and_trail(
                             "relevance",
                             step.examples,
                             part,

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ecrec_stream.augment import TypoAugmenter
 from ecrec_stream.config import LabelSettings
 from ecrec_stream.labels.base import ABSTAIN, RelevanceCandidate, SentimentCandidate
 from ecrec_stream.labels.examples import (
@@ -274,10 +275,45 @@ def test_sentiment_labeler_pseudonymises_and_augments() -> None:
         a.augmented_from in {o.example_id for o in originals} for a in augmented
     )
     assert {e.example_id for e in labeler.label_many(cands)} == {e.example_id for e in out}
-    # a worker behind its input sheds the variants, never the originals, and counts them
-    shed = labeler.label_many(cands, augment=False)
-    assert [e.example_id for e in shed] == [e.example_id for e in originals]
-    assert labeler.counts["augment_shed"] == 2
+    # without augmentation: the same originals, no variants
+    plain = labeler.label_many(cands, augment=False)
+    assert [e.example_id for e in plain] == [e.example_id for e in originals]
+
+
+def test_trailing_augmentation_makes_the_inline_variants_and_sheds_what_waits_too_long() -> None:
+    from ecrec_stream.augment import EdaAugmenter, MeaningFilter, TypoAugmenter
+    from ecrec_stream.labels.stages import TrailingAugmentation
+
+    enc = HashEncoder()
+    labeler = SentimentLabeler(
+        enc,
+        LabelSettings(),
+        [EdaAugmenter(), TypoAugmenter()],
+        MeaningFilter(enc, min_similarity=0.0),
+    )
+    cands = [
+        SentimentCandidate(f"r{i}", "i1", f"Love this sweater number {i}, great and soft", 5)
+        for i in range(5)
+    ] + [SentimentCandidate("r9", "i1", "Love it, great", 1)]  # stars and words disagree
+    inline = labeler.label_many(cands)
+    originals = labeler.label_many(cands, augment=False)
+    trailing = TrailingAugmentation(labeler, max_wait_s=10, capacity=4, chunk=3)
+    trailing.offer(originals, ("p0", "k0"), now=0.0)
+    assert trailing.waiting == 4  # 5 augmentable, the oldest pushed out by the capacity
+    assert labeler.counts["augment_shed"] == 1
+    variants = []
+    while (chunk := trailing.next_chunk(now=1.0)) is not None:
+        assert chunk.route == ("p0", "k0") and len(chunk.examples) <= 3
+        variants += trailing.augment_many(chunk).variants
+    made_inline = {e.example_id for e in inline if e.augmented_from is not None}
+    shed_parent = originals[0].example_id
+    assert {v.example_id for v in variants} == {
+        e.example_id for e in inline if e.augmented_from not in (None, shed_parent)
+    }
+    assert made_inline  # inline and trailing make the same variants, ids and all
+    trailing.offer(originals[:2], ("p1", "k1"), now=5.0)
+    assert trailing.next_chunk(now=15.1) is None  # waited longer than max_wait_s
+    assert labeler.counts["augment_shed"] == 3 and trailing.waiting == 0
 
 
 def _planted(n: int, rng: np.random.Generator, pos_rate: float) -> tuple[np.ndarray, np.ndarray]:
@@ -437,9 +473,15 @@ def test_a_pair_shown_in_many_sessions_and_never_clicked_is_one_negative() -> No
         return out
 
     def negatives(batches: list[list[RelevanceCandidate]]) -> list[Any]:
-        labeler = RelevanceLabeler(None, LabelSettings(augment_variants=0))
-        found = [e for b in batches for e in labeler.label_many(b) if "never_clicked" in e.votes]
+        labeler = RelevanceLabeler(None, LabelSettings(), [TypoAugmenter()])
+        found = [
+            e
+            for b in batches
+            for e in labeler.label_many(b, augment=False)
+            if "never_clicked" in e.votes
+        ]
         assert labeler.counts["aggregate_negatives"] == len(found)
+        assert labeler.augmentable(found) == []  # not the label functions' votes: no variants
         return found
 
     cands = sessions(6)

@@ -197,7 +197,7 @@ def test_a_session_becomes_graded_examples_and_redelivery_adds_no_ids(
     for skipped in (f"{tag}-i0", f"{tag}-i1"):
         assert originals[skipped]["label"] == 0 and originals[skipped]["grade"] == 0
     assert bought["user_key"] and tag not in bought["user_key"]  # pseudonymised
-    ids_before = {e["example_id"] for e in examples}
+    ids_before = {e["example_id"] for e in originals.values()}
 
     # The same events again while the worker runs: the session closed already, so they are
     # late and counted, not labelled again. (Redelivery after a crash replays into a fresh
@@ -208,7 +208,9 @@ def test_a_session_becomes_graded_examples_and_redelivery_adds_no_ids(
     # redelivered events were handled
     _send(broker.bootstrap, _session(marker, key=f"{tag}-sess"))
     after = _examples_until_marker(broker.bootstrap, of_session, marker)
-    assert {e["example_id"] for e in after} == ids_before
+    assert {e["example_id"] for e in after if e["augmented_from"] is None} == ids_before
+    # variants trail their originals (sent when the agents are idle): only of these originals
+    assert {e["augmented_from"] for e in after} <= {None, *ids_before}
 
 
 def test_a_review_becomes_a_sentiment_example(broker: Any, worker: Any) -> None:
@@ -231,11 +233,15 @@ def test_a_review_becomes_a_sentiment_example(broker: Any, worker: Any) -> None:
             )
         ],
     )
-    examples = _examples(broker.bootstrap, lambda e: e["source_event_ids"] == [f"{tag}-r"], 1)
+    # the original first, then (trailing it, made while the agents are idle) its variants
+    examples = _examples(broker.bootstrap, lambda e: e["source_event_ids"] == [f"{tag}-r"], 2)
     original = next(e for e in examples if e["augmented_from"] is None)
     assert original["task"] == "sentiment" and original["label"] == 1
     assert original["votes"]["rating"] == 1 and original["votes"]["lexicon"] == 1
     assert original["user_key"] != "bob"
+    variants = [e for e in examples if e["augmented_from"] is not None]
+    assert variants and {v["augmented_from"] for v in variants} == {original["example_id"]}
+    assert all(v["label"] == 1 and v["text"] != original["text"] for v in variants)
 
 
 def test_a_bot_session_produces_no_examples(broker: Any, worker: Any) -> None:

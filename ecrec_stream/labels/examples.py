@@ -252,15 +252,26 @@ class _Labeler:
         ``None`` when the task has no anchor."""
         return None
 
-    def _augment(self, examples: list[TrainingExample]) -> list[TrainingExample]:
-        # Only examples whose voting stateless functions all agree are augmented (see the
-        # class docstring): the choice never depends on state that a restart resets.
-        examples = [
+    def augmentable(self, examples: Sequence[TrainingExample]) -> list[TrainingExample]:
+        """The ``examples`` that get variants: originals whose voting stateless functions all
+        agree (see the class docstring: the choice never depends on state that a restart
+        resets). Only examples of the label functions' votes: an aggregate negative gets none.
+        None when augmentation is off."""
+        if not self.augmenters or self.settings.augment_variants == 0:
+            return []
+        return [
             e
             for e in examples
-            if len({e.votes[n] for n in self.stateless if e.votes[n] != ABSTAIN}) == 1
+            if e.augmented_from is None
+            and e.votes.keys() == set(self.names)
+            and len({e.votes[n] for n in self.stateless} - {ABSTAIN}) == 1
         ]
-        if not self.augmenters or not examples or self.settings.augment_variants == 0:
+
+    def augment_many(self, examples: Sequence[TrainingExample]) -> list[TrainingExample]:
+        """The kept variants of the augmentable ``examples`` (the meaning filter's embeddings
+        are most of their cost); ids are deterministic, so a variant made twice is one."""
+        examples = self.augmentable(examples)
+        if not examples:
             return []
         keys = [self._variant_key(e) for e in examples]
         sources = dict(zip(keys, (e.text for e in examples), strict=True))
@@ -371,7 +382,8 @@ class _Labeler:
         self, candidates: Sequence[Any], *, augment: bool = True
     ) -> list[TrainingExample]:
         """Vote, combine and augment one micro-batch of candidates (``augment=False``: no
-        variants, counted as ``augment_shed``: the worker sheds augmentation when behind)."""
+        variants; the worker makes them later, off the labelling path:
+        :class:`~ecrec_stream.labels.stages.TrailingAugmentation`)."""
         self._prepare(candidates)
         votes, proba = self._combine(candidates)
         self.counts["candidates"] += len(candidates)
@@ -388,9 +400,8 @@ class _Labeler:
             examples.append(self._example(cand, named, int(p.argmax()), float(p.max())))
         self.counts["examples"] += len(examples)
         if not augment:
-            self.counts["augment_shed"] += len(examples)
             return examples
-        return examples + self._augment(examples)
+        return examples + self.augment_many(examples)
 
 
 NEVER_CLICKED = "never_clicked"  # the vote name of an aggregate negative

@@ -15,11 +15,11 @@ returned as a failure for the runner to dead-letter.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from ecrec_stream.contracts.events import ReviewEvent
 from ecrec_stream.ingest.isolation import Failure, isolate_failures
@@ -30,6 +30,7 @@ from ecrec_stream.labels.sessions import BotRules, bot_reason, relevance_candida
 
 LOG = logging.getLogger(__name__)
 OnError = Literal["dead_letter", "stop"]
+Route = TypeVar("Route")
 
 
 @dataclass
@@ -169,3 +170,121 @@ class SessionLabelStage:
 
     def reset_state(self) -> None:
         self.labeler.reset_state()
+
+
+@dataclass
+class _Waiting(Generic[Route]):
+    due: float  # shed after this time
+    examples: deque[TrainingExample]
+    route: Route
+
+
+@dataclass
+class AugmentChunk(Generic[Route]):
+    """A few waiting examples of one micro-batch (``route``: where the runner sends their
+    variants), taken by :meth:`TrailingAugmentation.next_chunk`."""
+
+    examples: list[TrainingExample]
+    route: Route
+
+
+@dataclass
+class AugmentStep(Generic[Route]):
+    """The variants of one chunk, and the examples an augmenter raised on (``failed``)."""
+
+    variants: list[TrainingExample]
+    route: Route
+    failed: list[Failure[TrainingExample]] = field(default_factory=list)
+
+
+class TrailingAugmentation(Generic[Route]):
+    """Variants made after their originals were sent, when the model has nothing more urgent.
+
+    Augmentation (above all the meaning filter's embeddings of every variant) is most of a
+    label agent's cost; made inline, it decides how fast the originals go out, and a worker at
+    its limit fell behind before shedding any of it. Here the runner sends a micro-batch's
+    originals first and :meth:`offer` s them; when its agents have nothing to read it takes
+    the oldest few with :meth:`next_chunk` and makes their variants with :meth:`augment_many`.
+    An example that waited longer than ``max_wait_s``, or that more than ``capacity`` newer
+    ones pushed out, is shed: counted in its labeler's ``augment_shed``, never silently.
+
+    Not part of the checkpoint: a crash loses the waiting variants (their originals were
+    sent), as shedding does. :meth:`offer` and :meth:`next_chunk` are bookkeeping for one
+    thread (the event loop); :meth:`augment_many` is the model work.
+
+    >>> from ecrec_stream.config import LabelSettings
+    >>> from ecrec_stream.labels.base import SentimentCandidate
+    >>> from ecrec_stream.augment import TypoAugmenter
+    >>> labeler = SentimentLabeler(None, LabelSettings(), [TypoAugmenter()])
+    >>> originals = labeler.label_many(
+    ...     [SentimentCandidate(f"r{i}", "i", "Love it, so soft", 5) for i in range(3)],
+    ...     augment=False)
+    >>> trailing = TrailingAugmentation(labeler, max_wait_s=10, capacity=100, chunk=2)
+    >>> trailing.offer(originals, "partition 0", now=0.0)
+    >>> chunk = trailing.next_chunk(now=1.0)
+    >>> len(chunk.examples), trailing.waiting
+    (2, 1)
+    >>> step = trailing.augment_many(chunk)
+    >>> {v.augmented_from for v in step.variants} == {e.example_id for e in chunk.examples}
+    True
+    >>> trailing.next_chunk(now=11.0) is None, labeler.counts["augment_shed"]  # waited too long
+    (True, 1)
+    """
+
+    def __init__(
+        self,
+        labeler: RelevanceLabeler | SentimentLabeler,
+        *,
+        max_wait_s: float,
+        capacity: int,
+        chunk: int = 8,
+        on_error: OnError = "dead_letter",
+    ) -> None:
+        self.labeler = labeler
+        self.max_wait_s = max_wait_s
+        self.capacity = capacity
+        self.chunk = chunk
+        self.on_error = on_error
+        self._queue: deque[_Waiting[Route]] = deque()
+        self.waiting = 0  # examples in the queue
+
+    def offer(self, examples: Sequence[TrainingExample], route: Route, *, now: float) -> None:
+        """Queue the augmentable ``examples`` of one micro-batch; shed the oldest waiting ones
+        beyond ``capacity``."""
+        wanted = self.labeler.augmentable(examples)
+        if not wanted:
+            return
+        self._queue.append(_Waiting(now + self.max_wait_s, deque(wanted), route))
+        self.waiting += len(wanted)
+        while self.waiting > self.capacity:
+            head = self._queue[0]
+            head.examples.popleft()
+            self._shed(1)
+            if not head.examples:
+                self._queue.popleft()
+
+    def next_chunk(self, *, now: float) -> AugmentChunk[Route] | None:
+        """Up to ``chunk`` of the oldest waiting examples of one micro-batch (those that
+        waited too long shed first); ``None`` when nothing waits."""
+        while self._queue and self._queue[0].due < now:
+            self._shed(len(self._queue.popleft().examples))
+        if not self._queue:
+            return None
+        head = self._queue[0]
+        taken = [head.examples.popleft() for _ in range(min(self.chunk, len(head.examples)))]
+        self.waiting -= len(taken)
+        if not head.examples:
+            self._queue.popleft()
+        return AugmentChunk(taken, head.route)
+
+    def augment_many(self, chunk: AugmentChunk[Route]) -> AugmentStep[Route]:
+        """The chunk's variants; an example an augmenter (or the filter) raises on is isolated
+        (``on_error="stop"``: the error propagates)."""
+        variants, failed = isolate_failures(
+            self.labeler.augment_many, chunk.examples, self.on_error
+        )
+        return AugmentStep(variants, chunk.route, failed)
+
+    def _shed(self, n: int) -> None:
+        self.waiting -= n
+        self.labeler.counts["augment_shed"] += n
