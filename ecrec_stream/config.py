@@ -275,7 +275,8 @@ class LabelSettings(BaseModel):
     bot_min_median_dwell_ms: int = Field(500, ge=0)
     dedupe_capacity: int = Field(100_000, ge=100)
     # The label stages' state (label model, position model, seed classifier, dedupe windows)
-    # is saved this often to <data_dir>/labels/labels.state; a restarted worker resumes it.
+    # is saved this often to <data_dir>/labels/labels.state (or, when a save takes long, at
+    # most a tenth of the time); a restarted worker resumes it.
     snapshot_interval_s: float = Field(5.0, gt=0)
     # Your own label functions: "package.module:factory" paths; factory(label_settings) returns
     # a LabelFunction whose ``task`` says which labeler it joins.

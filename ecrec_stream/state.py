@@ -28,6 +28,7 @@ from ecrec_stream.exceptions import EcrecError
 
 FORMAT = "ecrec-state"
 _TENSOR = "__tensor__"
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 class StateError(EcrecError):
@@ -66,6 +67,8 @@ def _split(value: Any, tensors: dict[str, np.ndarray]) -> Any:
             out[key] = _split(item, tensors)
         return out
     if isinstance(value, list | tuple):
+        if all(type(item) in _PLAIN for item in value):
+            return list(value)  # the common large case (a column of strings): no call per item
         return [_split(item, tensors) for item in value]
     if isinstance(value, np.generic):
         return value.item()

@@ -117,11 +117,13 @@ class LabelRuntime:
     # the most any of its messages waited since the worker started
     lag_s: dict[str, float] = field(default_factory=dict)
     lag_max_s: dict[str, float] = field(default_factory=dict)
+    checkpoint_s: float = 0.0  # how long the latest state checkpoint took
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {**self.stats, "titles_known": len(self.titles)}
         out["lag_s"] = {task: round(lag, 3) for task, lag in self.lag_s.items()}
         out["lag_max_s"] = {task: round(lag, 3) for task, lag in self.lag_max_s.items()}
+        out["checkpoint_s"] = round(self.checkpoint_s, 3)
         if self.annotator is not None:
             out["annotator"] = self.annotator.stats.as_dict(self.annotator.backlog)
         for labeler in (self.relevance, self.sentiment):
@@ -176,6 +178,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
     # labelling on the model thread: it read ~120 events/s at 1,000/s paced traffic.)
     processing = aiorwlock.RWLock()
     checkpointed_at = [0]  # the stats' total when the last checkpoint was taken
+    next_checkpoint = [0.0]  # monotonic time before which none is taken
     examples_topic = app.topic(names.examples, value_serializer="raw", key_serializer="raw")
     sessions = app.Table(
         f"{settings.app_id}-sessions",
@@ -446,9 +449,10 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
         """Save the stages' state when something changed: taken between two messages, then
         the producer flushed, then written (see the module docstring)."""
         total = sum(stats.values())
-        if total == checkpointed_at[0]:
+        if total == checkpointed_at[0] or time.monotonic() < next_checkpoint[0]:
             return
         with stop_on_error("label.checkpoint"):
+            began = time.monotonic()
             async with processing.writer:
                 state = await shared.off_loop(stage_states)
             await app.producer.flush()
@@ -457,6 +461,11 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
             )
             checkpointed_at[0] = total
             stats["checkpoints"] += 1
+            # A checkpoint holds both agents and the model thread; a large state (the position
+            # model's sample) must not take more than a tenth of their time.
+            took = time.monotonic() - began
+            next_checkpoint[0] = time.monotonic() + 9 * took
+            runtime.checkpoint_s = took
 
     app.agent(reviews_topic, name="ecrec.label.reviews")(label_reviews)
     app.agent(session_topics, name="ecrec.label.sessions")(label_sessions)

@@ -370,6 +370,29 @@ def test_the_label_stages_learn_something_worth_resuming() -> None:
     assert sessions.labeler.model.fits >= 1
 
 
+def test_a_position_model_saved_with_a_row_per_pair_still_loads(tmp_path: Path) -> None:
+    """States written before the pairs' attractiveness was saved as columns load the same."""
+    sessions = _session_stage()
+    for k in range(3):
+        sessions.label_many(_sessions(40, k))
+    model = sessions.labeler.position_bias
+    assert model.attractiveness
+    state = model.state_dict()
+    columns = state["attractiveness"]
+    rows = [
+        [q, i, float(g), int(n)]
+        for q, i, g, n in zip(
+            columns["query"], columns["item"], columns["gamma"], columns["shown"], strict=True
+        )
+    ]
+    save_state(tmp_path / "old.state", {**state, "attractiveness": rows}, kind="pbm", version=1)
+    for saved in (state, load_state(tmp_path / "old.state", kind="pbm", version=1)):
+        restored = _session_stage().labeler.position_bias
+        assert saved is not None
+        restored.load_state(saved)
+        assert restored.attractiveness == model.attractiveness
+
+
 def test_a_state_file_of_another_kind_or_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "x.state"
     save_state(path, {"a": np.arange(3)}, kind="one", version=1)
