@@ -236,7 +236,7 @@ class LabelSettings(BaseModel):
     # curve 1/(k+1)**ips_eta until enough items were seen at several positions), or "fixed".
     position_bias: Literal["estimated", "fixed"] = "estimated"
     position_bias_min_pairs: int = Field(200, ge=1)
-    # refit after this many impressions, or a tenth of the model's sample if that is more
+    # refit after this many impressions, or half the model's sample if that is more
     position_bias_refit_every: int = Field(2_000, ge=1)
     # The click_model function (with position_bias="estimated"): the fitted attractiveness of
     # a (query, item) pair over all sessions: >= high relevant, <= low not.

@@ -506,12 +506,14 @@ class RelevanceLabeler(_Labeler):
             Observation(c.query, c.item_id, c.position, c.action != "none") for c in candidates
         )
         self._since_refit += len(candidates)
-        # A fit costs time in proportion to the sample (up to 500,000 impressions): refitting
-        # every 2,000 of them made the labelling of a sustained stream quadratic (the worker
-        # fell further behind the longer it ran), so a fit also waits for the sample to grow
-        # by a tenth.
+        # A fit costs time in proportion to the sample (1.5 s for the full 500,000 impressions
+        # on one CPU core, on the model thread: the session agent waits): refitting every 2,000
+        # of them made the labelling of a sustained stream quadratic, so a fit also waits for
+        # the sample to grow by half (a tenth still took 11% of the worker at 1,000 events/s:
+        # ~40 fits in its first 100,000 impressions, ~10 now). The examination curve it
+        # estimates moves slowly.
         sample = len(self.position_bias.sample.items)
-        if self._since_refit >= max(self.settings.position_bias_refit_every, sample // 10):
+        if self._since_refit >= max(self.settings.position_bias_refit_every, sample // 2):
             self.position_bias.fit()
             self._since_refit = 0
 
