@@ -89,10 +89,15 @@ PROCESSING = DeadLetterReason.PROCESSING_ERROR
 STATE_KIND = "label_stages"
 STATE_VERSION = 1
 # Trailing augmentation: examples per model call (reviews: ~16 embeddings, ~0.15 s on one CPU
-# thread, the longest a label agent's next message waits for it), and how long both agents
-# must have had nothing in hand before it runs (an agent with more to read takes it first).
+# thread, the longest a label agent's next message waits for it); how long both agents must
+# have had nothing in hand before it runs (an agent with more to read takes it first); and
+# when an agent counts as caught up: its latest message waited less than CAUGHT_UP_S, or it
+# has had nothing to read for IDLE_S. Idle between messages is not enough: a worker at its
+# limit still has gaps, and variants made in them took the CPU that ingest and drift needed.
 AUGMENT_CHUNK = 8
 AUGMENT_SETTLE_S = 0.005
+AUGMENT_CAUGHT_UP_S = 2.0
+AUGMENT_IDLE_S = 1.0
 
 
 def _candidate_json(candidate: RelevanceCandidate | SentimentCandidate) -> bytes:
@@ -259,7 +264,16 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
             for labeler in (relevance, sentiment)
         }
     busy: Counter[str] = Counter()  # label agents with a message in hand
+    done_at: dict[str, float] = {}  # when each label agent last finished a message
     wake_augmentation = asyncio.Event()
+
+    def caught_up() -> bool:
+        """Neither label agent has a message in hand, and each is caught up with its input."""
+        now = time.monotonic()
+        return not any(busy.values()) and all(
+            lag < AUGMENT_CAUGHT_UP_S or now - done_at.get(task, 0.0) > AUGMENT_IDLE_S
+            for task, lag in lags.items()
+        )
 
     async def run_stage(
         stage: ReviewLabelStage | SessionLabelStage, batch: Sequence[Any], event: Any
@@ -295,6 +309,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
             yield
         finally:
             busy[task] -= 1
+            done_at[task] = time.monotonic()
             if not any(busy.values()):
                 wake_augmentation.set()
 
@@ -302,16 +317,19 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
 
         @app.task
         async def augment_trailing() -> None:
-            """Make the waiting variants while the label agents have nothing to read: one chunk
-            at a time, oldest first, each task in turn; send each chunk's variants to its
+            """Make the waiting variants while the label agents are caught up: one chunk at a
+            time, oldest first, each task in turn; send each chunk's variants to its
             originals' partition."""
             while True:
-                await wake_augmentation.wait()
+                with contextlib.suppress(TimeoutError):  # re-checked each second when idle
+                    await asyncio.wait_for(wake_augmentation.wait(), AUGMENT_IDLE_S)
                 wake_augmentation.clear()
                 while any(t.waiting for t in trailing.values()):
                     await asyncio.sleep(AUGMENT_SETTLE_S)
-                    if any(busy.values()):
-                        break  # an agent had more to read; it wakes this task when done
+                    if not caught_up():
+                        for trail in trailing.values():
+                            trail.expire(now=time.monotonic())
+                        break  # an agent finishing a message wakes this task again
                     for task, trail in trailing.items():
                         chunk = trail.next_chunk(now=time.monotonic())
                         if chunk is None:

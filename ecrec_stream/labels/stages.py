@@ -266,8 +266,7 @@ class TrailingAugmentation(Generic[Route]):
     def next_chunk(self, *, now: float) -> AugmentChunk[Route] | None:
         """Up to ``chunk`` of the oldest waiting examples of one micro-batch (those that
         waited too long shed first); ``None`` when nothing waits."""
-        while self._queue and self._queue[0].due < now:
-            self._shed(len(self._queue.popleft().examples))
+        self.expire(now=now)
         if not self._queue:
             return None
         head = self._queue[0]
@@ -276,6 +275,11 @@ class TrailingAugmentation(Generic[Route]):
         if not head.examples:
             self._queue.popleft()
         return AugmentChunk(taken, head.route)
+
+    def expire(self, *, now: float) -> None:
+        """Shed the examples that have waited longer than ``max_wait_s``."""
+        while self._queue and self._queue[0].due < now:
+            self._shed(len(self._queue.popleft().examples))
 
     def augment_many(self, chunk: AugmentChunk[Route]) -> AugmentStep[Route]:
         """The chunk's variants; an example an augmenter (or the filter) raises on is isolated
