@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from bench.common import (
     RESULTS,
@@ -170,12 +171,43 @@ def _produce(
     assert producer.flush(60) == 0
 
 
-def _agents_read(base: str, drift_base: str) -> dict[str, Any]:
+def _sum_counts(docs: list[Any]) -> Any:
+    """The numbers of several workers' stats documents added up, key by key (the first
+    worker's value where a leaf is not a number).
+
+    >>> _sum_counts([{"a": 1, "b": {"c": 2}, "d": "x"}, {"a": 2, "b": {"c": 3}, "d": "y"}])
+    {'a': 3, 'b': {'c': 5}, 'd': 'x'}
+    """
+    first = docs[0]
+    if isinstance(first, dict):
+        keys = dict.fromkeys(k for d in docs for k in d)
+        return {k: _sum_counts([d[k] for d in docs if k in d]) for k in keys}
+    numbers = [d for d in docs if isinstance(d, int | float) and not isinstance(d, bool)]
+    if numbers and len(numbers) == len(docs):
+        return sum(numbers)
+    return first
+
+
+def _label_stats(bases: list[str]) -> dict[str, Any]:
+    """The label agents' stats of every worker, added up; ``lag_s`` and ``lag_max_s`` are the
+    most of any worker."""
+    docs = [httpx.get(f"{b}/ecrec/stats", timeout=10).json()["labels"] for b in bases]
+    out: dict[str, Any] = _sum_counts(docs)
+    for key in ("lag_s", "lag_max_s"):
+        merged: dict[str, float] = {}
+        for doc in docs:
+            for task, lag in doc.get(key, {}).items():
+                merged[task] = max(lag, merged.get(task, 0.0))
+        out[key] = merged
+    return out
+
+
+def _agents_read(bases: list[str], drift_bases: list[str]) -> dict[str, Any]:
     """Events each agent has read so far: the session and review label agents (from
     ``/ecrec/stats``) and drift (observed, or held by its event-time merge for slower inputs:
     read either way; the merge's hold-back is event time, not work left)."""
-    labels = httpx.get(f"{base}/ecrec/stats", timeout=10).json()["labels"]
-    drift = httpx.get(f"{drift_base}/ecrec/drift", timeout=10).json()
+    labels = _label_stats(bases)
+    drift = _sum_counts([httpx.get(f"{b}/ecrec/drift", timeout=10).json() for b in drift_bases])
     return {
         "sessions": int(labels.get("session_events_read", 0)),
         "reviews": int(labels.get("reviews_read", 0)),
@@ -189,9 +221,9 @@ AGENT_KINDS = {"sessions": {"searches", "clicks"}, "reviews": {"reviews"},
 
 
 def sustained_lags(
-    base: str,
-    drift_base: str,
-    pid: int,
+    bases: list[str],
+    drift_bases: list[str],
+    pids: list[int],
     records: list[Record],
     rate: float,
     producing: threading.Thread,
@@ -201,8 +233,10 @@ def sustained_lags(
     each one's send time to ``sent_at``), then until they have read it all. An agent's lag at
     a poll is how long the oldest event of its kinds that it has not read was sent ago (an
     agent reads its events in about the order they were sent); it keeps up when every lag
-    stays under 10 s. The label agents' own worst lag (batch message written -> labelled,
-    ``lag_max_s``) is reported beside it."""
+    stays under 10 s and does not grow over the second half of sending (least-squares slope
+    under 0.05 s per s: a lag growing faster crosses 10 s within minutes of a longer run).
+    The label agents' own worst lag (batch message written -> labelled, ``lag_max_s``) is
+    reported beside it."""
     of_agent = {
         agent: [i for i, (kind, _, _) in enumerate(records) if kind in kinds]
         for agent, kinds in AGENT_KINDS.items()
@@ -210,10 +244,12 @@ def sustained_lags(
     wanted = {agent: len(idx) for agent, idx in of_agent.items() if idx}
     start = time.monotonic()
     lags: dict[str, list[float]] = {k: [] for k in wanted}
+    polled_at: list[float] = []
     series = []  # per poll: seconds, events read per agent, the label agents' own lags
     while True:
-        read = _agents_read(base, drift_base)
+        read = _agents_read(bases, drift_bases)
         now = time.monotonic()
+        polled_at.append(now)
         series.append({"t": round(now - start, 2), "sent": len(sent_at), **read})
         for agent, n in wanted.items():
             oldest_unread = of_agent[agent][read[agent]] if read[agent] < n else None
@@ -223,20 +259,28 @@ def sustained_lags(
                 lags[agent].append(0.0)
         if not producing.is_alive() and all(read[a] >= n for a, n in wanted.items()):
             break
-        if not Path(f"/proc/{pid}").exists():
-            raise RuntimeError(f"process {pid} exited; see its log")
+        if gone := [pid for pid in pids if not Path(f"/proc/{pid}").exists()]:
+            raise RuntimeError(f"process {gone} exited; see its log")
         if now - start > 3 * len(records) / rate + 600:
             raise TimeoutError(f"agents read {read} of {wanted}")
         time.sleep(0.5)
-    labels = httpx.get(f"{base}/ecrec/stats", timeout=10).json()["labels"]
+    labels = _label_stats(bases)
+    half = [i for i, t in enumerate(polled_at) if sent_at[len(sent_at) // 2] <= t <= sent_at[-1]]
+    growth = {
+        a: float(np.polyfit([polled_at[i] for i in half], [v[i] for i in half], 1)[0])
+        if len(half) >= 3
+        else 0.0
+        for a, v in lags.items()
+    }
     return {
         "rate": rate,
         "seconds": time.monotonic() - start,
         "sent_s": sent_at[-1] - sent_at[0],
         "max_lag_s": {a: max(v) for a, v in lags.items()},
         "p50_lag_s": {a: sorted(v)[len(v) // 2] for a, v in lags.items()},
+        "lag_growth_s_per_s": growth,
         "label_lag_max_s": labels.get("lag_max_s", {}),
-        "kept_up": all(max(v) < 10.0 for v in lags.values()),
+        "kept_up": all(max(v) < 10.0 and growth[a] < 0.05 for a, v in lags.items()),
         "series": series,
     }
 
@@ -318,41 +362,55 @@ def run_worker(
     profile: str | None = None,
     rate: float | None = None,
     split: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """The ecrec-stream worker on its own topics: ingest only, or every stage on; a backlog,
     or (``rate``, every stage on) the records paced at that many events/s; ``split``: the
-    drift agent in a second worker process (its own consumer group, ingest and labels off)."""
+    drift agent in a second worker process (its own consumer group, ingest and labels off);
+    ``workers``: that many worker processes in one consumer group (they split the partitions;
+    paced runs only)."""
+    if workers > 1 and (rate is None or split):
+        raise ValueError("several workers: paced runs without --split only")
     names, env = isolated_worker(broker.bootstrap, "tw", PARTITIONS, labels=stages, drift=stages)
     tag = env["ECREC_APP_ID"]
-    port = free_port()
-    base = drift_base = f"http://127.0.0.1:{port}"
     topics = {"items": names.items, "searches": names.searches, "clicks": names.clicks,
               "reviews": names.reviews}  # fmt: skip
     drift_worker = None
+    drift_bases: list[str] = []
     if split:
         drift_port = free_port()
-        drift_base = f"http://127.0.0.1:{drift_port}"
+        drift_bases = [f"http://127.0.0.1:{drift_port}"]
         drift_env = {**env, "ECREC_APP_ID": f"{tag}-drift", "ECREC_INGEST__ENABLED": "false",
                      "ECREC_LABELS__ENABLED": "false"}  # fmt: skip
         env = {**env, "ECREC_DRIFT__ENABLED": "false"}
         drift_worker = worker_process(
             broker.url, workdir / f"{tag}-drift", drift_port, extra_env=drift_env
         ).start()
-    worker = worker_process(broker.url, workdir / tag, port, extra_env=env).start()
+    ports = [free_port() for _ in range(workers)]
+    bases = [f"http://127.0.0.1:{port}" for port in ports]
+    drift_bases = drift_bases or bases
+    procs = [
+        worker_process(broker.url, workdir / (tag if k == 0 else f"{tag}-{k}"), port, extra_env=env)
+        for k, port in enumerate(ports)
+    ]
+    for proc in procs:
+        proc.start()
     try:
-        worker.wait_http(f"{base}/ecrec/stats")
+        for proc, base in zip(procs, bases, strict=True):
+            proc.wait_http(f"{base}/ecrec/stats")
         if drift_worker is not None:
-            drift_worker.wait_http(f"{drift_base}/ecrec/stats")
-        assert worker.proc is not None
-        pid = worker.proc.pid
-        # the catalog first, and (with labels on) until the worker's title cache holds it
+            drift_worker.wait_http(f"{drift_bases[0]}/ecrec/stats")
+        worker_pids = [proc.proc.pid for proc in procs if proc.proc is not None]
+        pid, base = worker_pids[0], bases[0]
+        # the catalog first, and (with labels on) until every worker's title cache holds it
         _produce(broker.bootstrap, topics, _catalog_records(catalog, tag))
         valid_topics = [names.valid_searches, names.valid_clicks, names.valid_reviews, names.dlq]
         if stages:
-            _wait_count(f"{base}/ecrec/stats", ("labels", "titles_known"), len(catalog), pid)
+            for b, p in zip(bases, worker_pids, strict=True):
+                _wait_count(f"{b}/ecrec/stats", ("labels", "titles_known"), len(catalog), p)
         kinds = Counter(kind for kind, _, _ in records)
         spy = Profiler(pid, profile) if profile else None
-        pids = [pid] + ([drift_worker.proc.pid] if drift_worker and drift_worker.proc else [])
+        pids = worker_pids + ([drift_worker.proc.pid] if drift_worker and drift_worker.proc else [])
         cpu0, start = sum(map(proc_cpu_seconds, pids)), time.monotonic()
         if rate is not None:
             sent_at: list[float] = []
@@ -360,11 +418,12 @@ def run_worker(
                 target=_produce, args=(broker.bootstrap, topics, records, rate, sent_at)
             )
             producing.start()
-            paced = sustained_lags(base, drift_base, pid, records, rate, producing, sent_at)
+            paced = sustained_lags(bases, drift_bases, pids, records, rate, producing, sent_at)
             producing.join()
             result: dict[str, Any] = {
                 "name": "ecrec-stream worker: every stage on, paced"
-                + (", drift in a second process" if split else ""),
+                + (", drift in a second process" if split else "")
+                + (f", {workers} worker processes" if workers > 1 else ""),
                 "events": len(records),
                 "mix": dict(kinds),
                 **paced,
@@ -403,12 +462,13 @@ def run_worker(
             result["profile"] = spy.stop()
             result["flame_graph"] = str(spy.svg)
         if stages:
-            result["label_counts"] = httpx.get(f"{base}/ecrec/stats", timeout=10).json()["labels"]
-            drift = httpx.get(f"{drift_base}/ecrec/drift", timeout=10).json()
-            result["drift_counts"] = drift["counts"]
+            result["label_counts"] = _label_stats(bases)
+            drift = [httpx.get(f"{b}/ecrec/drift", timeout=10).json() for b in drift_bases]
+            result["drift_counts"] = _sum_counts([d["counts"] for d in drift])
         return result
     finally:
-        worker.stop()
+        for proc in procs:
+            proc.stop()
         if drift_worker is not None:
             drift_worker.stop()
 
@@ -435,6 +495,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="of paced traffic")
     parser.add_argument(
         "--split", action="store_true", help="paced: the drift agent in a second worker process"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="paced: worker processes in one consumer group (they split the partitions)",
     )
     args = parser.parse_args()
     if args.paced:
@@ -490,7 +556,7 @@ def paced(args: argparse.Namespace) -> None:
             records = mix_records(mix, catalog, int(rate * args.seconds), tag, args.review_share)
             r = run_worker(broker, catalog, records, workdir, stages=True, rate=rate,
                            profile=f"throughput-paced-{mix}" if args.profile else None,
-                           split=args.split)  # fmt: skip
+                           split=args.split, workers=args.workers)  # fmt: skip
             results[mix] = r
             lags = ", ".join(f"{a} {v:.1f}" for a, v in r["max_lag_s"].items())
             counts = [r.get("label_counts", {}).get(f"{t}_counts", {})
