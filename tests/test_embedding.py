@@ -52,6 +52,13 @@ def test_pretokenised_encoding_matches_sentence_transformers(tmp_path: Any) -> N
     got = encode_pretokenised(model, texts, batch_size=3, precision="float32")
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert got.dtype == np.float32 and encode_pretokenised(model, [], 3).shape == (0, 32)
+    # short and long texts in one call go in batches of similar length (length_batches)
+    mixed = [f"milk {i}" for i in range(6)] + [texts[1] * 3, texts[1] * 2]
+    np.testing.assert_allclose(
+        encode_pretokenised(model, mixed, precision="float32"),
+        model.encode(mixed, normalize_embeddings=True),
+        atol=1e-5,
+    )
 
 
 def test_bf16_inference_gives_float32_vectors_close_to_the_float32_ones(tmp_path: Any) -> None:
