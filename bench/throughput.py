@@ -3,6 +3,8 @@ Faust passthrough in the same run, with a profile of where the time goes.
 
     python -m bench.throughput [--mixes sessions,reviews] [--events 12000] [--reviews 600]
                                [--items 50000] [--profile]
+    python -m bench.throughput --paced sessions=1000,reviews=100 [--seconds 60]
+                               [--split | --workers N] [--profile]
 
 Mixes (each a backlog produced as fast as the producer goes, after the catalog was loaded and
 the worker had it):
@@ -21,6 +23,9 @@ ingest has written every event and until the label and drift agents have read ev
 (from the worker's own ``/ecrec/stats`` and ``/ecrec/drift``); events/s is the backlog over the
 slowest of those, the rate the worker sustains (every agent's event time then lags the input
 by the time to read one micro-batch); CPU µs per event; peak RSS.
+
+``--paced``: instead of a backlog, each mix sent at its rate for ``--seconds``; each agent's
+lag is polled (see :func:`sustained_lags` for when it keeps up).
 
 ``--profile``: py-spy samples the worker with every stage on while it works the backlog
 (``--nonblocking``): a flame graph (SVG) and collapsed stacks under bench/results, and the
