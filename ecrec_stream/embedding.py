@@ -357,7 +357,22 @@ class SentenceTransformerEncoder:
 
 class CachedEncoder:
     """Remembers the vectors of recently encoded texts, so the label functions and the meaning
-    filter of one micro-batch share one ``encode`` call per distinct text. Thread-safe."""
+    filter of one micro-batch share one ``encode`` call per distinct text. Thread-safe: a text
+    that another thread is embedding right now is waited for, not embedded again (the worker's
+    drift and label agents embed the same reviews on threads of their own).
+
+    >>> class Counting:
+    ...     dim, name, version, calls = 2, "c", "v1", []
+    ...     def encode(self, texts):
+    ...         self.calls.append(list(texts))
+    ...         return np.ones((len(texts), 2), dtype=np.float32)
+    >>> inner = Counting()
+    >>> cached = CachedEncoder(inner)
+    >>> cached.encode(["a", "b"]).shape, cached.encode(["b", "c"]).shape, inner.calls
+    ((2, 2), (2, 2), [['a', 'b'], ['c']])
+    >>> cached.counts
+    {'hits': 1, 'embedded': 3, 'waited': 0}
+    """
 
     def __init__(self, encoder: Encoder, capacity: int = 20_000) -> None:
         from collections import OrderedDict
@@ -366,7 +381,9 @@ class CachedEncoder:
         self.capacity = capacity
         # keyed by (model version, text): vectors of another version are never served
         self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._inflight: dict[tuple[str, str], threading.Event] = {}
         self._lock = threading.Lock()
+        self.counts = {"hits": 0, "embedded": 0, "waited": 0}
 
     @property
     def dim(self) -> int:
@@ -383,19 +400,43 @@ class CachedEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         inner = self.inner  # one encoder for the whole call, even if it is replaced meanwhile
         v = inner.version
+        mine: list[str] = []  # texts this call embeds
+        theirs: list[threading.Event] = []  # texts another call is embedding now
         with self._lock:
-            missing = list(dict.fromkeys(t for t in texts if (v, t) not in self._cache))
-        if missing:
-            fresh = inner.encode(missing)
+            for text in dict.fromkeys(texts):
+                key = (v, text)
+                if key in self._cache:
+                    self.counts["hits"] += 1
+                elif key in self._inflight:
+                    theirs.append(self._inflight[key])
+                else:
+                    self._inflight[key] = threading.Event()
+                    mine.append(text)
+            self.counts["embedded"] += len(mine)
+            self.counts["waited"] += len(theirs)
+        fresh: dict[str, np.ndarray] = {}
+        try:
+            if mine:
+                fresh = dict(zip(mine, inner.encode(mine), strict=True))
+                with self._lock:
+                    for text, vec in fresh.items():
+                        self._cache[(v, text)] = vec
+                    while len(self._cache) > self.capacity:
+                        self._cache.popitem(last=False)
+        finally:
             with self._lock:
-                for text, vec in zip(missing, fresh, strict=True):
-                    self._cache[(v, text)] = vec
-                while len(self._cache) > self.capacity:
-                    self._cache.popitem(last=False)
+                for text in mine:
+                    self._inflight.pop((v, text)).set()  # set on failure too: waiters retry
+        for event in theirs:
+            event.wait()
         with self._lock:
-            # A text may have been evicted by a concurrent call between the two steps.
-            lost = [t for t in texts if (v, t) not in self._cache]
-        extra = dict(zip(lost, inner.encode(lost), strict=True)) if lost else {}
-        with self._lock:
-            rows = [self._cache[(v, t)] if (v, t) in self._cache else extra[t] for t in texts]
+            vectors = {
+                t: self._cache[(v, t)] for t in dict.fromkeys(texts) if (v, t) in self._cache
+            }
+        vectors.update(fresh)
+        # evicted by a concurrent call meanwhile, or the call waited for failed: embedded here
+        lost = [t for t in dict.fromkeys(texts) if t not in vectors]
+        if lost:
+            vectors.update(zip(lost, inner.encode(lost), strict=True))
+        rows = [vectors[t] for t in texts]
         return np.stack(rows) if rows else np.zeros((0, inner.dim), dtype=np.float32)

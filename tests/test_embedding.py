@@ -110,3 +110,55 @@ def test_a_model_that_cannot_be_traced_runs_eagerly(tmp_path: Any, caplog: Any) 
     model.tokenizer.padding_side = "left"  # the pre-tokenised path cannot serve it
     assert traced_forward(model, "float32") is None
     assert "could not be traced" in caplog.text
+
+
+def test_the_cache_embeds_a_text_once_when_two_threads_want_it_at_once() -> None:
+    """The drift and label agents embed the same reviews on threads of their own: a text one
+    call is embedding is waited for by the other, not embedded twice; a failed call's texts
+    are embedded by the call that waited."""
+    import threading
+    import time
+
+    from ecrec_stream.embedding import CachedEncoder
+
+    class Slow:
+        dim, name, version = 3, "slow", "v1"
+
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+            self.fail_once = False
+
+        def encode(self, texts: list[str]) -> np.ndarray:
+            self.seen += texts
+            time.sleep(0.2)
+            if self.fail_once:
+                self.fail_once = False
+                raise RuntimeError("out of memory")
+            return np.array([[len(t), 1.0, 0.0] for t in texts], dtype=np.float32)
+
+    inner = Slow()
+    cached = CachedEncoder(inner)
+    results: dict[str, np.ndarray] = {}
+
+    def call(name: str, texts: list[str]) -> None:
+        try:
+            results[name] = cached.encode(texts)
+        except RuntimeError:
+            results[name] = np.zeros(0)
+
+    first = threading.Thread(target=call, args=("drift", ["a review", "bb"]))
+    first.start()
+    time.sleep(0.05)  # the drift call is embedding now
+    call("labels", ["bb", "a review", "c"])
+    first.join()
+    assert sorted(inner.seen) == ["a review", "bb", "c"]  # each text embedded once
+    np.testing.assert_array_equal(results["labels"][:, 0], [2, 8, 1])
+    assert cached.counts["waited"] == 2
+
+    inner.fail_once = True
+    failing = threading.Thread(target=call, args=("drift", ["dd"]))
+    failing.start()
+    time.sleep(0.05)
+    call("labels", ["dd"])
+    failing.join()
+    assert results["drift"].size == 0 and results["labels"][0, 0] == 2  # embedded by the waiter
