@@ -123,12 +123,14 @@ class LabelRuntime:
     lag_s: dict[str, float] = field(default_factory=dict)
     lag_max_s: dict[str, float] = field(default_factory=dict)
     checkpoint_s: float = 0.0  # how long the latest state checkpoint took
+    encoder_cache: dict[str, int] = field(default_factory=dict)  # the shared cache's counts
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {**self.stats, "titles_known": len(self.titles)}
         out["lag_s"] = {task: round(lag, 3) for task, lag in self.lag_s.items()}
         out["lag_max_s"] = {task: round(lag, 3) for task, lag in self.lag_max_s.items()}
         out["checkpoint_s"] = round(self.checkpoint_s, 3)
+        out["encoder_cache"] = dict(self.encoder_cache)
         if self.annotator is not None:
             out["annotator"] = self.annotator.stats.as_dict(self.annotator.backlog)
         for labeler in (self.relevance, self.sentiment):
@@ -162,7 +164,9 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
     relevance, sentiment = build_labelers(cfg, shared.encoder)
     annotator = build_annotator(cfg, relevance, sentiment) if cfg.annotator.enabled else None
     titles = shared.catalog
-    runtime = LabelRuntime(relevance, sentiment, titles, annotator=annotator)
+    runtime = LabelRuntime(
+        relevance, sentiment, titles, annotator=annotator, encoder_cache=shared.encoder.counts
+    )
     stats = runtime.stats
     policy = settings.on_processing_error
     review_stage = ReviewLabelStage(sentiment, dedupe_capacity=cfg.dedupe_capacity, on_error=policy)
