@@ -94,9 +94,11 @@ STATE_VERSION = 1
 # when an agent counts as caught up: its latest message waited less than CAUGHT_UP_S, or it
 # has had nothing to read for IDLE_S. Idle between messages is not enough: a worker at its
 # limit still has gaps, and variants made in them took the CPU that ingest and drift needed.
+# At 1,000 session events/s a 2 s bound let them take 23% of the worker early in a run
+# (max lag 10.1-12.8 s in 4 runs); 0.5 s: 7.2 and 7.7 s, and at 500/s as many variants.
 AUGMENT_CHUNK = 8
 AUGMENT_SETTLE_S = 0.005
-AUGMENT_CAUGHT_UP_S = 2.0
+AUGMENT_CAUGHT_UP_S = 0.5
 AUGMENT_IDLE_S = 1.0
 
 
