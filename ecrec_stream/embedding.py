@@ -400,10 +400,11 @@ class CachedEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         inner = self.inner  # one encoder for the whole call, even if it is replaced meanwhile
         v = inner.version
+        distinct = list(dict.fromkeys(texts))
         mine: list[str] = []  # texts this call embeds
         theirs: list[threading.Event] = []  # texts another call is embedding now
         with self._lock:
-            for text in dict.fromkeys(texts):
+            for text in distinct:
                 key = (v, text)
                 if key in self._cache:
                     self.counts["hits"] += 1
@@ -430,12 +431,10 @@ class CachedEncoder:
         for event in theirs:
             event.wait()
         with self._lock:
-            vectors = {
-                t: self._cache[(v, t)] for t in dict.fromkeys(texts) if (v, t) in self._cache
-            }
+            vectors = {t: self._cache[(v, t)] for t in distinct if (v, t) in self._cache}
         vectors.update(fresh)
         # evicted by a concurrent call meanwhile, or the call waited for failed: embedded here
-        lost = [t for t in dict.fromkeys(texts) if t not in vectors]
+        lost = [t for t in distinct if t not in vectors]
         if lost:
             vectors.update(zip(lost, inner.encode(lost), strict=True))
         rows = [vectors[t] for t in texts]
