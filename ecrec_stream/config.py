@@ -263,7 +263,7 @@ class LabelSettings(BaseModel):
     augment_variants: int = Field(1, ge=0, le=10)
     # Augmentation (and the meaning filter's embeddings, most of a label agent's cost) trails
     # labelling in the worker: originals are sent first, variants made while the label agents
-    # have nothing to read; an example that waits longer than this for them, or that more than
+    # are idle and caught up; an example that waits longer than this for them, or that more than
     # augment_queue_capacity newer ones push out, gets none (counted as augment_shed per task
     # on /ecrec/stats). None: every micro-batch augmented inline, on the labelling path.
     augment_max_lag_s: float | None = Field(10.0, gt=0)

@@ -7,10 +7,11 @@
   last event by ``session_gap_s``; closed sessions become relevance examples, bot-like ones none.
 * augmentation trails labelling (:class:`~ecrec_stream.labels.stages.TrailingAugmentation`):
   each micro-batch's examples are sent first, then queued; a task makes their variants, a few
-  at a time, while neither label agent has a message in hand, and sends them to the
-  originals' partition. An example that waits over ``augment_max_lag_s`` gets none (counted as
-  ``augment_shed``); a crash loses the queue (the originals were sent). ``augment_max_lag_s``
-  null: variants made inline, in the originals' message.
+  at a time, while neither label agent has a message in hand and both are caught up (see
+  AUGMENT_CAUGHT_UP_S), and sends them to the originals' partition. An example that waits
+  over ``augment_max_lag_s`` gets none (counted as ``augment_shed``); a crash loses the queue
+  (the originals were sent). ``augment_max_lag_s`` null: variants made inline, in the
+  originals' message.
 * the LLM annotator (``ECREC_LABELS__ANNOTATOR__ENABLED=true``): the agents offer their
   examples to its bounded queue and never wait for it; a task drains the queue within its rate
   budget on a thread of its own and sends the revised examples (``revision`` 1) when its votes

@@ -203,7 +203,7 @@ class TrailingAugmentation(Generic[Route]):
     Augmentation (above all the meaning filter's embeddings of every variant) is most of a
     label agent's cost; made inline, it decides how fast the originals go out, and a worker at
     its limit fell behind before shedding any of it. Here the runner sends a micro-batch's
-    originals first and :meth:`offer` s them; when its agents have nothing to read it takes
+    originals first and :meth:`offer` s them; when its agents are idle and caught up it takes
     the oldest few with :meth:`next_chunk` and makes their variants with :meth:`augment_many`.
     An example that waited longer than ``max_wait_s``, or that more than ``capacity`` newer
     ones pushed out, is shed: counted in its labeler's ``augment_shed``, never silently.
