@@ -175,9 +175,10 @@ def length_batches(sorted_lengths: np.ndarray, batch_size: int) -> list[slice]:
     :func:`padded_width`, the width each batch is padded to. A batch was padded to its longest
     row: 32 search queries embedded with 8 reviews cost 4x what they cost apart (the drift
     agent's micro-batches mix the two; 404.7 -> 96.8 ms with batches of similar length), and
-    32 reviews 8.15 ms each on one CPU thread in one batch, 7.19 ms in these batches. The width depends on a text's own length only, so a text embeds the same whatever
-    it is batched with: under bf16 the padded width moves a vector in its sixth digit, and two
-    index replicas that took the same items in other micro-batches answered differently.
+    32 reviews 8.15 ms each on one CPU thread in one batch, 7.19 ms in these batches. The
+    width depends on a text's own length only, so a text embeds the same whatever it is
+    batched with: under bf16 the padded width moves a vector in its sixth digit, and two index
+    replicas that took the same items in other micro-batches answered differently.
 
     >>> length_batches(np.array([3, 4, 5, 30, 31, 90]), 2)
     [slice(0, 2, None), slice(2, 3, None), slice(3, 5, None), slice(5, 6, None)]
