@@ -1,23 +1,30 @@
-"""What the worker's model-backed agents share: one cached encoder, one thread for model work
-(off the event loop), and the catalog cache of every item's title and category."""
+"""What the worker's model-backed agents share: one cached encoder, a thread per stage for
+model work (off the event loop), and the catalog cache of every item's title and category."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 from ecrec_stream.config import Settings
+
+# The model threads ("lanes") of a worker: each label task and drift has its own, so a stage
+# never queues behind another's model call (torch leaves the GIL while it computes).
+Lane = Literal["relevance", "sentiment", "drift"]
+LANES: tuple[Lane, ...] = ("relevance", "sentiment", "drift")
 
 
 class SharedModelWork:
     """One cached encoder for the label and drift agents (a review embedded for a label
     function is a cache hit for the drift detector, and one being embedded is waited for, not
-    embedded twice) and a model thread for each: the label stages on one, drift on the other.
-    Drift's embeddings had held the label agents' thread up to 1 s at a time; apart, they run
-    side by side (torch leaves the GIL while it computes): at 100 reviews/s the review agent's
-    worst lag went 5.1 -> 1.6 s (bench.throughput --paced)."""
+    embedded twice) and a model thread per lane: relevance labelling, sentiment labelling and
+    drift. Drift's embeddings had held the label agents' thread up to 1 s at a time; apart,
+    they run side by side: at 100 reviews/s the review agent's worst lag went 5.1 -> 1.6 s
+    (bench.throughput --paced). At 1,000 session events/s the session agent's calls then
+    waited 8 s of a 40-s run behind the review agent's (timed per call): the two label tasks
+    got a thread each."""
 
     def __init__(self, settings: Settings, bootstrap: str) -> None:
         import torch
@@ -27,17 +34,16 @@ class SharedModelWork:
 
         torch.set_num_threads(inference_threads(settings.embedding.worker_threads))
         self.encoder = CachedEncoder(SentenceTransformerEncoder(settings.embedding))
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecrec-model")
-        self.drift_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecrec-drift")
+        self._threads = {
+            lane: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ecrec-{lane}")
+            for lane in LANES
+        }
         self.catalog = CatalogCache(bootstrap, settings.topics.valid_items)
 
-    async def off_loop(self, fn: Any, *args: Any) -> Any:
-        """``fn(*args)`` on the label agents' model thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
-    async def drift_off_loop(self, fn: Any, *args: Any) -> Any:
-        """``fn(*args)`` on the drift agent's model thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.drift_executor, fn, *args)
+    async def off_loop(self, lane: Lane, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` on ``lane``'s model thread, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads[lane], fn, *args)
 
 
 class CatalogCache:

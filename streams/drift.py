@@ -154,7 +154,7 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
         """Snapshot now if forced, else if there is something new and the interval is up."""
         nonlocal last_save, dirty
         if force or (dirty and time.monotonic() - last_save >= cfg.snapshot_interval_s):
-            await shared.drift_off_loop(snapshot)
+            await shared.off_loop("drift", snapshot)
             last_save, dirty = time.monotonic(), False
 
     async def emit(step: MonitorStep) -> None:
@@ -199,7 +199,7 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
                     (e.message.topic, e.message.partition, e.message.offset, e.value)
                     for e in events
                 ]
-                step, runtime.status = await shared.drift_off_loop(observe_messages, records)
+                step, runtime.status = await shared.off_loop("drift", observe_messages, records)
                 dirty = True
                 await emit(step)
 
@@ -208,7 +208,7 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
         """Release events held for inputs that went quiet, and snapshot."""
         nonlocal dirty
         with stop_on_error("drift timer"):
-            step, runtime.status, changed = await shared.drift_off_loop(tick)
+            step, runtime.status, changed = await shared.off_loop("drift", tick)
             dirty = dirty or changed
             await emit(step)
 
@@ -232,7 +232,7 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
                     continue  # a learned fusion: the encoder, hence the embeddings, stay
                 if publication.version == monitor.model_version:
                     continue  # already rebased (a redelivery, or a restart after the rebase)
-                runtime.status = await shared.drift_off_loop(rebase, publication.version)
+                runtime.status = await shared.off_loop("drift", rebase, publication.version)
                 runtime.stats["rebases"] += 1
                 LOG.warning("drift references rebased for model %s", publication.version)
                 await save(force=True)

@@ -292,7 +292,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
             lags[task] = lag = time.time() - event.message.timestamp
             runtime.lag_max_s[task] = max(lag, runtime.lag_max_s.get(task, 0.0))
         step: LabelStep = await shared.off_loop(
-            partial(stage.label_many, augment=task not in trailing), batch
+            task, partial(stage.label_many, augment=task not in trailing), batch
         )
         stats.update(step.counts)
         if annotator is not None:
@@ -343,7 +343,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                             continue
                         with stop_on_error("label.augment"):
                             async with processing.reader:
-                                step = await shared.off_loop(trail.augment_many, chunk)
+                                step = await shared.off_loop(task, trail.augment_many, chunk)
                             for failure in step.failed:
                                 stats[f"augment_failed_{task}"] += 1
                                 LOG.warning(
@@ -373,7 +373,8 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                     LOG.exception("the LLM annotator failed on %d examples", len(batch))
                     continue
                 for labeler in (relevance, sentiment):
-                    revised = await shared.off_loop(labeler.revise, late)
+                    async with processing.reader:  # a checkpoint reads the labelers' state
+                        revised = await shared.off_loop(labeler.task, labeler.revise, late)
                     if revised:
                         with stop_on_error("label.annotate"):
                             await emit(
@@ -479,14 +480,15 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
         with stop_on_error("label.checkpoint"):
             began = time.monotonic()
             async with processing.writer:
-                state = await shared.off_loop(stage_states)
+                state = await shared.off_loop("relevance", stage_states)
             await app.producer.flush()
             await shared.off_loop(
-                lambda: save_state(state_path, state, kind=STATE_KIND, version=STATE_VERSION)
+                "relevance",
+                lambda: save_state(state_path, state, kind=STATE_KIND, version=STATE_VERSION),
             )
             checkpointed_at[0] = total
             stats["checkpoints"] += 1
-            # A checkpoint holds both agents and the model thread; a large state (the position
+            # A checkpoint holds both agents and their model threads; a large state (the position
             # model's sample) must not take more than a tenth of their time.
             took = time.monotonic() - began
             next_checkpoint[0] = time.monotonic() + 9 * took
