@@ -204,6 +204,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
         max_clicks=cfg.max_session_clicks,
         inputs=(names.valid_searches, names.valid_clicks),
         raise_errors=policy == "stop",
+        keep_closed=True,  # deleted once their examples were sent (forget, below)
     )
 
     dlq = app.topic(names.dlq, value_serializer="raw", key_serializer="raw")
@@ -466,6 +467,9 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                             part,
                             f"relevance:{part}:{event.message.offset}",
                         )
+                    # sent (or dead-lettered): now their tombstones; a crash before this
+                    # point closes them again after the restart, under the same example ids
+                    windows.forget(part, [(s["session_id"], s["last_ts"]) for s in closed.closed])
 
     def stage_states() -> dict[str, Any]:
         return {"reviews": review_stage.state_dict(), "sessions": session_stage.state_dict()}

@@ -126,3 +126,27 @@ def test_session_windows_collect_a_failing_event_and_go_on() -> None:
     strict = SessionWindows({}, gap_s=60, max_clicks=100, inputs=("searches",), raise_errors=True)
     with pytest.raises(TypeError):
         strict.add(0, "searches", [bad])
+
+
+def test_closed_sessions_kept_until_forgotten_close_again_after_a_restart() -> None:
+    store: dict[str, Any] = {}
+    win = SessionWindows(store, gap_s=60, max_clicks=100, inputs=("searches",), keep_closed=True)
+    win.add(0, "searches", [_in("a", "q1", 0), _in("b", "q2", 10)])
+    step = win.add(0, "searches", [_in("a", "q9", 20), _in("c", "q3", 100)])
+    t0 = at(0).timestamp()
+    closed = [(s["session_id"], s["last_ts"] - t0) for s in step.closed]
+    assert closed == [("a", 20.0), ("b", 10.0)]
+    # closed, but kept (with the event that came in the closing batch) until forgotten
+    assert set(store) == {"a", "b", "c"} and len(store["a"]["searches"]) == 2
+
+    # a crash before the examples were sent: the restarted worker closes them again, whole
+    again = SessionWindows(store, gap_s=60, max_clicks=100, inputs=("searches",), keep_closed=True)
+    step = again.add(0, "searches", [_in("d", "q4", 200)])
+    assert sorted(s["session_id"] for s in step.closed) == ["a", "b", "c"]
+    assert len(next(s for s in step.closed if s["session_id"] == "a")["searches"]) == 2
+
+    # sent: forgotten (one tombstone each), but not a session whose id came back meanwhile
+    assert win.forget(0, [("b", t0 + 10)]) == 1 and "b" not in store
+    win.add(0, "searches", [_in("a", "q5", 150)])  # after the gap: a new session "a"
+    assert win.forget(0, [("a", t0 + 20)]) == 0
+    assert list(store["a"]["searches"]) == ["q5"] and store["a"]["first_ts"] == t0 + 150

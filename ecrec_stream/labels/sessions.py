@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import heapq
 import statistics
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -159,6 +159,10 @@ class SessionWindows:
     session per batch, one tombstone per closed session; a dict in tests). Which sessions are
     open in a partition is rebuilt from the store after a restart.
 
+    ``keep_closed``: a closed session stays in the store until :meth:`forget` is called with
+    it (once its examples were sent), so a crash before then closes it again after the restart
+    (the same example ids) instead of losing it. Without, it is deleted when it closes.
+
     >>> from datetime import datetime, timezone
     >>> def search(i, sid, ts):
     ...     at = datetime.fromtimestamp(ts, tz=timezone.utc)
@@ -184,11 +188,13 @@ class SessionWindows:
         max_clicks: int,
         inputs: tuple[str, ...],
         raise_errors: bool = False,
+        keep_closed: bool = False,
     ) -> None:
         self.store = store
         self.gap_s = gap_s
         self.max_clicks = max_clicks
         self.raise_errors = raise_errors
+        self.keep_closed = keep_closed
         self.watermarks = Watermarks(inputs)
         # per partition: each open session's last event time, and a min-heap of (last event
         # time, session id) whose stale entries (the session moved on) are skipped when
@@ -196,6 +202,9 @@ class SessionWindows:
         # open, reading each from the store per batch was a fifth of the worker's time)
         self._open: dict[int, dict[str, float]] = {}
         self._due: dict[int, list[tuple[float, str]]] = {}
+        # per partition (keep_closed): closed sessions still in the store, with the last event
+        # time they closed with
+        self._closing: dict[int, dict[str, float]] = {}
 
     def add(
         self, partition: int, source: str, events: Sequence[SearchEvent | ClickEvent]
@@ -213,17 +222,20 @@ class SessionWindows:
             self._due[partition] = [(ts, k) for k, ts in self._open[partition].items()]
             heapq.heapify(self._due[partition])
         open_here, due = self._open[partition], self._due[partition]
+        closing = self._closing.setdefault(partition, {})
         touched: dict[str, dict[str, Any]] = {}
         for ev in events:
             ts = ev.ts.timestamp()
             if self.watermarks.is_late(partition, ts, self.gap_s):
                 step.late += 1  # later than its session could still be open
                 continue
-            state = (
-                touched.get(ev.session_id)
-                or self.store.get(ev.session_id)
-                or new_session(ev.session_id, partition)
-            )
+            state = touched.get(ev.session_id)
+            if state is None and closing.pop(ev.session_id, None) is not None:
+                # the session id came back after its session closed: a new session, written
+                # over the closed one (which, if a crash comes before its examples are sent,
+                # is then not closed again)
+                state = new_session(ev.session_id, partition)
+            state = state or self.store.get(ev.session_id) or new_session(ev.session_id, partition)
             try:
                 added = add_event(state, ev, max_clicks=self.max_clicks)
             except Exception as exc:
@@ -246,13 +258,32 @@ class SessionWindows:
             if open_here.get(sid) != last_ts:
                 continue  # a stale entry: the session has a later event, or closed
             del open_here[sid]
-            state = touched.pop(sid, None) or self.store.get(sid)
+            if self.keep_closed:  # written below if touched, deleted by forget()
+                state = touched.get(sid) or self.store.get(sid)
+                if state is not None:
+                    closing[sid] = last_ts
+            else:
+                state = touched.pop(sid, None) or self.store.get(sid)
+                if sid in self.store:
+                    del self.store[sid]  # one changelog tombstone per closed session
             if state is None:
                 continue
-            if sid in self.store:
-                del self.store[sid]  # one changelog tombstone per closed session
             step.closed.append(state)
         step.closed.sort(key=lambda state: state["session_id"])  # sort the few, not all open
         for sid, state in touched.items():  # one store write per touched session
             self.store[sid] = state
         return step
+
+    def forget(self, partition: int, closed: Iterable[tuple[str, float]]) -> int:
+        """Delete closed sessions, each ``(session id, last event time)`` as it closed, from
+        the store (keep_closed): one tombstone each. A session whose id came back since is
+        kept. Returns how many were deleted."""
+        closing = self._closing.get(partition, {})
+        deleted = 0
+        for sid, last_ts in closed:
+            if closing.get(sid) == last_ts:
+                del closing[sid]
+                if sid in self.store:
+                    del self.store[sid]
+                deleted += 1
+        return deleted
