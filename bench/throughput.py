@@ -4,7 +4,7 @@ Faust passthrough in the same run, with a profile of where the time goes.
     python -m bench.throughput [--mixes sessions,reviews] [--events 12000] [--reviews 600]
                                [--items 50000] [--profile]
     python -m bench.throughput --paced sessions=1000,reviews=100 [--seconds 60]
-                               [--split | --workers N] [--profile]
+                               [--split | --workers N] [--profile] [--broker kafka]
 
 Mixes (each a backlog produced as fast as the producer goes, after the catalog was loaded and
 the worker had it):
@@ -25,7 +25,8 @@ slowest of those, the rate the worker sustains (every agent's event time then la
 by the time to read one micro-batch); CPU µs per event; peak RSS.
 
 ``--paced``: instead of a backlog, each mix sent at its rate for ``--seconds``; each agent's
-lag is polled (see :func:`sustained_lags` for when it keeps up).
+lag is polled (see :func:`sustained_lags` for when it keeps up). ``--broker kafka``: on Apache
+Kafka 3.9 started on this machine instead of the embedded Tansu.
 
 ``--profile``: py-spy samples the worker with every stage on while it works the backlog
 (``--nonblocking``): a flame graph (SVG) and collapsed stacks under bench/results, and the
@@ -358,7 +359,7 @@ def stage_shares(raw: Path) -> dict[str, dict[str, float]]:
 
 
 def run_worker(
-    broker: EmbeddedBroker,
+    broker: Any,  # EmbeddedBroker or tests.kafka_broker.KafkaBroker: url and bootstrap
     catalog: list[Any],
     records: list[Record],
     workdir: Path,
@@ -507,6 +508,13 @@ def main() -> None:
         default=1,
         help="paced: worker processes in one consumer group (they split the partitions)",
     )
+    parser.add_argument(
+        "--broker",
+        choices=("tansu", "kafka"),
+        default="tansu",
+        help="paced: the embedded Tansu, or Apache Kafka 3.9 on this machine (java 17 + mvn, "
+        "fetched like the test suite's)",
+    )
     args = parser.parse_args()
     if args.paced:
         paced(args)
@@ -549,13 +557,24 @@ def main() -> None:
     )  # fmt: skip
 
 
+def paced_broker(kind: str) -> Any:
+    """The broker of a paced run: Tansu embedded, or Apache Kafka (what the test suite's Kafka
+    leg runs). On Tansu the worker's producer sends one record per batch (docs/broker.md:
+    exact end offsets); on Kafka it batches, as in a deployment."""
+    if kind == "kafka":
+        from tests.kafka_broker import KafkaBroker
+
+        return KafkaBroker()
+    return EmbeddedBroker()
+
+
 def paced(args: argparse.Namespace) -> None:
     """The sustained-rate check: each mix at its rate, every stage on, lags per agent."""
     rates = {mix: float(rate) for mix, rate in (kv.split("=") for kv in args.paced.split(","))}
     catalog = _catalog(args.items)
     workdir = Path(tempfile.mkdtemp(prefix="ecrec-bench-throughput-"))
     rows, results = [], {}
-    with EmbeddedBroker() as broker:
+    with paced_broker(args.broker) as broker:
         for mix, rate in rates.items():
             tag = f"p{uuid.uuid4().hex[:6]}"
             records = mix_records(mix, catalog, int(rate * args.seconds), tag, args.review_share)
@@ -568,16 +587,16 @@ def paced(args: argparse.Namespace) -> None:
                       for t in ("relevance", "sentiment")]  # fmt: skip
             variants = "{} / {}".format(*(sum(c.get(k, 0) for c in counts)
                                           for k in ("augmented", "augment_shed")))  # fmt: skip
-            rows.append([mix, r["name"].split(": ", 1)[1], rate, r["events"], r["sent_s"], lags,
+            rows.append([mix, args.broker, r["name"].split(": ", 1)[1], rate, r["events"], r["sent_s"], lags,
                          "yes" if r["kept_up"] else "no", variants, r["cpu_us_per_event"],
                          r["peak_rss_mb"]])  # fmt: skip
     report(
         "throughput_sustained",
         f"Worker with every stage on, paced traffic, {args.items:,}-item catalog",
-        ["mix", "worker", "events/s", "events", "sent in s", "max lag s (agent)",
+        ["mix", "broker", "worker", "events/s", "events", "sent in s", "max lag s (agent)",
          "kept up (< 10 s)", "variants made / shed", "CPU µs/event", "peak RSS MB"],
         rows,
-        {"items": args.items, "seconds": args.seconds, "results": results},
+        {"items": args.items, "seconds": args.seconds, "broker": args.broker, "results": results},
     )  # fmt: skip
 
 
