@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import heapq
 import statistics
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -102,9 +102,11 @@ def _search_of(state: dict[str, Any], click: dict[str, Any]) -> str | None:
     return best
 
 
-def relevance_candidates(state: dict[str, Any]) -> list[RelevanceCandidate]:
+def relevance_candidates(
+    state: dict[str, Any], title_of: Callable[[str], str | None] | None = None
+) -> list[RelevanceCandidate]:
     """One candidate per (search, shown item): the strongest action on it, its longest dwell,
-    and whether it was skipped above a clicked item."""
+    whether it was skipped above a clicked item, and (``title_of``) the item's title."""
     per_search: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for click in state["clicks"]:
         sid = _search_of(state, click)
@@ -134,6 +136,7 @@ def relevance_candidates(state: dict[str, Any]) -> list[RelevanceCandidate]:
                     click_event_ids=tuple(sorted(c["event_id"] for c in item_clicks)),
                     user_id=state["user_id"],
                     event_ts=float(search["ts"]),
+                    item_title=None if title_of is None else title_of(item_id),
                 )
             )
     return out

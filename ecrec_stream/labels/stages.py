@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, Literal, TypeVar
 
@@ -155,8 +155,7 @@ class SessionLabelStage:
                 )
                 continue
             step.counts["sessions_closed"] += 1
-            candidates.extend(relevance_candidates(session))
-        candidates = [replace(c, item_title=self.title_of(c.item_id)) for c in candidates]
+            candidates.extend(relevance_candidates(session, self.title_of))
         step.examples, step.failed_candidates = isolate_failures(
             partial(self.labeler.label_many, augment=augment), candidates, self.on_error
         )
