@@ -19,10 +19,12 @@
 
 Table writes happen once per session per incoming batch message, inside stream iteration (the
 current event's partition is the session's partition), never from timers: docs/broker.md explains
-the silent data loss otherwise. Model work runs in a one-thread executor, off the event loop.
+the silent data loss otherwise. A closed session stays in the table until its examples were sent
+(then its tombstone): a crash in between closes it again after the restart. Model work runs
+on a thread per task (relevance, sentiment; drift has its own), off the event loop.
 
 The rules (dedupe, bot filtering, which candidates exist) live in the domain stages
-(:mod:`ecrec_stream.labels.stages`); the agents decode, call a stage on the model thread, send
+(:mod:`ecrec_stream.labels.stages`); the agents decode, call a stage on its model thread, send
 and checkpoint. Every ``snapshot_interval_s`` the stages' state (label models, position model,
 seed classifier, dedupe windows) is taken between two messages, the producer is flushed (so
 every event in a dedupe window has its examples delivered) and the state written to
