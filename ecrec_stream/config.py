@@ -274,6 +274,12 @@ class LabelSettings(BaseModel):
     bot_max_clicks: int = Field(100, ge=1)
     bot_min_median_dwell_ms: int = Field(500, ge=0)
     dedupe_capacity: int = Field(100_000, ge=100)
+    # The review agent labels up to review_batch_max validated batch messages, or what came
+    # within review_batch_wait_s, per step, up to REVIEW_CALL_MAX reviews per model call: light
+    # traffic brings a review or two per message, and one review alone costs the encoder 12.5
+    # ms against 8.3 ms each in a batch of 32 (one CPU thread).
+    review_batch_max: int = Field(32, ge=1, le=100_000)
+    review_batch_wait_s: float = Field(0.05, gt=0, le=60)
     # The label stages' state (label model, position model, seed classifier, dedupe windows)
     # is saved this often to <data_dir>/labels/labels.state (or, when a save takes long, at
     # most a tenth of the time); a restarted worker resumes it.

@@ -103,6 +103,27 @@ AUGMENT_CHUNK = 8
 AUGMENT_SETTLE_S = 0.005
 AUGMENT_CAUGHT_UP_S = 0.5
 AUGMENT_IDLE_S = 1.0
+# Reviews per model call when the review agent joins several messages (see
+# LabelSettings.review_batch_max): the encoder's gain flattens out by 32-64.
+REVIEW_CALL_MAX = 64
+
+
+def _review_calls(
+    messages: list[tuple[Any, EventBatch]], most: int
+) -> Iterator[list[tuple[Any, EventBatch]]]:
+    """Consecutive messages grouped so that a group holds at most ``most`` events (a message
+    with more is a group of its own)."""
+    group: list[tuple[Any, EventBatch]] = []
+    size = 0
+    for message in messages:
+        n = len(message[1].events)
+        if group and size + n > most:
+            yield group
+            group, size = [], 0
+        group.append(message)
+        size += n
+    if group:
+        yield group
 
 
 def _candidate_json(candidate: RelevanceCandidate | SentimentCandidate) -> bytes:
@@ -400,30 +421,51 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
     reviews_topic = app.topic(names.valid_reviews, value_serializer="raw", key_serializer="raw")
 
     async def label_reviews(stream: faust.StreamT) -> None:
-        async for event in stream.events():
+        # take_events (not take): each message's partition, offset and send time; acked after
+        # the step, once its examples were sent
+        steps = stream.take_events(  # type: ignore[attr-defined]  # missing from faust's stubs
+            cfg.review_batch_max, within=cfg.review_batch_wait_s
+        )
+        async for events in steps:
             with stop_on_error("label.reviews"), handling("sentiment"):
                 async with processing.reader:
-                    batch = await parse(event)
-                    if batch is None:
-                        continue
-                    reviews = [r for r in batch.events if isinstance(r, ReviewEvent)]
-                    step = await run_stage(review_stage, reviews, event)
-                    await dead_letter_failures(
-                        event,
-                        "review",
-                        step.failed_inputs,
-                        lambda r: r.model_dump_json().encode(),
-                        _event_id,
-                    )
-                    await dead_letter_failures(
-                        event, "review", step.failed_candidates, _candidate_json, _event_id
-                    )
-                    await emit_and_trail(
-                        "sentiment",
-                        step.examples,
-                        batch.source.partition,
-                        f"sentiment:{batch.source.partition}:{batch.source.offset}",
-                    )
+                    parsed = []
+                    for event in events:
+                        batch = await parse(event)
+                        if batch is not None:
+                            parsed.append((event, batch))
+                    for group in _review_calls(parsed, REVIEW_CALL_MAX):
+                        await label_review_messages(group)
+
+    async def label_review_messages(messages: list[tuple[Any, EventBatch]]) -> None:
+        """One model call for the reviews of ``messages``; dead letters name the message of
+        their review; examples go to their review's source partition."""
+        reviews = [r for _, b in messages for r in b.events if isinstance(r, ReviewEvent)]
+        message_of = {r.event_id: event for event, b in messages for r in b.events}
+        partition_of = {r.event_id: b.source.partition for _, b in messages for r in b.events}
+        step = await run_stage(review_stage, reviews, messages[0][0])
+        for failure in step.failed_inputs:
+            await dead_letter_failures(
+                message_of[failure.item.event_id],
+                "review",
+                [failure],
+                lambda r: r.model_dump_json().encode(),
+                _event_id,
+            )
+        for failure in step.failed_candidates:
+            await dead_letter_failures(
+                message_of[failure.item.event_id], "review", [failure], _candidate_json, _event_id
+            )
+        first_offset: dict[int, int] = {}
+        for _, b in messages:
+            first_offset.setdefault(b.source.partition, b.source.offset)
+        by_partition: dict[int, list[TrainingExample]] = {part: [] for part in first_offset}
+        for example in step.examples:
+            by_partition[partition_of[example.source_event_ids[0]]].append(example)
+        for part, examples in by_partition.items():
+            await emit_and_trail(
+                "sentiment", examples, part, f"sentiment:{part}:{first_offset[part]}"
+            )
 
     session_topics = app.topic(
         names.valid_searches, names.valid_clicks, value_serializer="raw", key_serializer="raw"
