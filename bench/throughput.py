@@ -587,9 +587,9 @@ def paced(args: argparse.Namespace) -> None:
                       for t in ("relevance", "sentiment")]  # fmt: skip
             variants = "{} / {}".format(*(sum(c.get(k, 0) for c in counts)
                                           for k in ("augmented", "augment_shed")))  # fmt: skip
-            rows.append([mix, args.broker, r["name"].split(": ", 1)[1], rate, r["events"], r["sent_s"], lags,
-                         "yes" if r["kept_up"] else "no", variants, r["cpu_us_per_event"],
-                         r["peak_rss_mb"]])  # fmt: skip
+            rows.append([mix, args.broker, r["name"].split(": ", 1)[1], rate, r["events"],
+                         r["sent_s"], lags, "yes" if r["kept_up"] else "no", variants,
+                         r["cpu_us_per_event"], r["peak_rss_mb"]])  # fmt: skip
     report(
         "throughput_sustained",
         f"Worker with every stage on, paced traffic, {args.items:,}-item catalog",
