@@ -518,3 +518,16 @@ def test_label_model_fit_on_distinct_rows_equals_the_row_by_row_fit() -> None:
     ]
     np.testing.assert_allclose(fit.confusion, golden, atol=1e-6)
     np.testing.assert_allclose(fit.priors, [0.519674, 0.480326], atol=1e-6)
+
+
+def test_the_review_agent_joins_consecutive_messages_up_to_a_call_size() -> None:
+    from types import SimpleNamespace
+
+    from streams.labels import _review_calls
+
+    sizes = [1, 2, 70, 3, 60, 1]
+    messages = [(n, SimpleNamespace(events=[None] * n)) for n in sizes]
+    calls = [[n for n, _ in call] for call in _review_calls(messages, 64)]  # type: ignore[arg-type]
+    # in order; a message larger than a call is one of its own
+    assert calls == [[1, 2], [70], [3, 60, 1]]
+    assert list(_review_calls([], 64)) == []
