@@ -46,6 +46,7 @@ from ecrec_stream.labels.relevance import (
     LexicalRelevance,
     behaviour_grade,
 )
+from ecrec_stream.labels.reservoir import refit_due
 from ecrec_stream.labels.sentiment import (
     LexiconSentiment,
     PrototypeSentiment,
@@ -518,7 +519,7 @@ class RelevanceLabeler(_Labeler):
         # ~40 fits in its first 100,000 impressions, ~10 now). The examination curve it
         # estimates moves slowly.
         sample = len(self.position_bias.sample.items)
-        if self._since_refit >= max(self.settings.position_bias_refit_every, sample // 2):
+        if refit_due(self._since_refit, sample, self.settings.position_bias_refit_every):
             self.position_bias.fit()
             self._since_refit = 0
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ecrec_stream.labels.base import ABSTAIN
-from ecrec_stream.labels.reservoir import Reservoir
+from ecrec_stream.labels.reservoir import Reservoir, refit_due
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,8 +462,8 @@ class OnlineLabelModel:
         # to be new, as the position model does (at 4,000 candidates/s, refits every 500 were
         # the label agent's largest cost; after a quarter, fit and check were still 6.6% of
         # the worker's samples at 1,000 session events/s, bench.throughput --paced --profile)
-        every = max(self.refit_every, len(self.sample) // 2)
-        due = self._fitted_at == 0 or self.sample.seen - self._fitted_at >= every
+        new = self.sample.seen - self._fitted_at
+        due = self._fitted_at == 0 or refit_due(new, len(self.sample), self.refit_every)
         if self.sample.seen >= self.min_rows and due:
             rows, anchors_kept = zip(*self.sample.items, strict=True)
             previous = self.model.fitted if self._fitted_at else None

@@ -2,7 +2,8 @@
 
 The label model refits on a reservoir of vote rows and the position-bias model on a reservoir
 of impressions: both keep recent and older data in bounded memory. ``random.sample`` needs the
-whole population up front, so the ten lines live here, once.
+whole population up front, so the ten lines live here, once, with the rule both models use
+for when to refit on their sample (:func:`refit_due`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,18 @@ from typing import Any, Generic, TypeVar
 from ecrec_stream.state import rng_state, set_rng_state
 
 T = TypeVar("T")
+
+
+def refit_due(new: int, sample: int, at_least: int) -> bool:
+    """Whether a model fitted on a reservoir of ``sample`` items is refitted, ``new`` items
+    after its last fit: once ``at_least`` and half the sample are new. A fit costs time in
+    proportion to the sample, so refitting after a fixed count makes labelling a sustained
+    stream quadratic (the label model and the position model both wait so).
+
+    >>> refit_due(600, 1_000, 500), refit_due(600, 20_000, 500), refit_due(10_000, 20_000, 500)
+    (True, False, True)
+    """
+    return new >= max(at_least, sample // 2)
 
 
 class Reservoir(Generic[T]):
