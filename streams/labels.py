@@ -515,7 +515,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                         )
                     # sent (or dead-lettered): now their tombstones; a crash before this
                     # point closes them again after the restart, under the same example ids
-                    windows.forget(part, [(s["session_id"], s["last_ts"]) for s in closed.closed])
+                    windows.forget(part, closed.closed)
 
     def stage_states() -> dict[str, Any]:
         return {"reviews": review_stage.state_dict(), "sessions": session_stage.state_dict()}

@@ -146,7 +146,8 @@ def test_closed_sessions_kept_until_forgotten_close_again_after_a_restart() -> N
     assert len(next(s for s in step.closed if s["session_id"] == "a")["searches"]) == 2
 
     # sent: forgotten (one tombstone each), but not a session whose id came back meanwhile
-    assert win.forget(0, [("b", t0 + 10)]) == 1 and "b" not in store
+    a_closed, b_closed = ({"session_id": sid, "last_ts": t0 + t} for sid, t in closed)
+    assert win.forget(0, [b_closed]) == 1 and "b" not in store
     win.add(0, "searches", [_in("a", "q5", 150)])  # after the gap: a new session "a"
-    assert win.forget(0, [("a", t0 + 20)]) == 0
+    assert win.forget(0, [a_closed]) == 0
     assert list(store["a"]["searches"]) == ["q5"] and store["a"]["first_ts"] == t0 + 150

@@ -277,14 +277,15 @@ class SessionWindows:
             self.store[sid] = state
         return step
 
-    def forget(self, partition: int, closed: Iterable[tuple[str, float]]) -> int:
-        """Delete closed sessions, each ``(session id, last event time)`` as it closed, from
-        the store (keep_closed): one tombstone each. A session whose id came back since is
-        kept. Returns how many were deleted."""
+    def forget(self, partition: int, closed: Iterable[dict[str, Any]]) -> int:
+        """Delete sessions that :meth:`add` closed (its ``closed`` states) from the store
+        (keep_closed): one tombstone each. A session whose id came back since is kept. Returns
+        how many were deleted."""
         closing = self._closing.get(partition, {})
         deleted = 0
-        for sid, last_ts in closed:
-            if closing.get(sid) == last_ts:
+        for state in closed:
+            sid = state["session_id"]
+            if closing.get(sid) == state["last_ts"]:
                 del closing[sid]
                 if sid in self.store:
                     del self.store[sid]
