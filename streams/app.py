@@ -15,10 +15,12 @@ restarted worker redelivers the batch and downstream consumers drop duplicates b
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import weakref
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,7 @@ from streams.capabilities import (
     BrokerCapabilities,
     LagMonitor,
     committed_offsets,
+    last_record_ends,
     probe_capabilities,
 )
 from streams.failstop import stop_on_error
@@ -217,6 +220,43 @@ def never_ack_skipped_records() -> None:
     Event.ack = ack_unless_skipped  # type: ignore[method-assign]
 
 
+# The apps whose table recovery reads changelogs to their last record, with their bootstrap.
+_LAST_RECORD_ENDS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def recover_tables_to_the_last_record(app: faust.App, bootstrap: str) -> None:
+    """Make ``app``'s table recovery read each changelog to its last record on a broker whose
+    end offsets are the last record batch's base offset + 1 (Tansu, docs/broker.md).
+
+    Faust recovers a table by reading its changelog up to the end offset its consumer's
+    ``highwaters`` reports (faust/tables/recovery.py). Tansu's leaves out the other records of
+    the last batch (a table came back with 19,999 of 20,000 keys); the worker used to write one
+    record per producer batch to keep recovery exact, at one produce request per table write.
+    Here the app's ``highwaters`` reads those last batches instead
+    (:func:`streams.capabilities.last_record_ends`): Faust's public consumer method is wrapped
+    for this app only. Checked against faust-streaming 0.15 (the pin), whose recovery asks
+    nothing else for its ends.
+    """
+    from faust.transport.consumer import ThreadDelegateConsumer
+
+    _LAST_RECORD_ENDS[app] = bootstrap
+    if getattr(ThreadDelegateConsumer.highwaters, "ecrec_patched", False):
+        return
+    reported_ends = ThreadDelegateConsumer.highwaters
+
+    async def highwaters(self: Any, *partitions: Any) -> Mapping[Any, int]:
+        ends = await reported_ends(self, *partitions)
+        bootstrap = _LAST_RECORD_ENDS.get(self.app)
+        if bootstrap is None:
+            return ends
+        reported = {(tp.topic, tp.partition): end for tp, end in ends.items() if end is not None}
+        exact = await asyncio.to_thread(last_record_ends, bootstrap, reported)
+        return {tp: exact.get((tp.topic, tp.partition), end) for tp, end in ends.items()}
+
+    highwaters.ecrec_patched = True  # type: ignore[attr-defined]
+    ThreadDelegateConsumer.highwaters = highwaters  # type: ignore[method-assign]
+
+
 def require_token(app: faust.App, expected: str) -> None:
     """ECREC_API__TOKEN: every page of the worker's web server (its own and Faust's) answers
     401 without ``Authorization: Bearer <token>`` (or ``?token=``)."""
@@ -253,9 +293,6 @@ def create_app(
             f"ECREC_INGEST__AUTO_OFFSET_RESET=latest needs a broker whose end offsets are high "
             f"watermarks; {NO_WATERMARKS}"
         )
-    # Table recovery reads a changelog up to its end offset: where that is the last batch's
-    # base offset + 1 (Tansu), one record per producer batch keeps recovery exact.
-    one_record_batches = labels and not capabilities.exact_end_offsets
     # Faust creates only the last folder of its datadir.
     (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
     web_enabled = settings.worker_web_port != 0
@@ -267,7 +304,6 @@ def create_app(
         # The session table lives in RocksDB so a restart does not replay its whole changelog
         # (compacted on Kafka; Tansu does not compact). Faust declares changelogs compacted.
         store="rocksdb://" if labels else "memory://",
-        producer_max_batch_size=1 if one_record_batches else 16_384,
         datadir=str(settings.data_dir / "worker"),
         topic_partitions=settings.partitions,
         topic_replication_factor=capabilities.replication,
@@ -291,6 +327,8 @@ def create_app(
         # producer's own limit must admit that plus its record overhead.
         producer_max_request_size=settings.max_message_bytes + 65_536,
     )
+    if not capabilities.exact_end_offsets:
+        recover_tables_to_the_last_record(app, bootstrap)
     if settings.api.token is not None and web_enabled:
         require_token(app, settings.api.token.get_secret_value())
     counters = IngestCounters()

@@ -122,6 +122,48 @@ def end_offsets(bootstrap: str, topics: list[str], timeout_s: float = 10.0) -> O
         consumer.close()
 
 
+def last_record_ends(
+    bootstrap: str, reported: Mapping[tuple[str, int], int], timeout_s: float = 10.0
+) -> dict[tuple[str, int], int]:
+    """One past the last record of each (topic, partition), given the end offsets a broker
+    without :attr:`BrokerCapabilities.exact_end_offsets` reported: Tansu's is the last record
+    batch's base offset + 1, so that batch is read from its base and its last record counted.
+    A partition that gives no record within ``timeout_s`` keeps its reported end; on a broker
+    whose ends are exact the answer equals ``reported``.
+
+    Written here because no client library corrects a broker's ListOffsets answer; it reads
+    one batch per partition (~0.1-0.4 s in all), so it is meant for rare calls such as table
+    recovery, not for a lag poll.
+    """
+    out = dict(reported)
+    pending = {key: end for key, end in reported.items() if end > 0}
+    if not pending:
+        return out
+    consumer = Consumer(consumer_config(bootstrap, f"ecrec-ends-{uuid.uuid4().hex[:8]}"))
+    try:
+        consumer.assign([TopicPartition(t, p, end - 1) for (t, p), end in pending.items()])
+        seen: dict[tuple[str, int], int] = {}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            messages = consumer.consume(1000, 0.2)
+            for message in messages:
+                offset = message.offset()
+                if message.error() is None and offset is not None:
+                    key = (str(message.topic()), int(message.partition() or 0))
+                    seen[key] = max(seen.get(key, 0), offset + 1)
+            # a fetch returns whole batches: once every partition gave a record, a poll that
+            # brings nothing more means each last batch was read to its end
+            if not messages and seen.keys() >= pending.keys():
+                break
+    finally:
+        consumer.close()
+    for key, end in pending.items():
+        if key not in seen:
+            LOG.warning("no record read at %s[%d] offset %d: kept that end", *key, end - 1)
+        out[key] = max(end, seen.get(key, end))
+    return out
+
+
 def committed_offsets(
     bootstrap: str, group: str, topics: list[str], timeout_s: float = 10.0
 ) -> Offsets:

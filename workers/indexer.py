@@ -33,7 +33,12 @@ from ecrec_stream.index.persist import Offsets, snapshot_model
 from ecrec_stream.recommend import Recommender
 from ecrec_stream.state import StateError, dumps_state, loads_state
 from ecrec_stream.training.registry import open_registry
-from streams.capabilities import BrokerCapabilities, LagMonitor, probe_capabilities
+from streams.capabilities import (
+    BrokerCapabilities,
+    LagMonitor,
+    last_record_ends,
+    probe_capabilities,
+)
 from streams.kafka import (
     DeadLetterSink,
     ensure_topics,
@@ -194,17 +199,20 @@ class IndexReplica:
         """Each item partition's end offset when the replica starts (``None`` when the broker
         does not answer): the replica has caught up once it has applied everything before
         them. A first empty fetch does not show that: it may come before the first fetch
-        response. On Tansu these ends can fall short by the last producer batch's other records
-        (docs/broker.md); the stream worker writes one record per batch when labels are on."""
+        response. Where the broker's ends stop at the last producer batch's base offset (Tansu,
+        docs/broker.md), that batch is read to its last record."""
         try:
             marks = {
                 p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
                 for p in topic_partitions(self.bootstrap, self.topic)
             }
+            ends = {(self.topic, p): high for p, (low, high) in marks.items() if high > low}
+            if self.capabilities is None or not self.capabilities.exact_end_offsets:
+                ends = last_record_ends(self.bootstrap, ends)
         except Exception as exc:  # KafkaException; an answer is not worth stopping the index
             LOG.warning("no end offsets (%s): caught up at the first empty fetch", exc)
             return None
-        return {p: high for p, (low, high) in marks.items() if high > low}  # non-empty only
+        return {p: end for (_, p), end in ends.items()}  # non-empty partitions only
 
     def _reached(self, ends: dict[int, int] | None, idle: bool) -> bool:
         if ends is None:
