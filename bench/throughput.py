@@ -559,8 +559,8 @@ def main() -> None:
 
 def paced_broker(kind: str) -> Any:
     """The broker of a paced run: Tansu embedded, or Apache Kafka (what the test suite's Kafka
-    leg runs). On Tansu the worker's producer sends one record per batch (docs/broker.md:
-    exact end offsets); on Kafka it batches, as in a deployment."""
+    leg runs). Both get the worker's producer batching; on Tansu its table recovery reads
+    each changelog's last batch to find the end (docs/broker.md)."""
     if kind == "kafka":
         from tests.kafka_broker import KafkaBroker
 

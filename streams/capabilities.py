@@ -9,9 +9,10 @@ the plain client behaviour:
 
 * ``exact_end_offsets``: produce a two-record batch to a probe topic and compare the high
   watermark with the offsets the broker acknowledged. Where they agree, lag is read from
-  watermarks and Faust writes its changelogs in full batches; where they do not, lag is
-  reported as unknown (``null``, with the reason), and the worker writes one record per
-  producer batch so table recovery stays exact.
+  watermarks; where they do not, lag is reported as unknown (``null``, with the reason), and
+  the "end" that table recovery and the index replica wait for is read to the last record
+  of the last batch (:func:`last_record_ends`). Faust writes its changelogs in full producer
+  batches on either broker.
 * ``topic_configs``: DescribeConfigs reports a topic's ``cleanup.policy``, so compacted
   changelogs are possible and can be checked.
 * ``replication``: the broker's ``default.replication.factor`` (1 where it is not described):
