@@ -238,6 +238,11 @@ class LabelSettings(BaseModel):
     position_bias_min_pairs: int = Field(200, ge=1)
     # refit after this many impressions, or half the model's sample if that is more
     position_bias_refit_every: int = Field(2_000, ge=1)
+    # A refit runs on a thread of its own on a copy of the sample while labelling goes on with
+    # the last fit; the new one is used from a fixed number of impressions later (an eighth of
+    # the sample), so the labels do not depend on how fast the fit ran. false: the fit runs
+    # inline at the same point (the same labels, the label agent waits for it).
+    position_bias_background_fit: bool = True
     # The click_model function (with position_bias="estimated"): the fitted attractiveness of
     # a (query, item) pair over all sessions: >= high relevant, <= low not.
     click_model_high: float = Field(0.6, ge=0, le=1)

@@ -108,8 +108,11 @@ def _review_stage() -> ReviewLabelStage:
     return ReviewLabelStage(SentimentLabeler(HashEncoder(dim=24), LABELS), dedupe_capacity=500)
 
 
-def _session_stage() -> SessionLabelStage:
-    labeler = RelevanceLabeler(None, LABELS.model_copy(update={"position_bias_refit_every": 50}))
+def _session_stage(background_fit: bool = True) -> SessionLabelStage:
+    settings = LABELS.model_copy(
+        update={"position_bias_refit_every": 50, "position_bias_background_fit": background_fit}
+    )
+    labeler = RelevanceLabeler(None, settings)
     return SessionLabelStage(labeler, BotRules(), lambda item: f"{item} {WORDS[len(item) % 9]}")
 
 
@@ -368,6 +371,53 @@ def test_the_label_stages_learn_something_worth_resuming() -> None:
     assert reviews.labeler.seed_classifier is not None and reviews.labeler.seed_classifier.fitted
     assert sessions.labeler.position_bias.theta is not None
     assert sessions.labeler.model.fits >= 1
+
+
+def test_a_position_refit_in_the_background_gives_the_labels_of_an_inline_one(
+    tmp_path: Path,
+) -> None:
+    """The position model's refit runs on a thread of its own and is installed a fixed number
+    of impressions later: the labels are those of the same refit run inline, also across a
+    checkpoint taken while a refit is under way. Small batches (~40 impressions), so that
+    point falls several batches after the refit starts."""
+    batches = [b for k in range(8) for s in [_sessions(40, k)] for b in _chunks(s, 4)]
+    inline, background = _session_stage(background_fit=False), _session_stage()
+    pending_at = []
+    expected, got = [], []
+    for n, batch in enumerate(batches):
+        expected.append(_step_out(inline.label_many(batch)) + _position_fit(inline))
+        got.append(_step_out(background.label_many(batch)) + _position_fit(background))
+        if background.labeler._refit is not None:
+            pending_at.append(n)
+            background.labeler._refit.result()  # the fastest fit: done before the next batch
+    assert got == expected
+    # refits were under way across several batches: not just installed at the next one
+    assert len(pending_at) >= 10, pending_at
+    assert background.labeler.position_bias.theta is not None
+    # a checkpoint while a refit is under way: the restored stage installs it at the same point
+    first, cut = _session_stage(), pending_at[len(pending_at) // 2]
+    for batch in batches[: cut + 1]:
+        first.label_many(batch)
+    assert first.labeler._refit is not None
+    save_state(tmp_path / "s.state", first.state_dict(), kind="s", version=1)
+    resumed = _session_stage()
+    saved = load_state(tmp_path / "s.state", kind="s", version=1)
+    assert saved is not None
+    resumed.load_state(saved)
+    assert [
+        _step_out(resumed.label_many(b)) + _position_fit(resumed) for b in batches[cut + 1 :]
+    ] == expected[cut + 1 :]
+
+
+def _position_fit(stage: SessionLabelStage) -> list[Any]:
+    """The fit a stage's labels use: its curve and how many pairs it holds."""
+    model = stage.labeler.position_bias
+    theta = None if model.theta is None else [round(float(t), 9) for t in model.theta]
+    return [theta, len(model.attractiveness), model.pairs_at_several_positions]
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def test_a_position_model_saved_with_a_row_per_pair_still_loads(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -35,7 +36,7 @@ from ecrec_stream.labels.base import (
     Vote,
 )
 from ecrec_stream.labels.model import OnlineLabelModel
-from ecrec_stream.labels.position import Observation, PositionBiasModel
+from ecrec_stream.labels.position import Observation, PositionBiasModel, PositionFit
 from ecrec_stream.labels.relevance import (
     ACTION_GRADE,
     ClickModelRelevance,
@@ -472,6 +473,11 @@ class RelevanceLabeler(_Labeler):
         )
         self.position_bias = position_bias
         self._since_refit = 0
+        # a refit under way (see _prepare): its result, installed once _since_refit reaches
+        # _install_at; one thread, made when first needed
+        self._refit: Future[PositionFit] | None = None
+        self._install_at = 0
+        self._refit_thread: ThreadPoolExecutor | None = None
         self.never_clicked = (
             NeverClicked(settings.aggregate_min_examined, settings.aggregate_capacity)
             if settings.aggregate_negatives
@@ -483,6 +489,10 @@ class RelevanceLabeler(_Labeler):
             **super().state_dict(),
             "position_bias": self.position_bias.state_dict(),
             "since_refit": self._since_refit,
+            # a refit under way is saved as its result (waited for), to be installed at the
+            # same impression after a restore
+            "pending_refit": None if self._refit is None else self._refit.result().state_dict(),
+            "install_refit_at": self._install_at,
             "never_clicked": None
             if self.never_clicked is None
             else self.never_clicked.state_dict(),
@@ -492,6 +502,9 @@ class RelevanceLabeler(_Labeler):
         super().load_state(state)
         self.position_bias.load_state(state["position_bias"])
         self._since_refit = int(state["since_refit"])
+        pending = state.get("pending_refit")  # absent from states saved before session 18
+        self._refit = None if pending is None else _done(PositionFit.from_state(pending))
+        self._install_at = int(state.get("install_refit_at", 0))
         if self.never_clicked is not None and state.get("never_clicked") is not None:
             self.never_clicked.load_state(state["never_clicked"])
 
@@ -503,6 +516,9 @@ class RelevanceLabeler(_Labeler):
             eta=self.settings.ips_eta, min_pairs=self.settings.position_bias_min_pairs
         )
         self._since_refit = 0
+        if self._refit is not None:
+            self._refit.cancel()
+        self._refit, self._install_at = None, 0
 
     def _prepare(self, candidates: Sequence[RelevanceCandidate]) -> None:
         """Feed the impressions to the position-bias model; refit it now and then."""
@@ -512,16 +528,30 @@ class RelevanceLabeler(_Labeler):
             Observation(c.query, c.item_id, c.position, c.action != "none") for c in candidates
         )
         self._since_refit += len(candidates)
+        if self._refit is not None:
+            if self._since_refit < self._install_at:
+                return  # a refit is under way: the last fit labels until it is installed
+            self.position_bias.install(self._refit.result())
+            self._refit = None
         # A fit costs time in proportion to the sample (1.5 s for the full 500,000 impressions
-        # on one CPU core, on the model thread: the session agent waits): refitting every 2,000
-        # of them made the labelling of a sustained stream quadratic, so a fit also waits for
-        # the sample to grow by half (a tenth still took 11% of the worker at 1,000 events/s:
-        # ~40 fits in its first 100,000 impressions, ~10 now). The examination curve it
-        # estimates moves slowly.
-        sample = len(self.position_bias.sample.items)
-        if refit_due(self._since_refit, sample, self.settings.position_bias_refit_every):
-            self.position_bias.fit()
-            self._since_refit = 0
+        # on one CPU core; 2.1 s of wall time for 267,000 in a worker at 1,000 events/s, the
+        # session agent waiting when it ran inline): refitting every 2,000 of them made the
+        # labelling of a sustained stream quadratic, so a fit also waits for the sample to
+        # grow by half (a tenth still took 11% of the worker at 1,000 events/s). The
+        # examination curve it estimates moves slowly, so labelling goes on with the last fit
+        # while the next runs on a copy of the sample, installed an eighth of the sample later
+        # (a fixed point: the labels do not depend on the fit's speed; counted from the copy).
+        items = self.position_bias.sample.items
+        if refit_due(self._since_refit, len(items), self.settings.position_bias_refit_every):
+            self._refit = self._start_refit(list(items))
+            self._since_refit, self._install_at = 0, max(1, len(items) // 8)
+
+    def _start_refit(self, sample: list[Observation]) -> Future[PositionFit]:
+        if not self.settings.position_bias_background_fit:
+            return _done(self.position_bias.fit_sample(sample))
+        if self._refit_thread is None:
+            self._refit_thread = ThreadPoolExecutor(1, thread_name_prefix="ecrec-position-fit")
+        return self._refit_thread.submit(self.position_bias.fit_sample, sample)
 
     def _usable(self, cand: RelevanceCandidate, votes: dict[str, int]) -> str | None:
         clicks = votes[self.clicks.name]
@@ -792,3 +822,10 @@ def load_label_function(path: str, settings: LabelSettings) -> LabelFunction[Any
     if not isinstance(function, LabelFunction) or function.task not in ("relevance", "sentiment"):
         raise ConfigError(f"{path!r} did not return a relevance or sentiment LabelFunction")
     return function
+
+
+def _done(result: PositionFit) -> Future[PositionFit]:
+    """A future that already holds ``result``."""
+    future: Future[PositionFit] = Future()
+    future.set_result(result)
+    return future

@@ -14,7 +14,7 @@ ULTRA) are research code for offline logs; this is ~60 lines of numpy over aggre
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,56 @@ class Observation:
     item: str
     position: int
     clicked: bool
+
+
+@dataclass(frozen=True)
+class PositionFit:
+    """What one EM fit found (see :meth:`PositionBiasModel.fit_sample`)."""
+
+    theta: np.ndarray | None  # the examination curve (theta[0] = 1); None: not identifiable yet
+    attractiveness: dict[tuple[str, str], tuple[float, int]]  # (query, item) -> (gamma, shown)
+    pairs_at_several_positions: int
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "theta": self.theta,
+            "pairs_at_several_positions": self.pairs_at_several_positions,
+            "attractiveness": _attractiveness_columns(self.attractiveness),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> PositionFit:
+        theta = state["theta"]
+        return cls(
+            None if theta is None else np.asarray(theta, dtype=np.float64),
+            _attractiveness_from(state["attractiveness"]),
+            int(state["pairs_at_several_positions"]),
+        )
+
+
+def _attractiveness_columns(
+    attractiveness: dict[tuple[str, str], tuple[float, int]],
+) -> dict[str, Any]:
+    # columns, not a row per pair: a checkpoint of ~500,000 pairs took 1.4 s as rows
+    return {
+        "query": [q for q, _ in attractiveness],
+        "item": [i for _, i in attractiveness],
+        "gamma": np.fromiter(
+            (g for g, _ in attractiveness.values()), np.float64, len(attractiveness)
+        ),
+        "shown": np.fromiter(
+            (n for _, n in attractiveness.values()), np.int64, len(attractiveness)
+        ),
+    }
+
+
+def _attractiveness_from(pairs: Any) -> dict[tuple[str, str], tuple[float, int]]:
+    rows: Iterable[tuple[Any, ...]]
+    if isinstance(pairs, dict):  # columns
+        rows = zip(pairs["query"], pairs["item"], pairs["gamma"], pairs["shown"], strict=True)
+    else:  # a row per pair, as states saved before the columns were
+        rows = (tuple(row) for row in pairs)
+    return {(q, i): (float(g), int(n)) for q, i, g, n in rows}
 
 
 class PositionBiasModel:
@@ -92,19 +142,7 @@ class PositionBiasModel:
             "sample": self.sample.state_dict(pack),
             "theta": self.theta,
             "pairs_at_several_positions": self.pairs_at_several_positions,
-            # columns, not a row per pair: a checkpoint of ~500,000 pairs took 1.4 s as rows
-            "attractiveness": {
-                "query": [q for q, _ in self.attractiveness],
-                "item": [i for _, i in self.attractiveness],
-                "gamma": np.fromiter(
-                    (g for g, _ in self.attractiveness.values()),
-                    np.float64,
-                    len(self.attractiveness),
-                ),
-                "shown": np.fromiter(
-                    (n for _, n in self.attractiveness.values()), np.int64, len(self.attractiveness)
-                ),
-            },
+            "attractiveness": _attractiveness_columns(self.attractiveness),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -124,13 +162,7 @@ class PositionBiasModel:
         theta = state["theta"]
         self.theta = None if theta is None else np.asarray(theta, dtype=np.float64)
         self.pairs_at_several_positions = int(state["pairs_at_several_positions"])
-        pairs = state["attractiveness"]
-        rows: Iterable[tuple[Any, ...]]
-        if isinstance(pairs, dict):  # columns
-            rows = zip(pairs["query"], pairs["item"], pairs["gamma"], pairs["shown"], strict=True)
-        else:  # a row per pair, as states saved before the columns were
-            rows = (tuple(row) for row in pairs)
-        self.attractiveness = {(q, i): (float(g), int(n)) for q, i, g, n in rows}
+        self.attractiveness = _attractiveness_from(state["attractiveness"])
 
     def observe_many(self, observations: Iterable[Observation]) -> None:
         """Remember impressions (a uniform reservoir of at most ``capacity``)."""
@@ -138,10 +170,11 @@ class PositionBiasModel:
             if 0 <= ob.position < self.max_position:
                 self.sample.add(ob)
 
-    def _arrays(self) -> tuple[dict[tuple[str, str], int], np.ndarray, np.ndarray, np.ndarray]:
+    def _arrays(
+        self, obs: Sequence[Observation]
+    ) -> tuple[dict[tuple[str, str], int], np.ndarray, np.ndarray, np.ndarray]:
         """Pair ids and, per observation, its pair id, position and click (0/1)."""
         pair_ids: dict[tuple[str, str], int] = {}
-        obs = self.sample.items
         pair = np.array([pair_ids.setdefault((o.query, o.item), len(pair_ids)) for o in obs])
         pos = np.array([o.position for o in obs])
         click = np.array([o.clicked for o in obs], dtype=np.float64)
@@ -155,19 +188,35 @@ class PositionBiasModel:
         """How many (query, item) pairs were seen at more than one position."""
         if not self.sample.items:
             return 0
-        _, pair, pos, _ = self._arrays()
+        _, pair, pos, _ = self._arrays(self.sample.items)
         return self._count_multi_position(pair, pos)
 
     def fit(self) -> np.ndarray | None:
-        """Fit by EM and return ``theta``. While fewer than ``min_pairs`` pairs were seen at
-        more than one position (``theta`` would not be identifiable), only the
-        attractiveness is fitted, with ``theta`` held at the fixed curve, and ``None`` is
-        returned (``self.theta`` unchanged)."""
+        """Fit by EM on the sample, install the fit and return ``theta``. While fewer than
+        ``min_pairs`` pairs were seen at more than one position (``theta`` would not be
+        identifiable), only the attractiveness is fitted, with ``theta`` held at the fixed
+        curve, and ``None`` is returned (``self.theta`` unchanged)."""
         if not self.sample.items:
             return None
-        pair_ids, pair, pos, click = self._arrays()
-        self.pairs_at_several_positions = self._count_multi_position(pair, pos)
-        learn_theta = self.pairs_at_several_positions >= self.min_pairs
+        found = self.fit_sample(self.sample.items)
+        self.install(found)
+        return found.theta
+
+    def install(self, found: PositionFit) -> None:
+        """Use ``found`` from now on (``theta`` stays where it was not identifiable)."""
+        self.pairs_at_several_positions = found.pairs_at_several_positions
+        self.attractiveness = found.attractiveness
+        if found.theta is not None:
+            self.theta = found.theta
+
+    def fit_sample(self, sample: Sequence[Observation]) -> PositionFit:
+        """Fit by EM on ``sample`` (a copy of the reservoir's items) and change nothing:
+        thread-safe, so a fit can run beside the labelling that goes on with the last one."""
+        if not sample:
+            return PositionFit(None, {}, 0)
+        pair_ids, pair, pos, click = self._arrays(sample)
+        several = self._count_multi_position(pair, pos)
+        learn_theta = several >= self.min_pairs
         n_pos = self.max_position
         theta = 1.0 / (np.arange(n_pos) + 1.0) ** self.eta
         gamma = np.full(len(pair_ids), 0.5)
@@ -192,13 +241,8 @@ class PositionBiasModel:
             if moved < CONVERGED:
                 break  # converged
         # gamma is P(click | examined): the click model's relevance estimate of each pair
-        self.attractiveness = {
-            key: (float(gamma[i]), int(shown_pair[i])) for key, i in pair_ids.items()
-        }
-        if not learn_theta:
-            return None
-        self.theta = theta / theta[0]
-        return self.theta
+        attractiveness = {key: (float(gamma[i]), int(shown_pair[i])) for key, i in pair_ids.items()}
+        return PositionFit(theta / theta[0] if learn_theta else None, attractiveness, several)
 
     def propensity(self, position: int) -> float:
         """P(examined) at ``position`` relative to the top: the fit, or the fixed curve."""
