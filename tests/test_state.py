@@ -443,6 +443,31 @@ def test_a_position_model_saved_with_a_row_per_pair_still_loads(tmp_path: Path) 
         assert restored.attractiveness == model.attractiveness
 
 
+def test_never_clicked_pairs_saved_a_row_per_pair_still_load(tmp_path: Path) -> None:
+    """States written before the never-clicked tallies were saved as columns load the same,
+    in the same order (the oldest pair is the first pushed out)."""
+    from ecrec_stream.labels.aggregate import NeverClicked
+
+    sessions = _session_stage()
+    for k in range(3):
+        sessions.label_many(_sessions(40, k))
+    tally = sessions.labeler.never_clicked
+    assert tally is not None and len(tally) > 0
+    columns = tally.state_dict()["pairs"]
+    rows = [
+        [q, i, *map(float, t)]
+        for q, i, t in zip(columns["query"], columns["item"], columns["tallies"], strict=True)
+    ]
+    save_state(tmp_path / "old.state", {"pairs": rows}, kind="nc", version=1)
+    save_state(tmp_path / "new.state", tally.state_dict(), kind="nc", version=1)
+    for name in ("old", "new"):
+        saved = load_state(tmp_path / f"{name}.state", kind="nc", version=1)
+        assert saved is not None
+        restored = NeverClicked(tally.min_examined, tally.capacity)
+        restored.load_state(saved)
+        assert list(restored._pairs.items()) == list(tally._pairs.items())
+
+
 def test_a_state_file_of_another_kind_or_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "x.state"
     save_state(path, {"a": np.arange(3)}, kind="one", version=1)

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
+from itertools import chain
 from typing import Any
+
+import numpy as np
 
 
 class NeverClicked:
@@ -67,14 +70,29 @@ class NeverClicked:
 
     # -- state protocol (ecrec_stream.state) ---------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The pairs in their order, as columns: two of strings and one array of the three
+        tallies per pair (a row per pair took 0.66 s of a label checkpoint's 0.82 s at the
+        500,000-pair capacity, taken while both label agents wait)."""
         return {
-            "pairs": [[q, i, *entry] for (q, i), entry in self._pairs.items()],
+            "pairs": {
+                "query": [q for q, _ in self._pairs],
+                "item": [i for _, i in self._pairs],
+                "tallies": np.fromiter(
+                    chain.from_iterable(self._pairs.values()), np.float64, 3 * len(self._pairs)
+                ).reshape(-1, 3),
+            }
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self._pairs = OrderedDict(
-            ((str(q), str(i)), [float(e), float(c), float(g)]) for q, i, e, c, g in state["pairs"]
-        )
+        pairs = state["pairs"]
+        if isinstance(pairs, dict):  # columns
+            tallies = np.asarray(pairs["tallies"]).tolist()
+            rows = zip(pairs["query"], pairs["item"], tallies, strict=True)
+            self._pairs = OrderedDict(((str(q), str(i)), list(t)) for q, i, t in rows)
+        else:  # a row per pair, as states saved before session 18
+            self._pairs = OrderedDict(
+                ((str(q), str(i)), [float(e), float(c), float(g)]) for q, i, e, c, g in pairs
+            )
 
     def reset_state(self) -> None:
         self._pairs.clear()
