@@ -528,6 +528,9 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
         if total == checkpointed_at[0] or time.monotonic() < next_checkpoint[0]:
             return
         with stop_on_error("label.checkpoint"):
+            # a position refit under way is saved as its result: waited for here, while the
+            # agents go on, rather than while they are held (up to 9 s at its full sample)
+            await asyncio.to_thread(relevance.wait_for_refit)
             began = time.monotonic()
             async with processing.writer:
                 state = await shared.off_loop("relevance", stage_states)

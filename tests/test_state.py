@@ -389,7 +389,8 @@ def test_a_position_refit_in_the_background_gives_the_labels_of_an_inline_one(
         got.append(_step_out(background.label_many(batch)) + _position_fit(background))
         if background.labeler._refit is not None:
             pending_at.append(n)
-            background.labeler._refit.result()  # the fastest fit: done before the next batch
+            background.labeler.wait_for_refit()  # the fastest fit: done before the next batch
+            assert background.labeler._refit.done()
     assert got == expected
     # refits were under way across several batches: not just installed at the next one
     assert len(pending_at) >= 10, pending_at

@@ -546,6 +546,13 @@ class RelevanceLabeler(_Labeler):
             self._refit = self._start_refit(list(items))
             self._since_refit, self._install_at = 0, max(1, len(items) // 8)
 
+    def wait_for_refit(self) -> None:
+        """Return once no position refit is running (at once if none is): a caller about to
+        save the state waits here, not inside ``state_dict``, which would wait too."""
+        refit = self._refit
+        if refit is not None:
+            refit.exception()  # waits; an error is raised where the fit is installed
+
     def _start_refit(self, sample: list[Observation]) -> Future[PositionFit]:
         if not self.settings.position_bias_background_fit:
             return _done(self.position_bias.fit_sample(sample))
