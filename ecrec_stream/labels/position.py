@@ -38,7 +38,8 @@ class Observation:
 
 @dataclass(frozen=True)
 class PositionFit:
-    """What one EM fit found (see :meth:`PositionBiasModel.fit_sample`)."""
+    """What one EM fit found (see :meth:`PositionBiasModel.fit_sample`); its state is also the
+    fitted part of :meth:`PositionBiasModel.state_dict`."""
 
     theta: np.ndarray | None  # the examination curve (theta[0] = 1); None: not identifiable yet
     attractiveness: dict[tuple[str, str], tuple[float, int]]  # (query, item) -> (gamma, shown)
@@ -138,12 +139,8 @@ class PositionBiasModel:
                 "clicked": np.asarray([o.clicked for o in items], dtype=np.int8),
             }
 
-        return {
-            "sample": self.sample.state_dict(pack),
-            "theta": self.theta,
-            "pairs_at_several_positions": self.pairs_at_several_positions,
-            "attractiveness": _attractiveness_columns(self.attractiveness),
-        }
+        fitted = PositionFit(self.theta, self.attractiveness, self.pairs_at_several_positions)
+        return {"sample": self.sample.state_dict(pack), **fitted.state_dict()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         def unpack(packed: dict[str, Any]) -> list[Observation]:
@@ -159,10 +156,10 @@ class PositionBiasModel:
             ]
 
         self.sample.load_state(state["sample"], unpack)
-        theta = state["theta"]
-        self.theta = None if theta is None else np.asarray(theta, dtype=np.float64)
-        self.pairs_at_several_positions = int(state["pairs_at_several_positions"])
-        self.attractiveness = _attractiveness_from(state["attractiveness"])
+        fitted = PositionFit.from_state(state)
+        self.theta = fitted.theta  # None too: as saved, unlike install()
+        self.attractiveness = fitted.attractiveness
+        self.pairs_at_several_positions = fitted.pairs_at_several_positions
 
     def observe_many(self, observations: Iterable[Observation]) -> None:
         """Remember impressions (a uniform reservoir of at most ``capacity``)."""
