@@ -50,6 +50,25 @@ class Encoder(Protocol):
     def encode(self, texts: list[str]) -> np.ndarray: ...
 
 
+@runtime_checkable
+class InvariantEncoder(Encoder, Protocol):
+    """An encoder that can also embed each text exactly as it would in any other call."""
+
+    def encode_invariant(self, texts: list[str]) -> np.ndarray:
+        """Vectors that depend on each text alone, never on the texts it shares a call with."""
+        ...
+
+
+def encode_items(encoder: Encoder, texts: list[str]) -> np.ndarray:
+    """Item vectors for an index: :meth:`InvariantEncoder.encode_invariant` where ``encoder``
+    has it, else ``encode``. Two replicas that read the same catalog in other micro-batches
+    must hold the same vectors, or they rank alike items in other orders (under bf16 on a CPU
+    the number of rows in a forward pass moved a vector by up to 7e-4)."""
+    if isinstance(encoder, InvariantEncoder):
+        return encoder.encode_invariant(texts)
+    return encoder.encode(texts)
+
+
 def weights_digest(module: Any) -> str:
     """sha256 (first 16 hex digits) of a torch module's parameters and buffers, by name.
 
@@ -176,9 +195,10 @@ def length_batches(sorted_lengths: np.ndarray, batch_size: int) -> list[slice]:
     row: 32 search queries embedded with 8 reviews cost 4x what they cost apart (the drift
     agent's micro-batches mix the two; 404.7 -> 96.8 ms with batches of similar length), and
     32 reviews 8.15 ms each on one CPU thread in one batch, 7.19 ms in these batches. The
-    width depends on a text's own length only, so a text embeds the same whatever it is
-    batched with: under bf16 the padded width moves a vector in its sixth digit, and two index
-    replicas that took the same items in other micro-batches answered differently.
+    width depends on a text's own length only: under bf16 the padded width moves a vector in
+    its sixth digit, and two index replicas that took the same items in other micro-batches
+    answered differently. So does the number of rows (``encode_pretokenised``'s
+    ``fixed_rows``).
 
     >>> length_batches(np.array([3, 4, 5, 30, 31, 90]), 2)
     [slice(0, 2, None), slice(2, 3, None), slice(3, 5, None), slice(5, 6, None)]
@@ -198,6 +218,7 @@ def encode_pretokenised(
     batch_size: int = 256,
     precision: str = "auto",
     forward: Any = None,
+    fixed_rows: bool = False,
 ) -> np.ndarray:
     """Unit vectors of ``texts`` from a sentence-transformers ``model``: every text tokenised in
     one call, batches of similar length gathered by :class:`TokenTable`, bf16 autocast where
@@ -208,6 +229,13 @@ def encode_pretokenised(
     product titles, on a 2-core CPU 1.4x (bench/retrain.py measures both in one run). On a CPU
     it gives ``encode``'s vectors in float32; a tokenizer that pads on the left goes through
     ``encode``. ``forward``: what runs ``model``'s forward pass (:func:`traced_forward`).
+
+    ``fixed_rows``: every forward pass has exactly ``batch_size`` rows (a short one is filled
+    with copies of its first row, their vectors dropped), so a text's vector depends on the
+    text alone. Otherwise it also depends on how many texts of its padded width share the
+    call: the matrix kernels (oneDNN's under bf16 on a CPU, cuBLAS's) pick their blocking by
+    the row count, and one title's vector moved by up to 7e-4 under bf16 between batches of
+    4 and 5 rows (float32: 1.6e-7). The same row count always gave the same vector.
     """
     import torch
     import torch.nn.functional as F
@@ -234,9 +262,12 @@ def encode_pretokenised(
         for part in length_batches(table.lengths[order], batch_size):
             rows = order[part]
             width = padded_width(int(table.lengths[rows].max()))
-            batch = table.batch(rows, width=width)
+            filled = rows
+            if fixed_rows and len(rows) < batch_size:
+                filled = np.concatenate([rows, np.repeat(rows[:1], batch_size - len(rows))])
+            batch = table.batch(filled, width=width)
             features = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            embedded = (forward or model)(features)["sentence_embedding"]
+            embedded = (forward or model)(features)["sentence_embedding"][: len(rows)]
             out[torch.from_numpy(rows).to(device)] = F.normalize(embedded.float(), dim=-1)
     return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
 
@@ -330,6 +361,9 @@ class SentenceTransformerEncoder:
             else None
         )
         self._batch_size = settings.batch_size
+        self._invariant_rows = settings.invariant_rows or (
+            settings.batch_size if self._device.startswith("cuda") else 16
+        )
         self._count_lock = threading.Lock()
         self.texts_encoded = 0
         # A full GC pass over torch's ~500k objects pauses ~0.25 s; freeze them once (MODELS.md).
@@ -363,6 +397,23 @@ class SentenceTransformerEncoder:
             return np.zeros((0, self._dim), dtype=np.float32)
         vectors = encode_pretokenised(
             self._model, texts, self._batch_size, self._precision, self._forward
+        )
+        with self._count_lock:
+            self.texts_encoded += len(texts)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def encode_invariant(self, texts: list[str]) -> np.ndarray:
+        """:meth:`encode`, each forward pass filled to ``invariant_rows`` rows, so a text's
+        vector does not depend on the texts it is embedded with (:func:`encode_items`)."""
+        if not texts:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        vectors = encode_pretokenised(
+            self._model,
+            texts,
+            self._invariant_rows,
+            self._precision,
+            self._forward,
+            fixed_rows=True,
         )
         with self._count_lock:
             self.texts_encoded += len(texts)

@@ -102,6 +102,30 @@ def test_the_cpu_encoder_runs_a_trace_that_gives_the_eager_vectors(tmp_path: Any
     assert plain._forward is None
 
 
+@pytest.mark.parametrize("precision", ["bfloat16", "float32"])
+def test_an_item_embeds_the_same_whatever_micro_batch_it_comes_in(precision: str) -> None:
+    """Index replicas embed items with ``encode_items``: a title's vector is the same to the
+    bit in any micro-batch, at any row of it, next to titles of any length (the real model,
+    as the replica runs it: traced, bf16 where the CPU has it, here forced both ways)."""
+    import random
+
+    from ecrec_stream.embedding import encode_items
+
+    encoder = SentenceTransformerEncoder(EmbeddingSettings(precision=precision, invariant_rows=8))
+    kinds = ["wool scarf", "silk scarf", "leather gloves", "wool socks", "rain jacket"]
+    titles = [f"{kinds[k % 5]} {k}" for k in range(40)]
+    titles += [f"{t}, machine washable, soft and warm, a gift for the winter" for t in titles[:8]]
+    alone = {t: encode_items(encoder, [t])[0] for t in titles}
+    rng = random.Random(7)
+    for size in (2, 5, 7, 9, 17, 30):
+        batch = rng.sample(titles, size)
+        for title, vector in zip(batch, encode_items(encoder, batch), strict=True):
+            np.testing.assert_array_equal(vector, alone[title], err_msg=f"{title} in {size}")
+    whole = encode_items(encoder, titles)  # what a replica's rebuild embeds in one call
+    assert all(np.array_equal(v, alone[t]) for t, v in zip(titles, whole, strict=True))
+    np.testing.assert_allclose(whole, encoder.encode(titles), atol=2e-3)  # same vectors
+
+
 def test_a_model_that_cannot_be_traced_runs_eagerly(tmp_path: Any, caplog: Any) -> None:
     from ecrec_stream.embedding import traced_forward
     from tests.helpers import tiny_sentence_model

@@ -206,18 +206,30 @@ def test_two_replicas_fed_the_same_topics_answer_the_same(broker: Any, tmp_path:
         for j in range(4)
     ]
     ports = [free_port(), free_port()]
-    procs = [worker_process(broker.url, tmp_path / "w", worker_port, extra_env=env).start()]
-    procs += [
-        indexer_process(broker.url, tmp_path, port, name=f"replica{k}", extra_env=env).start()
+    bases = [f"http://127.0.0.1:{p}" for p in ports]
+    replicas = [
+        indexer_process(broker.url, tmp_path, port, name=f"replica{k}", extra_env=env)
         for k, port in enumerate(ports)
     ]
-    bases = [f"http://127.0.0.1:{p}" for p in ports]
+    procs = [worker_process(broker.url, tmp_path / "w", worker_port, extra_env=env).start()]
     try:
-        for base, proc in zip(bases, procs[1:], strict=True):
-            proc.wait_http(f"{base}/healthz", timeout_s=180)
-        produce(
-            broker.bootstrap, [(names.items, d["item_id"], json.dumps(d).encode()) for d in items]
-        )
+        procs.append(replicas[0].start())
+        replicas[0].wait_http(f"{bases[0]}/healthz", timeout_s=180)
+        # the first replica takes the catalog live, a few items at a time; the second starts
+        # afterwards and reads it all at once: their vectors came from other micro-batches
+        for start in range(0, len(items), 7):
+            chunk = items[start : start + 7]
+            produce(
+                broker.bootstrap,
+                [(names.items, d["item_id"], json.dumps(d).encode()) for d in chunk],
+            )
+            held = start + len(chunk)
+            wait_until(
+                lambda held=held: httpx.get(f"{bases[0]}/stats", timeout=5).json()["items"] >= held,
+                timeout_s=60,
+            )
+        procs.append(replicas[1].start())
+        replicas[1].wait_http(f"{bases[1]}/healthz", timeout_s=180)
         produce(
             broker.bootstrap,
             [(names.clicks, d["session_id"], json.dumps(d).encode()) for d in clicks],

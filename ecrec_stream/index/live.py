@@ -23,7 +23,7 @@ import numpy as np
 
 from ecrec_stream.config import IndexSettings, SearchMode
 from ecrec_stream.contracts.events import ItemEvent, utc_now
-from ecrec_stream.embedding import Encoder, item_text
+from ecrec_stream.embedding import Encoder, encode_items, item_text
 from ecrec_stream.exceptions import IndexError_
 from ecrec_stream.index.faiss_index import FaissItemIndex, SearchHit
 from ecrec_stream.index.fusion import fuse
@@ -159,7 +159,7 @@ class LiveItemIndex:
                 pair = self._pair
             upserts = [e for e in plan.values() if not e.is_delete]
             deletes = [e for e in plan.values() if e.is_delete]
-            vectors = pair.encoder.encode([item_text(e) for e in upserts])
+            vectors = encode_items(pair.encoder, [item_text(e) for e in upserts])
             with self._lock:
                 if self._pair is not pair:
                     continue  # swapped while embedding: embed again with the new model
@@ -335,7 +335,7 @@ class LiveItemIndex:
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]
                 fresh.upsert_many(
-                    [i.item_id for i in chunk], encoder.encode([item_text(i) for i in chunk])
+                    [i.item_id for i in chunk], encode_items(encoder, [item_text(i) for i in chunk])
                 )
                 progress.done += len(chunk)
             if (lists := fresh.retrain_target()) is not None:  # serve the new model as an IVF
@@ -363,7 +363,7 @@ class LiveItemIndex:
         gone = sorted(item_ids - {i.item_id for i in present})
         if present:
             fresh.upsert_many(
-                [i.item_id for i in present], encoder.encode([item_text(i) for i in present])
+                [i.item_id for i in present], encode_items(encoder, [item_text(i) for i in present])
             )
         fresh.delete_many(gone)
         return len(present)
