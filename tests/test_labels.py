@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -194,6 +195,38 @@ def test_online_label_model_refits_on_schedule_and_a_warm_start_finds_the_same_f
     assert warm.fitted.iterations <= cold.fitted.iterations
     with pytest.raises(ValueError):
         OnlineLabelModel(3, refit_every=0)
+
+
+def test_once_the_sample_is_full_a_refit_waits_for_half_of_it_to_be_new() -> None:
+    """Past its capacity the reservoir takes ever fewer of the rows seen: refits wait for half
+    of the *sample* to be new, so they come geometrically further apart (by e ** 0.5 in rows
+    seen), not every half-capacity of rows seen, which would refit on nearly the same rows."""
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 40_000)
+    votes = np.stack(
+        [np.where(rng.random(len(y)) < acc, y, 1 - y) for acc in (0.9, 0.75, 0.65)], axis=1
+    )
+    online = OnlineLabelModel(3, capacity=2_000, min_rows=200, refit_every=500)
+    fitted_at = []
+    for start in range(0, len(votes), 100):
+        online.label_many(votes[start : start + 100])
+        if online.fits > len(fitted_at):
+            fitted_at.append(online.sample.seen)
+    # 200, 1,200 (1,000 new), 2,200 (the sample full at 2,000), then x1.65 in rows seen
+    # 200, then 500 new rows, then half the sample new: while the sample fills, every row
+    # seen is new (700, 1,400, 2,500); once it is full, x1.65 in rows seen each time
+    assert fitted_at[:4] == [200, 700, 1_400, 2_500], fitted_at
+    ratios = [b / a for a, b in itertools.pairwise(fitted_at[3:])]
+    assert len(fitted_at) == 9 and all(1.55 < r < 1.75 for r in ratios), fitted_at
+    assert online.accuracies is not None
+    assert np.allclose(online.accuracies, [0.9, 0.75, 0.65], atol=0.05)
+    # a state saved before ``entered`` was kept: counted in rows seen, as it was then
+    state = online.state_dict()
+    del state["fitted_entered"], state["sample"]["entered"]
+    restored = OnlineLabelModel(3, capacity=2_000, min_rows=200, refit_every=500)
+    restored.load_state(state)
+    assert restored.sample.entered == restored.sample.seen == 40_000
+    assert restored._fitted_entered == fitted_at[-1]
 
 
 def test_example_ids_are_deterministic() -> None:

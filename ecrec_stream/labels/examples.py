@@ -472,7 +472,8 @@ class RelevanceLabeler(_Labeler):
             None,
         )
         self.position_bias = position_bias
-        self._since_refit = 0
+        self._since_refit = 0  # impressions since the last refit started
+        self._entered_at_refit = 0  # the sample's ``entered`` then
         # a refit under way (see _prepare): its result, installed once _since_refit reaches
         # _install_at; one thread, made when first needed
         self._refit: Future[PositionFit] | None = None
@@ -489,6 +490,7 @@ class RelevanceLabeler(_Labeler):
             **super().state_dict(),
             "position_bias": self.position_bias.state_dict(),
             "since_refit": self._since_refit,
+            "entered_at_refit": self._entered_at_refit,
             # a refit under way is saved as its result (waited for), to be installed at the
             # same impression after a restore
             "pending_refit": None if self._refit is None else self._refit.result().state_dict(),
@@ -502,6 +504,9 @@ class RelevanceLabeler(_Labeler):
         super().load_state(state)
         self.position_bias.load_state(state["position_bias"])
         self._since_refit = int(state["since_refit"])
+        self._entered_at_refit = int(  # absent before session 19: counted in impressions
+            state.get("entered_at_refit", self.position_bias.sample.entered - self._since_refit)
+        )
         pending = state.get("pending_refit")  # absent from states saved before session 18
         self._refit = None if pending is None else _done(PositionFit.from_state(pending))
         self._install_at = int(state.get("install_refit_at", 0))
@@ -515,7 +520,7 @@ class RelevanceLabeler(_Labeler):
         self.position_bias.__init__(  # type: ignore[misc]
             eta=self.settings.ips_eta, min_pairs=self.settings.position_bias_min_pairs
         )
-        self._since_refit = 0
+        self._since_refit = self._entered_at_refit = 0
         if self._refit is not None:
             self._refit.cancel()
         self._refit, self._install_at = None, 0
@@ -537,14 +542,16 @@ class RelevanceLabeler(_Labeler):
         # on one CPU core; 2.1 s of wall time for 267,000 in a worker at 1,000 events/s, the
         # session agent waiting when it ran inline): refitting every 2,000 of them made the
         # labelling of a sustained stream quadratic, so a fit also waits for the sample to
-        # grow by half (a tenth still took 11% of the worker at 1,000 events/s). The
+        # be half new (a tenth still took 11% of the worker at 1,000 events/s). The
         # examination curve it estimates moves slowly, so labelling goes on with the last fit
         # while the next runs on a copy of the sample, installed an eighth of the sample later
-        # (a fixed point: the labels do not depend on the fit's speed; counted from the copy).
-        items = self.position_bias.sample.items
-        if refit_due(self._since_refit, len(items), self.settings.position_bias_refit_every):
-            self._refit = self._start_refit(list(items))
-            self._since_refit, self._install_at = 0, max(1, len(items) // 8)
+        # in impressions (a fixed point: the labels do not depend on the fit's speed).
+        sample = self.position_bias.sample
+        new = sample.entered - self._entered_at_refit
+        if refit_due(new, len(sample.items), self.settings.position_bias_refit_every):
+            self._refit = self._start_refit(list(sample.items))
+            self._since_refit, self._install_at = 0, max(1, len(sample.items) // 8)
+            self._entered_at_refit = sample.entered
 
     def wait_for_refit(self) -> None:
         """Return once no position refit is running (at once if none is): a caller about to

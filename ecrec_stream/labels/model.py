@@ -442,6 +442,7 @@ class OnlineLabelModel:
         self.min_rows = min_rows
         self.refit_every = refit_every
         self._fitted_at = 0  # rows seen at the last fit from data
+        self._fitted_entered = 0  # rows that had entered the sample then
         self.sample: Reservoir[tuple[np.ndarray, int]] = Reservoir(capacity, seed)  # (row, anchor)
         self.fits = 0
         self.fallbacks = 0
@@ -462,7 +463,7 @@ class OnlineLabelModel:
         # to be new, as the position model does (at 4,000 candidates/s, refits every 500 were
         # the label agent's largest cost; after a quarter, fit and check were still 6.6% of
         # the worker's samples at 1,000 session events/s, bench.throughput --paced --profile)
-        new = self.sample.seen - self._fitted_at
+        new = self.sample.entered - self._fitted_entered
         due = self._fitted_at == 0 or refit_due(new, len(self.sample), self.refit_every)
         if self.sample.seen >= self.min_rows and due:
             rows, anchors_kept = zip(*self.sample.items, strict=True)
@@ -480,7 +481,7 @@ class OnlineLabelModel:
                 )
             elif fit is not None and self.decision == "balanced":
                 self.model.fitted = dataclasses.replace(fit, balanced=True)
-            self._fitted_at = self.sample.seen
+            self._fitted_at, self._fitted_entered = self.sample.seen, self.sample.entered
             self.fits += 1
             fit = self.model.fitted
             if fit is not None and fit.fallback is not None:
@@ -545,6 +546,7 @@ class OnlineLabelModel:
             "sample": self.sample.state_dict(pack),
             "fitted": None if fitted is None else fitted.state_dict(),
             "fitted_at": self._fitted_at,
+            "fitted_entered": self._fitted_entered,
             "fits": self.fits,
             "fallbacks": self.fallbacks,
             "last_fallback": self.last_fallback,
@@ -559,6 +561,7 @@ class OnlineLabelModel:
         fitted = state["fitted"]
         self.model.fitted = None if fitted is None else LabelModelFit.from_state(fitted)
         self._fitted_at = int(state["fitted_at"])
+        self._fitted_entered = int(state.get("fitted_entered", self._fitted_at))
         self.fits, self.fallbacks = int(state["fits"]), int(state["fallbacks"])
         self.last_fallback = state["last_fallback"]
 

@@ -19,9 +19,13 @@ T = TypeVar("T")
 
 def refit_due(new: int, sample: int, at_least: int) -> bool:
     """Whether a model fitted on a reservoir of ``sample`` items is refitted, ``new`` items
-    after its last fit: once ``at_least`` and half the sample are new. A fit costs time in
-    proportion to the sample, so refitting after a fixed count makes labelling a sustained
-    stream quadratic (the label model and the position model both wait so).
+    having entered the sample since its last fit (:attr:`Reservoir.entered`): once
+    ``at_least`` and half the sample are new. A fit costs time in proportion to the sample, so
+    refitting after a fixed count makes labelling a sustained stream quadratic (the label
+    model and the position model both wait so). Counted as items that entered the sample,
+    not items seen: once ``seen`` is many times the capacity few items enter, and refitting
+    on a sample that is nearly the one fitted before only repeats that fit (so refits come
+    ever further apart: the sample half new after ``e ** 0.5`` = 1.65 times the items seen).
 
     >>> refit_due(600, 1_000, 500), refit_due(600, 20_000, 500), refit_due(10_000, 20_000, 500)
     (True, False, True)
@@ -35,8 +39,8 @@ class Reservoir(Generic[T]):
     >>> r = Reservoir[int](capacity=3, seed=1)
     >>> for i in range(100):
     ...     r.add(i)
-    >>> len(r.items), r.seen
-    (3, 100)
+    >>> len(r.items), r.seen, 3 <= r.entered < 30  # entered: ~3 * (1 + ln(100 / 3))
+    (3, 100, True)
     """
 
     def __init__(self, capacity: int, seed: int = 0, rng: random.Random | None = None) -> None:
@@ -44,16 +48,19 @@ class Reservoir(Generic[T]):
         self.capacity = capacity
         self.items: list[T] = []
         self.seen = 0
+        self.entered = 0  # items added that went into the sample
         self._rng = rng or random.Random(seed)
 
     def add(self, item: T) -> None:
         self.seen += 1
         if len(self.items) < self.capacity:
             self.items.append(item)
+            self.entered += 1
         else:
             j = self._rng.randrange(self.seen)
             if j < self.capacity:
                 self.items[j] = item
+                self.entered += 1
 
     def __len__(self) -> int:
         return len(self.items)
@@ -61,9 +68,15 @@ class Reservoir(Generic[T]):
     def state_dict(self, pack: Callable[[list[T]], Any] = list) -> dict[str, Any]:
         """The sample (through ``pack``, to state values), the count seen and the generator
         (shared generators are saved by each reservoir; restoring one restores it)."""
-        return {"items": pack(list(self.items)), "seen": self.seen, "rng": rng_state(self._rng)}
+        return {
+            "items": pack(list(self.items)),
+            "seen": self.seen,
+            "entered": self.entered,
+            "rng": rng_state(self._rng),
+        }
 
     def load_state(self, state: dict[str, Any], unpack: Callable[[Any], list[T]] = list) -> None:
         self.items = unpack(state["items"])
         self.seen = int(state["seen"])
+        self.entered = int(state.get("entered", self.seen))  # absent before session 19
         set_rng_state(self._rng, state["rng"])
