@@ -203,9 +203,9 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
                 dirty = True
                 await emit(step)
 
-    @app.timer(cfg.snapshot_interval_s)
+    @app.timer(min(1.0, cfg.snapshot_interval_s))
     async def when_idle() -> None:
-        """Release events held for inputs that went quiet, and snapshot."""
+        """Release events held for inputs that went quiet; snapshot once the interval is up."""
         nonlocal dirty
         with stop_on_error("drift timer"):
             step, runtime.status, changed = await shared.off_loop("drift", tick)
