@@ -287,11 +287,13 @@ class LabelSettings(BaseModel):
     bot_min_median_dwell_ms: int = Field(500, ge=0)
     dedupe_capacity: int = Field(100_000, ge=100)
     # The review agent labels up to review_batch_max validated batch messages, or what came
-    # within review_batch_wait_s, per step, up to REVIEW_CALL_MAX reviews per model call: light
-    # traffic brings a review or two per message, and one review alone costs the encoder 12.5
-    # ms against 8.3 ms each in a batch of 32 (one CPU thread).
+    # within review_batch_wait_s, per step, up to streams' REVIEW_CALL_MAX reviews per model
+    # call: light traffic brings a review or two per message, and a real review alone costs
+    # the encoder 9.9 ms against 7.2 ms each in calls of 16 (6.2 in 32; one CPU thread). At
+    # 1,000 session events/s (15 reviews/s) a 50 ms wait gave calls of one or two reviews and
+    # the review agent 19% of the worker's CPU samples; 1 s: CPU per event 1,085 -> 991 us.
     review_batch_max: int = Field(32, ge=1, le=100_000)
-    review_batch_wait_s: float = Field(0.05, gt=0, le=60)
+    review_batch_wait_s: float = Field(1.0, gt=0, le=60)
     # The label stages' state (label model, position model, seed classifier, dedupe windows)
     # is saved this often to <data_dir>/labels/labels.state (or, when a save takes long, at
     # most a tenth of the time); a restarted worker resumes it.
