@@ -410,6 +410,20 @@ def test_a_position_refit_in_the_background_gives_the_labels_of_an_inline_one(
     ] == expected[cut + 1 :]
 
 
+def test_a_checkpoint_waiting_for_a_refit_that_a_reset_cancelled_goes_on() -> None:
+    """A checkpoint waits for a running position refit (``wait_for_refit``); if a reset
+    cancelled that refit before it started, the wait ends at once instead of raising."""
+    from concurrent.futures import Future
+
+    stage = _session_stage()
+    cancelled: Future[Any] = Future()
+    assert cancelled.cancel()
+    stage.labeler._refit = cancelled  # what the checkpoint's wait saw before the reset
+    stage.labeler.wait_for_refit()
+    stage.reset_state()
+    assert stage.labeler._refit is None
+
+
 def _position_fit(stage: SessionLabelStage) -> list[Any]:
     """The fit a stage's labels use: its curve and how many pairs it holds."""
     model = stage.labeler.position_bias

@@ -8,10 +8,11 @@ redelivered batch yields the same ids and consumers drop the duplicates.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -558,7 +559,10 @@ class RelevanceLabeler(_Labeler):
         save the state waits here, not inside ``state_dict``, which would wait too."""
         refit = self._refit
         if refit is not None:
-            refit.exception()  # waits; an error is raised where the fit is installed
+            # waits; an error is raised where the fit is installed, and a refit that
+            # reset_state cancelled meanwhile has nothing to wait for
+            with contextlib.suppress(CancelledError):
+                refit.exception()
 
     def _start_refit(self, sample: list[Observation]) -> Future[PositionFit]:
         if not self.settings.position_bias_background_fit:
