@@ -393,27 +393,18 @@ class SentenceTransformerEncoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embed ``texts`` into an ``(n, dim)`` float32 array of unit vectors."""
-        if not texts:
-            return np.zeros((0, self._dim), dtype=np.float32)
-        vectors = encode_pretokenised(
-            self._model, texts, self._batch_size, self._precision, self._forward
-        )
-        with self._count_lock:
-            self.texts_encoded += len(texts)
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        return self._encode(texts, self._batch_size, fixed_rows=False)
 
     def encode_invariant(self, texts: list[str]) -> np.ndarray:
         """:meth:`encode`, each forward pass filled to ``invariant_rows`` rows, so a text's
         vector does not depend on the texts it is embedded with (:func:`encode_items`)."""
+        return self._encode(texts, self._invariant_rows, fixed_rows=True)
+
+    def _encode(self, texts: list[str], batch_size: int, *, fixed_rows: bool) -> np.ndarray:
         if not texts:
             return np.zeros((0, self._dim), dtype=np.float32)
         vectors = encode_pretokenised(
-            self._model,
-            texts,
-            self._invariant_rows,
-            self._precision,
-            self._forward,
-            fixed_rows=True,
+            self._model, texts, batch_size, self._precision, self._forward, fixed_rows=fixed_rows
         )
         with self._count_lock:
             self.texts_encoded += len(texts)
