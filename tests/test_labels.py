@@ -223,6 +223,7 @@ def test_once_the_sample_is_full_a_refit_waits_for_half_of_it_to_be_new() -> Non
     # a state saved before ``entered`` was kept: counted in rows seen, as it was then
     state = online.state_dict()
     del state["fitted_entered"], state["sample"]["entered"]
+    state["fitted_at"] = fitted_at[-1]  # what those states held: rows seen at the last fit
     restored = OnlineLabelModel(3, capacity=2_000, min_rows=200, refit_every=500)
     restored.load_state(state)
     assert restored.sample.entered == restored.sample.seen == 40_000

@@ -441,8 +441,7 @@ class OnlineLabelModel:
         self.n_functions = n_functions
         self.min_rows = min_rows
         self.refit_every = refit_every
-        self._fitted_at = 0  # rows seen at the last fit from data
-        self._fitted_entered = 0  # rows that had entered the sample then
+        self._fitted_entered = 0  # rows that had entered the sample at the last fit from data
         self.sample: Reservoir[tuple[np.ndarray, int]] = Reservoir(capacity, seed)  # (row, anchor)
         self.fits = 0
         self.fallbacks = 0
@@ -464,10 +463,10 @@ class OnlineLabelModel:
         # the label agent's largest cost; after a quarter, fit and check were still 6.6% of
         # the worker's samples at 1,000 session events/s, bench.throughput --paced --profile)
         new = self.sample.entered - self._fitted_entered
-        due = self._fitted_at == 0 or refit_due(new, len(self.sample), self.refit_every)
+        due = self._fitted_entered == 0 or refit_due(new, len(self.sample), self.refit_every)
         if self.sample.seen >= self.min_rows and due:
             rows, anchors_kept = zip(*self.sample.items, strict=True)
-            previous = self.model.fitted if self._fitted_at else None
+            previous = self.model.fitted if self._fitted_entered else None
             kept_rows, kept_anchors = np.stack(rows), np.asarray(anchors_kept, dtype=np.int64)
             self.model.fit(kept_rows, kept_anchors, previous)
             loses = self._check(kept_rows, kept_anchors, previous)
@@ -481,7 +480,7 @@ class OnlineLabelModel:
                 )
             elif fit is not None and self.decision == "balanced":
                 self.model.fitted = dataclasses.replace(fit, balanced=True)
-            self._fitted_at, self._fitted_entered = self.sample.seen, self.sample.entered
+            self._fitted_entered = self.sample.entered
             self.fits += 1
             fit = self.model.fitted
             if fit is not None and fit.fallback is not None:
@@ -545,7 +544,6 @@ class OnlineLabelModel:
         return {
             "sample": self.sample.state_dict(pack),
             "fitted": None if fitted is None else fitted.state_dict(),
-            "fitted_at": self._fitted_at,
             "fitted_entered": self._fitted_entered,
             "fits": self.fits,
             "fallbacks": self.fallbacks,
@@ -560,8 +558,9 @@ class OnlineLabelModel:
         self.sample.load_state(state["sample"], unpack)
         fitted = state["fitted"]
         self.model.fitted = None if fitted is None else LabelModelFit.from_state(fitted)
-        self._fitted_at = int(state["fitted_at"])
-        self._fitted_entered = int(state.get("fitted_entered", self._fitted_at))
+        # states saved before session 19 hold the rows seen at the last fit ("fitted_at"),
+        # and their reservoir counts every row seen as entered, so the two agree there
+        self._fitted_entered = int(state.get("fitted_entered", state.get("fitted_at", 0)))
         self.fits, self.fallbacks = int(state["fits"]), int(state["fallbacks"])
         self.last_fallback = state["last_fallback"]
 
