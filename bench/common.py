@@ -7,6 +7,7 @@ import os
 import platform
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,26 @@ def proc_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def thread_cpu_seconds(pid: int) -> Counter[str]:
+    """User + system CPU seconds of a running process's threads, by name (Linux /proc): the
+    event loop as ``main``, the worker's model threads by their names (``ecrec-drift``, ...;
+    :func:`ecrec_stream.device.name_os_thread`), librdkafka's as ``librdkafka``, the rest by their
+    OS names. A thread that ended is missing."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: Counter[str] = Counter()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            comm = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        name = (
+            "main" if task.name == str(pid) else "librdkafka" if comm.startswith("rdk:") else comm
+        )
+        out[name] += (int(fields[11]) + int(fields[12])) / ticks
+    return out
 
 
 def _proc_status_mb(pid: int | str, key: str) -> float:

@@ -57,10 +57,12 @@ import numpy as np
 from bench.common import (
     RESULTS,
     SHARED_DATA,
+    console,
     isolated_worker,
     proc_cpu_seconds,
     proc_peak_rss_mb,
     report,
+    thread_cpu_seconds,
 )
 from bench.ingest import OutputCounter, _review_texts, _wait_count, _wait_for, run_passthrough
 from ecrec_stream.contracts.events import utc_now
@@ -418,6 +420,7 @@ def run_worker(
         spy = Profiler(pid, profile) if profile else None
         pids = worker_pids + ([drift_worker.proc.pid] if drift_worker and drift_worker.proc else [])
         cpu0, start = sum(map(proc_cpu_seconds, pids)), time.monotonic()
+        threads0 = thread_cpu_seconds(pid)
         if rate is not None:
             sent_at: list[float] = []
             producing = threading.Thread(
@@ -463,6 +466,12 @@ def run_worker(
             result["events_per_s"] = len(records) / seconds
         cpu = sum(map(proc_cpu_seconds, pids)) - cpu0
         result["cpu_us_per_event"] = cpu / len(records) * 1e6
+        # the first worker's CPU by thread: its event loop, each model thread (the stages)
+        threads = thread_cpu_seconds(pid)
+        threads.subtract(threads0)
+        result["thread_cpu_us_per_event"] = {
+            name: seconds / len(records) * 1e6 for name, seconds in threads.most_common()
+        }
         result["peak_rss_mb"] = sum(map(proc_peak_rss_mb, pids))
         if spy is not None:
             result["profile"] = spy.stop()
@@ -598,6 +607,13 @@ def paced(args: argparse.Namespace) -> None:
         rows,
         {"items": args.items, "seconds": args.seconds, "broker": args.broker, "results": results},
     )  # fmt: skip
+    console.print(
+        "first worker's CPU µs per event by thread: "
+        + "; ".join(
+            f"{mix}: " + ", ".join(f"{k} {v:,.0f}" for k, v in r["thread_cpu_us_per_event"].items())
+            for mix, r in results.items()
+        )
+    )
 
 
 if __name__ == "__main__":

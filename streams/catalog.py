@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from ecrec_stream.config import Settings
+from ecrec_stream.device import name_os_thread
 
 # The model threads ("lanes") of a worker: each label task and drift has its own, so a stage
 # never queues behind another's model call (torch leaves the GIL while it computes).
@@ -35,7 +36,9 @@ class SharedModelWork:
         torch.set_num_threads(inference_threads(settings.embedding.worker_threads))
         self.encoder = CachedEncoder(SentenceTransformerEncoder(settings.embedding))
         self._threads = {
-            lane: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ecrec-{lane}")
+            lane: ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"ecrec-{lane}", initializer=name_os_thread
+            )
             for lane in LANES
         }
         self.catalog = CatalogCache(bootstrap, settings.topics.valid_items)
@@ -79,6 +82,7 @@ class CatalogCache:
         return len(self._titles)
 
     def _run(self) -> None:
+        name_os_thread()
         from streams.kafka import partition_reader
 
         consumer = partition_reader(self.bootstrap, [self.topic], name="ecrec-titles")

@@ -65,6 +65,7 @@ from ecrec_stream.contracts.events import (
     SearchEvent,
     SourcePosition,
 )
+from ecrec_stream.device import name_os_thread
 from ecrec_stream.ingest.isolation import Failure, describe
 from ecrec_stream.ingest.validation import RawRecord, make_dead_letter
 from ecrec_stream.labels.annotate import Annotator, build_annotator
@@ -382,7 +383,9 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                                 await emit(task, step.variants, partition, f"{key}:variants")
 
     if annotator is not None:
-        llm_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ecrec-llm")
+        llm_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="ecrec-llm", initializer=name_os_thread
+        )
 
         @app.task
         async def annotate_routed() -> None:

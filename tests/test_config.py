@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from ecrec_stream.config import Settings, bootstrap_servers, load_settings
+from ecrec_stream.device import name_os_thread
 from ecrec_stream.exceptions import ConfigError
 
 
@@ -61,3 +67,16 @@ def test_every_setting_and_the_bench_variables_are_accepted(
 def test_an_unknown_override_key_is_rejected() -> None:
     with pytest.raises(ValidationError, match="prot"):
         load_settings(index={"prot": 1})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="OS thread names: Linux /proc")
+def test_model_threads_carry_their_names_at_the_os_level() -> None:
+    """An executor started with ``name_os_thread`` names its thread for the OS (what
+    ``top -H`` and the throughput bench's CPU by thread read), cut to Linux's 15 bytes."""
+    with ThreadPoolExecutor(
+        1, thread_name_prefix="ecrec-sentiment", initializer=name_os_thread
+    ) as pool:
+        comm = pool.submit(
+            lambda: Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text()
+        ).result()
+    assert comm.strip() == "ecrec-sentiment_0"[:15]

@@ -22,6 +22,7 @@ from ecrec_stream.augment import AugmentedText, Augmenter, MeaningFilter
 from ecrec_stream.config import LabelSettings
 from ecrec_stream.contracts.events import utc_now
 from ecrec_stream.contracts.examples import ExampleBatch, TrainingExample
+from ecrec_stream.device import name_os_thread
 from ecrec_stream.embedding import Encoder
 from ecrec_stream.exceptions import ConfigError
 from ecrec_stream.ingest.batching import json_array_messages, list_envelope
@@ -568,7 +569,9 @@ class RelevanceLabeler(_Labeler):
         if not self.settings.position_bias_background_fit:
             return _done(self.position_bias.fit_sample(sample))
         if self._refit_thread is None:
-            self._refit_thread = ThreadPoolExecutor(1, thread_name_prefix="ecrec-position-fit")
+            self._refit_thread = ThreadPoolExecutor(
+                1, thread_name_prefix="ecrec-position-fit", initializer=name_os_thread
+            )
         return self._refit_thread.submit(self.position_bias.fit_sample, sample)
 
     def _usable(self, cand: RelevanceCandidate, votes: dict[str, int]) -> str | None:
