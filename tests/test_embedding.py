@@ -62,7 +62,7 @@ def test_pretokenised_encoding_matches_sentence_transformers(tmp_path: Any) -> N
 
 
 def test_bf16_inference_gives_float32_vectors_close_to_the_float32_ones(tmp_path: Any) -> None:
-    """bf16 autocast (the default on CUDA and on CPUs with native bf16) changes the vectors
+    """bf16 autocast (the default on CUDA and on CPUs with AMX) changes the vectors
     only in rounding: unit float32 vectors, cosine to the float32 ones near 1, same order."""
     from ecrec_stream.embedding import encode_pretokenised
     from tests.helpers import tiny_sentence_model
