@@ -485,10 +485,12 @@ def _add_ingest_agent(
     valid = app.topic(valid_name, value_serializer="raw", key_serializer="raw")
     cfg = settings.ingest
 
+    wait_s = cfg.batch_wait_s if kind == "item" else cfg.event_batch_wait_s
+
     async def ingest(stream: faust.StreamT) -> None:
         # take_events (not take): it keeps each record's partition and offset for the DLQ.
         batches = stream.take_events(  # type: ignore[attr-defined]  # missing from faust's stubs
-            cfg.batch_max, within=cfg.batch_wait_s
+            cfg.batch_max, within=wait_s
         )
         async for events in batches:
             with stop_on_error(f"ingest.{kind}"):
