@@ -303,7 +303,7 @@ class LabelSettings(BaseModel):
     review_batch_wait_s: float = Field(1.0, gt=0, le=60)
     # The label stages' state (label model, position model, seed classifier, dedupe windows)
     # is saved this often to <data_dir>/labels/labels.state (or, when a save takes long, at
-    # most a tenth of the time); a restarted worker resumes it.
+    # most a twentieth of the time); a restarted worker resumes it.
     snapshot_interval_s: float = Field(5.0, gt=0)
     # Your own label functions: "package.module:factory" paths; factory(label_settings) returns
     # a LabelFunction whose ``task`` says which labeler it joins.

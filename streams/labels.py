@@ -535,9 +535,14 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
             # agents go on, rather than while they are held (up to 9 s at its full sample)
             await asyncio.to_thread(relevance.wait_for_refit)
             began = time.monotonic()
+            # the never-clicked tallies before the hold, on the relevance thread (between two
+            # of its calls): most of the state's time at capacity, and an older copy of them
+            # only repeats negatives under their ids (RelevanceLabeler.take_aggregate_state)
+            await shared.off_loop("relevance", relevance.take_aggregate_state)
+            held = time.monotonic()
             async with processing.writer:
                 state = await shared.off_loop("relevance", stage_states)
-            runtime.checkpoint_hold_s = time.monotonic() - began
+            runtime.checkpoint_hold_s = time.monotonic() - held
             await app.producer.flush()
             # written on a thread of its own: the state is a copy, and on the relevance
             # thread the write (0.9 s at 1,000 session events/s) held the session agent
@@ -546,11 +551,12 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
             )
             checkpointed_at[0] = total
             stats["checkpoints"] += 1
-            # A checkpoint holds both agents while it takes the state, and its write takes
-            # CPU from them; a large state (the position model's sample) must not take more
-            # than a tenth of their time.
+            # Taking and writing the state is Python work under the GIL that the agents
+            # share (at capacity ~1.6 s of it, 4-5 s of wall time at 1,000 events/s): it
+            # must not take more than a twentieth of their time. (A tenth: 25 s behind over
+            # 300 s at 1,000 session events/s; a twentieth: 14-16 s, bench.throughput.)
             took = time.monotonic() - began
-            next_checkpoint[0] = time.monotonic() + 9 * took
+            next_checkpoint[0] = time.monotonic() + 19 * took
             runtime.checkpoint_s = took
 
     app.agent(reviews_topic, name="ecrec.label.reviews")(label_reviews)

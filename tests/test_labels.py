@@ -530,6 +530,39 @@ def test_a_pair_shown_in_many_sessions_and_never_clicked_is_one_negative() -> No
     assert negatives([sessions(2)]) == []  # two examinations are not yet enough
 
 
+def test_tallies_taken_before_a_checkpoint_repeat_a_negative_under_its_id_after_a_restore() -> None:
+    """The worker takes the never-clicked tallies just before its checkpoint's hold
+    (``take_aggregate_state``), so the saved tallies can be older than the rest. A pair that
+    became a negative in between becomes one again after a restore, under the same example id;
+    a later state without a fresh take has the tallies as they are then."""
+
+    def shown(session: int) -> list[RelevanceCandidate]:
+        return [
+            RelevanceCandidate(f"s{session}", f"u{session}", "wool socks", "junk", 0,
+                               item_title="ice"),
+            RelevanceCandidate(f"s{session}", f"u{session}", "wool socks", "sock", 1,
+                               item_title="merino wool socks", action="click", dwell_ms=60_000),
+        ]  # fmt: skip
+
+    def negatives(labeler: RelevanceLabeler, sessions: range) -> list[str]:
+        out = labeler.label_many([c for s in sessions for c in shown(s)], augment=False)
+        return [e.example_id for e in out if "never_clicked" in e.votes]
+
+    labeler = RelevanceLabeler(None, LabelSettings(), [])
+    assert negatives(labeler, range(2)) == []
+    labeler.take_aggregate_state()  # two examinations so far
+    crossed = negatives(labeler, range(2, 3))  # the third: a negative, sent
+    assert len(crossed) == 1
+    saved = labeler.state_dict()  # the rest as of now, the tallies as taken
+    restored = RelevanceLabeler(None, LabelSettings(), [])
+    restored.load_state(saved)
+    assert negatives(restored, range(2, 3)) == crossed  # again, under the same id
+    now = labeler.state_dict()["never_clicked"]["pairs"]["tallies"]
+    assert not np.array_equal(now, saved["never_clicked"]["pairs"]["tallies"])  # taken once
+    restored.load_state(labeler.state_dict())
+    assert negatives(restored, range(3, 4)) == []  # as of now: given already
+
+
 def test_label_model_fit_on_distinct_rows_equals_the_row_by_row_fit() -> None:
     # Golden figures from the row-by-row MAP-EM (the implementation before EM ran on the
     # distinct (votes, anchor) rows weighted by their counts): the two must agree exactly.
