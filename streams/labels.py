@@ -553,8 +553,9 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
             stats["checkpoints"] += 1
             # Taking and writing the state is Python work under the GIL that the agents
             # share (at capacity ~1.6 s of it, 4-5 s of wall time at 1,000 events/s): it
-            # must not take more than a twentieth of their time. (A tenth: 25 s behind over
-            # 300 s at 1,000 session events/s; a twentieth: 14-16 s, bench.throughput.)
+            # must not take more than a twentieth of their time (one 300-s run each at 1,000
+            # session events/s: 27 s behind at a tenth, 16 s at a twentieth; runs vary by as
+            # much, docs/benchmarks.md).
             took = time.monotonic() - began
             next_checkpoint[0] = time.monotonic() + 19 * took
             runtime.checkpoint_s = took
