@@ -23,11 +23,15 @@ SHARED_DATA = Path(
 console = Console(width=150)
 
 
+def _stat_cpu_seconds(stat: Path) -> float:
+    """User + system CPU seconds from a Linux ``stat`` file (a process's or a thread's)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a running process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
 def thread_cpu_seconds(pid: int) -> Counter[str]:
@@ -35,18 +39,17 @@ def thread_cpu_seconds(pid: int) -> Counter[str]:
     event loop as ``main``, the worker's model threads by their names (``ecrec-drift``, ...;
     :func:`ecrec_stream.device.name_os_thread`), librdkafka's as ``librdkafka``, the rest by their
     OS names. A thread that ended is missing."""
-    ticks = os.sysconf("SC_CLK_TCK")
     out: Counter[str] = Counter()
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             comm = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            seconds = _stat_cpu_seconds(task / "stat")
         except OSError:  # ended meanwhile
             continue
         name = (
             "main" if task.name == str(pid) else "librdkafka" if comm.startswith("rdk:") else comm
         )
-        out[name] += (int(fields[11]) + int(fields[12])) / ticks
+        out[name] += seconds
     return out
 
 
