@@ -226,6 +226,10 @@ class LabelSettings(BaseModel):
     enabled: bool = True
     session_gap_s: float = Field(1800.0, gt=0, description="event-time inactivity that closes")
     max_session_clicks: int = Field(500, ge=1)
+    # Open sessions kept as objects beside the session table (the most recently written, per
+    # partition): reading one back from the table decodes its JSON from RocksDB. ~1.5 KB each
+    # for a session of 2-3 events (tracemalloc, the bench's simulated sessions).
+    session_recent_capacity: int = Field(20_000, ge=0)
     bounce_ms: int = Field(5_000, ge=0)
     long_dwell_ms: int = Field(30_000, ge=0)
     exposure_depth: int = Field(3, ge=0)

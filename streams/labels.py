@@ -47,7 +47,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -55,6 +55,7 @@ from typing import Any
 
 import aiorwlock
 import faust
+from faust.types import TP
 
 from ecrec_stream.config import Settings
 from ecrec_stream.contracts.events import (
@@ -134,6 +135,39 @@ def _candidate_json(candidate: RelevanceCandidate | SentimentCandidate) -> bytes
 
 def _event_id(record: ReviewEvent | SentimentCandidate) -> str:
     return record.event_id
+
+
+class JsonValues(MutableMapping[str, Any]):
+    """A Faust table whose values are JSON bytes, seen as a mapping of JSON values: each
+    value encoded once per write."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def __getitem__(self, key: str) -> Any:
+        raw = self.table[key]
+        return None if raw is None else json.loads(raw)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.table[key] = json.dumps(value, separators=(",", ":")).encode()
+
+    def __delitem__(self, key: str) -> None:
+        del self.table[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.table
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.table)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def items(self) -> Iterator[tuple[str, Any]]:  # type: ignore[override]
+        """(key, value) pairs from the table's own items: a RocksDB table looks a key up in
+        the current event's partition only."""
+        for key, raw in self.table.items():
+            yield key, None if raw is None else json.loads(raw)
 
 
 @dataclass
@@ -218,20 +252,32 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
     checkpointed_at = [0]  # the stats' total when the last checkpoint was taken
     next_checkpoint = [0.0]  # monotonic time before which none is taken
     examples_topic = app.topic(names.examples, value_serializer="raw", key_serializer="raw")
+    # values are JSON bytes encoded here (JsonValues): with a JSON value serializer, Faust
+    # encodes each value twice (for RocksDB and for the changelog); both read the same bytes
     sessions = app.Table(
         f"{settings.app_id}-sessions",
         default=None,
         partitions=settings.partitions,
-        schema=faust.Schema(key_serializer="json", value_serializer="json"),
+        value_type=bytes,  # what sets a table's value serializer (raw), not its schema
+        schema=faust.Schema(key_serializer="json", value_serializer="raw"),
     )
+    session_inputs = (names.valid_searches, names.valid_clicks)
     windows = SessionWindows(
-        sessions,
+        JsonValues(sessions),
         gap_s=cfg.session_gap_s,
         max_clicks=cfg.max_session_clicks,
-        inputs=(names.valid_searches, names.valid_clicks),
+        inputs=session_inputs,
         raise_errors=policy == "stop",
         keep_closed=True,  # deleted once their examples were sent (forget, below)
+        recent_capacity=cfg.session_recent_capacity,
     )
+
+    async def release_sessions(_app: Any, revoked: set[TP], **_: Any) -> None:
+        """Revoked partitions' sessions are read from the table again if they come back."""
+        windows.release({tp.partition for tp in revoked if tp.topic in session_inputs})
+
+    # mode calls receivers as (sender, *args, signal=...); its stub wants *args, not one arg
+    app.on_partitions_revoked.connect(release_sessions)  # type: ignore[arg-type]
 
     dlq = app.topic(names.dlq, value_serializer="raw", key_serializer="raw")
     max_raw = settings.ingest.dlq_max_raw_bytes

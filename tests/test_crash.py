@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from tests.helpers import (
     EMPTY_EVENT_BATCH,
     EMPTY_EXAMPLE_BATCH,
     batch_events,
+    produce,
     read_to_end,
     read_topic,
     unique,
@@ -235,3 +238,86 @@ def test_worker_killed_while_labelling_gives_the_same_example_ids(
     ]
     assert {e["augmented_from"] for e in augmented} <= expected
     print(f"killed after {len(before)} of {n} reviews were labelled")
+
+
+def test_open_sessions_survive_restarts_from_rocksdb_and_from_the_changelog(
+    broker: Any, tmp_path: Path
+) -> None:
+    """A session's search before a restart and its click after it become one session: the
+    session table is read back from the worker's RocksDB (same data dir) and rebuilt from its
+    changelog (a new data dir), and the searches are not read again."""
+    tag = unique("sessrestart")
+    names, env = _isolated_env(tag)
+    ensure_topics(broker.bootstrap, all_topics(names), 4)
+    env |= {"ECREC_LABELS__SESSION_GAP_S": "60", "ECREC_LABELS__AUGMENTERS": "[]"}
+    key = f"{tag}-k"  # every record on one partition
+    t0 = utc_now()
+    items = [f"{tag}-i{n}" for n in range(4)]
+
+    def at(seconds: float) -> str:
+        return (t0 + timedelta(seconds=seconds)).isoformat()
+
+    def search(session: str, seconds: float) -> tuple[str, str, bytes]:
+        doc = {
+            "event_id": f"{session}-search",
+            "ts": at(seconds),
+            "search_id": f"{session}-q",
+            "session_id": session,
+            "query": "wool socks",
+            "impressions": items,
+        }
+        return names.searches, key, json.dumps(doc).encode()
+
+    def click(session: str, seconds: float, item: int) -> tuple[str, str, bytes]:
+        doc = {
+            "event_id": f"{session}-click",
+            "ts": at(seconds),
+            "session_id": session,
+            "search_id": f"{session}-q",
+            "item_id": items[item],
+            "position": item,
+            "action": "add_to_cart",
+            "dwell_ms": 30_000,
+        }
+        return names.clicks, key, json.dumps(doc).encode()
+
+    def run_worker(data_dir: Path, records: list[tuple[str, str, bytes]], events: int) -> None:
+        """A worker on ``data_dir`` reads ``records`` (``events`` new session events: a copy
+        of one, which the broker may deliver, counts as a duplicate), then stops, committing
+        its offsets."""
+        port = free_port()
+        proc = worker_process(broker.url, data_dir, port, extra_env=env).start()
+
+        def new_events() -> int:
+            labels = httpx.get(f"http://127.0.0.1:{port}/ecrec/stats").json()["labels"]
+            return int(labels.get("session_events_read", 0) - labels.get("duplicate_events", 0))
+
+        try:
+            proc.wait_http(f"http://127.0.0.1:{port}/ecrec/stats", timeout_s=180)
+            produce(broker.bootstrap, records)
+            wait_until(lambda: new_events() >= events, timeout_s=120, interval_s=0.5)
+            time.sleep(1.0)  # an event read again as new (its session lost) would show here
+            assert new_events() == events
+        finally:
+            assert proc.stop() == 0
+
+    first, second = f"{tag}-s1", f"{tag}-s2"
+    run_worker(tmp_path / "a", [search(first, 0)], 1)
+    run_worker(tmp_path / "a", [search(second, 5)], 1)  # the first session from RocksDB
+    moved_on = [search(f"{tag}-s3", 300), click(f"{tag}-s3", 300, 0)]  # closes both
+    run_worker(  # both sessions from the changelog, read back when their clicks come
+        tmp_path / "b", [click(first, 10, 1), click(second, 15, 2), *moved_on], 4
+    )
+    examples = [
+        e
+        for m in read_to_end(broker.bootstrap, names.examples, EMPTY_EXAMPLE_BATCH)
+        for e in json.loads(m.value())["examples"]
+    ]
+    for session, clicked in ((first, 1), (second, 2)):
+        mine = {e["item_id"]: e for e in examples if f"{session}-search" in e["source_event_ids"]}
+        assert items[clicked] in mine, (session, sorted(mine))
+        assert set(mine[items[clicked]]["source_event_ids"]) == {
+            f"{session}-search",
+            f"{session}-click",
+        }
+        assert mine[items[clicked]]["label"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -151,3 +152,71 @@ def test_closed_sessions_kept_until_forgotten_close_again_after_a_restart() -> N
     win.add(0, "searches", [_in("a", "q5", 150)])  # after the gap: a new session "a"
     assert win.forget(0, [a_closed]) == 0
     assert list(store["a"]["searches"]) == ["q5"] and store["a"]["first_ts"] == t0 + 150
+
+
+class TableLikeStore(dict[str, Any]):
+    """A store that, like a Faust table, holds encoded values (a read returns a copy) and
+    counts its reads."""
+
+    reads = 0
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, json.dumps(value))
+
+    def __getitem__(self, key: str) -> Any:
+        self.reads += 1
+        return json.loads(super().__getitem__(key))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def items(self) -> Any:
+        return [(key, json.loads(raw)) for key, raw in super().items()]
+
+
+def test_open_sessions_are_read_from_their_recent_copies_and_new_ids_not_looked_up() -> None:
+    store = TableLikeStore()
+    win = SessionWindows(store, gap_s=60, max_clicks=100, inputs=("searches",), recent_capacity=1)
+    win.add(0, "searches", [_in("a", "q1", 0), _in("b", "q2", 1)])  # two new sessions
+    assert store.reads == 0
+    win.add(0, "searches", [_in("b", "q3", 2)])  # the session written last: its copy
+    assert store.reads == 0
+    win.add(0, "searches", [_in("a", "q4", 3)])  # beyond the capacity of 1: the store
+    assert store.reads == 1
+    assert [len(store[sid]["searches"]) for sid in "ab"] == [2, 2]
+
+
+def test_a_failing_event_leaves_its_open_session_as_it_was() -> None:
+    store = TableLikeStore()
+    win = SessionWindows(store, gap_s=60, max_clicks=100, inputs=("searches",))
+    win.add(0, "searches", [_in("x", "q1", 0)])
+    before = {**store["x"], "event_ids": list(store["x"]["event_ids"])}
+    bad = _in("x", "q2", 5)
+    object.__setattr__(bad, "impressions", None)  # add_event raises on it
+    step = win.add(0, "searches", [bad])
+    assert len(step.failed) == 1
+    assert store["x"] == before  # the copy it would have been folded into is unchanged
+    win.add(0, "searches", [_in("x", "q3", 6)])
+    assert (
+        store["x"]["event_ids"] == ["x-q1", "x-q3"] and store["x"]["first_ts"] == at(0).timestamp()
+    )
+
+
+def test_released_partitions_are_read_from_the_store_when_they_come_back() -> None:
+    store = TableLikeStore()
+    win = SessionWindows(store, gap_s=60, max_clicks=100, inputs=("searches",))
+    win.add(0, "searches", [_in("a", "q1", 0)])
+    win.release([0])
+    # meanwhile another worker owned partition 0 and folded a search into "a"
+    other = SessionWindows(store, gap_s=60, max_clicks=100, inputs=("searches",))
+    other.add(0, "searches", [_in("a", "q2", 10)])
+    win.add(0, "searches", [_in("a", "q3", 20)])
+    assert list(store["a"]["searches"]) == ["q1", "q2", "q3"]
+    # and a session the other worker opened is open here too (closed by the watermark)
+    other.add(0, "searches", [_in("b", "q4", 25)])
+    win.release([0])
+    step = win.add(0, "searches", [_in("c", "q5", 200)])
+    assert sorted(s["session_id"] for s in step.closed) == ["a", "b"]

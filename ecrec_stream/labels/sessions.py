@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import heapq
 import statistics
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -32,35 +33,37 @@ def new_session(session_id: str, partition: int) -> dict[str, Any]:
 
 
 def add_event(state: dict[str, Any], event: SearchEvent | ClickEvent, *, max_clicks: int) -> bool:
-    """Fold ``event`` into ``state``; False (and no change) for a duplicate event id."""
+    """Fold ``event`` into ``state``; False (and no change) for a duplicate event id. An event
+    that raises leaves ``state`` as it was (its entry is built before anything changes)."""
     if event.event_id in state["event_ids"]:
         return False
-    state["event_ids"] = [*state["event_ids"], event.event_id][-MAX_EVENT_IDS:]
     ts = event.ts.timestamp()
-    state["first_ts"] = ts if state["first_ts"] is None else min(state["first_ts"], ts)
-    state["last_ts"] = ts if state["last_ts"] is None else max(state["last_ts"], ts)
-    state["user_id"] = state["user_id"] or event.user_id
+    search = click = None
     if isinstance(event, SearchEvent):
-        state["searches"][event.search_id] = {
+        search = {
             "event_id": event.event_id,
             "ts": ts,
             "query": event.query,
             "impressions": list(event.impressions),
         }
-    elif event.action == "remove_from_cart":
-        pass  # no evidence of relevance; its id is kept for the dedupe above
-    elif len(state["clicks"]) < max_clicks:
-        state["clicks"].append(
-            {
-                "event_id": event.event_id,
-                "ts": ts,
-                "search_id": event.search_id,
-                "item_id": event.item_id,
-                "position": event.position,
-                "action": event.action,
-                "dwell_ms": event.dwell_ms,
-            }
-        )
+    elif event.action != "remove_from_cart":  # no evidence of relevance: only its id is kept
+        click = {
+            "event_id": event.event_id,
+            "ts": ts,
+            "search_id": event.search_id,
+            "item_id": event.item_id,
+            "position": event.position,
+            "action": event.action,
+            "dwell_ms": event.dwell_ms,
+        }
+    state["event_ids"] = [*state["event_ids"], event.event_id][-MAX_EVENT_IDS:]
+    state["first_ts"] = ts if state["first_ts"] is None else min(state["first_ts"], ts)
+    state["last_ts"] = ts if state["last_ts"] is None else max(state["last_ts"], ts)
+    state["user_id"] = state["user_id"] or event.user_id
+    if search is not None:
+        state["searches"][event.search_id] = search
+    elif click is not None and len(state["clicks"]) < max_clicks:
+        state["clicks"].append(click)
     return True
 
 
@@ -160,7 +163,11 @@ class SessionWindows:
     that arrives after that point is late: counted, never folded into a bogus new session.
     Session state lives in ``store`` (a Faust table in the worker: written once per touched
     session per batch, one tombstone per closed session; a dict in tests). Which sessions are
-    open in a partition is rebuilt from the store after a restart.
+    open in a partition is rebuilt from the store after a restart, and after :meth:`release`
+    (call it when the partitions are revoked: another worker may write them meanwhile). The
+    ``recent_capacity`` sessions most recently written are kept as objects too and read from
+    there, and a session id that is not open is never looked up: a store read of a Faust table
+    decodes JSON from RocksDB.
 
     ``keep_closed``: a closed session stays in the store until :meth:`forget` is called with
     it (once its examples were sent), so a crash before then closes it again after the restart
@@ -192,8 +199,10 @@ class SessionWindows:
         inputs: tuple[str, ...],
         raise_errors: bool = False,
         keep_closed: bool = False,
+        recent_capacity: int = 20_000,
     ) -> None:
         self.store = store
+        self.recent_capacity = recent_capacity
         self.gap_s = gap_s
         self.max_clicks = max_clicks
         self.raise_errors = raise_errors
@@ -208,6 +217,39 @@ class SessionWindows:
         # per partition (keep_closed): closed sessions still in the store, with the last event
         # time they closed with
         self._closing: dict[int, dict[str, float]] = {}
+        # per partition: the states last written to the store (the same objects), oldest first.
+        # A session's events come in bursts: most reads follow its last write by seconds.
+        self._recent: dict[int, OrderedDict[str, dict[str, Any]]] = {}
+
+    def release(self, partitions: Iterable[int]) -> None:
+        """Drop what is known of ``partitions`` (revoked: the store is the truth when they
+        come back)."""
+        for part in partitions:
+            for known in (self._open, self._due, self._closing, self._recent):
+                known.pop(part, None)
+
+    def _read(self, partition: int, sid: str) -> dict[str, Any] | None:
+        """Session ``sid`` as stored (open, or closed and kept)."""
+        recent = self._recent[partition]
+        state = recent.get(sid)
+        if state is None:
+            return cast(dict[str, Any] | None, self.store.get(sid))
+        recent.move_to_end(sid)
+        return state
+
+    def _write(self, partition: int, sid: str, state: dict[str, Any]) -> None:
+        self.store[sid] = state
+        recent = self._recent[partition]
+        recent[sid] = state
+        recent.move_to_end(sid)
+        if len(recent) > self.recent_capacity:
+            recent.popitem(last=False)
+
+    def _delete(self, partition: int, sid: str) -> None:
+        if partition in self._recent:
+            self._recent[partition].pop(sid, None)
+        if sid in self.store:
+            del self.store[sid]  # one changelog tombstone
 
     def add(
         self, partition: int, source: str, events: Sequence[SearchEvent | ClickEvent]
@@ -224,6 +266,7 @@ class SessionWindows:
             }
             self._due[partition] = [(ts, k) for k, ts in self._open[partition].items()]
             heapq.heapify(self._due[partition])
+            self._recent[partition] = OrderedDict()
         open_here, due = self._open[partition], self._due[partition]
         closing = self._closing.setdefault(partition, {})
         touched: dict[str, dict[str, Any]] = {}
@@ -232,13 +275,19 @@ class SessionWindows:
             if self.watermarks.is_late(partition, ts, self.gap_s):
                 step.late += 1  # later than its session could still be open
                 continue
-            state = touched.get(ev.session_id)
-            if state is None and closing.pop(ev.session_id, None) is not None:
-                # the session id came back after its session closed: a new session, written
-                # over the closed one (which, if a crash comes before its examples are sent,
-                # is then not closed again)
-                state = new_session(ev.session_id, partition)
-            state = state or self.store.get(ev.session_id) or new_session(ev.session_id, partition)
+            sid = ev.session_id
+            state = touched.get(sid)
+            if state is None:
+                if closing.pop(sid, None) is not None:
+                    # the session id came back after its session closed: a new session,
+                    # written over the closed one (which, if a crash comes before its
+                    # examples are sent, is then not closed again)
+                    self._recent[partition].pop(sid, None)
+                    state = new_session(sid, partition)
+                elif sid in open_here:
+                    state = self._read(partition, sid) or new_session(sid, partition)
+                else:  # neither open nor closing here: not in the store
+                    state = new_session(sid, partition)
             try:
                 added = add_event(state, ev, max_clicks=self.max_clicks)
             except Exception as exc:
@@ -262,19 +311,18 @@ class SessionWindows:
                 continue  # a stale entry: the session has a later event, or closed
             del open_here[sid]
             if self.keep_closed:  # written below if touched, deleted by forget()
-                state = touched.get(sid) or self.store.get(sid)
+                state = touched.get(sid) or self._read(partition, sid)
                 if state is not None:
                     closing[sid] = last_ts
             else:
-                state = touched.pop(sid, None) or self.store.get(sid)
-                if sid in self.store:
-                    del self.store[sid]  # one changelog tombstone per closed session
+                state = touched.pop(sid, None) or self._read(partition, sid)
+                self._delete(partition, sid)
             if state is None:
                 continue
             step.closed.append(state)
         step.closed.sort(key=lambda state: state["session_id"])  # sort the few, not all open
         for sid, state in touched.items():  # one store write per touched session
-            self.store[sid] = state
+            self._write(partition, sid, state)
         return step
 
     def forget(self, partition: int, closed: Iterable[dict[str, Any]]) -> int:
@@ -287,7 +335,6 @@ class SessionWindows:
             sid = state["session_id"]
             if closing.get(sid) == state["last_ts"]:
                 del closing[sid]
-                if sid in self.store:
-                    del self.store[sid]
+                self._delete(partition, sid)
                 deleted += 1
         return deleted
