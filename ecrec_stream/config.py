@@ -370,9 +370,10 @@ class DriftSettings(BaseModel):
     embed_max_per_batch: int | None = Field(32, ge=1)
     # How often the monitor's state is saved (and so how many seconds of drift observations
     # a crash may lose; never training data). Each save writes the whole state: ~10 MB at
-    # 1,000 session events/s (references, the dedupe window), and every second that was 7% of
-    # the worker's CPU samples (bench.throughput --paced --profile).
-    snapshot_interval_s: float = Field(5.0, gt=0)
+    # 1,000 session events/s (references, the dedupe window); every second that was 7% of
+    # the worker's CPU samples, every 5 s still 3.4% of the time the worker held its GIL
+    # (py-spy --gil, 30 s late in a 150-s run at 1,000 session events/s).
+    snapshot_interval_s: float = Field(30.0, gt=0)
     webhook_url: str | None = None
     webhook_timeout_s: float = Field(2.0, gt=0, le=60)
     webhook_retries: int = Field(3, ge=0, le=20)
