@@ -179,7 +179,9 @@ _STOPWORDS = frozenset(
 
 
 # Titles and queries repeat (every impression of an item, every search of a popular query):
-# at 1,000 session events/s tokenizing them anew was ~3% of the worker's GIL time.
+# at 1,000 session events/s tokenizing them anew was ~3% of the worker's GIL time. On the
+# bench's 243,700 session candidates the lexical vote took 26.0 us each uncached, 9.6 cached
+# (41 MB for the 46,195 entries it held; at most 16,384 entries: 12.6 us, 15 MB).
 @functools.lru_cache(maxsize=65_536)
 def content_tokens(text: str) -> frozenset[str]:
     """Lower-cased word tokens without stop words, plural ``s`` stripped; sizes and model numbers
