@@ -558,6 +558,15 @@ class Settings(BaseSettings):
     app_id: str = Field("ecrec", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     data_dir: Path = Path(".ecrec")
     worker_web_port: int = Field(6066, ge=0, le=65_535)
+    # The stream worker's asyncio event loop: uvloop (libuv, Faust's supported fast loop) or
+    # the standard library's. And how long a thread may keep the GIL while another waits for
+    # it (Python's switch interval, whose default is 5 ms): the event loop gives the GIL up at
+    # every socket call and then waits for the model threads to hand it back. At 1,000 session
+    # events/s the event loop, the worker's busiest thread, took 514-554 us per event on
+    # asyncio at 5 ms, 489 on uvloop at 5 ms and 472-503 on uvloop at 1 ms (docs/benchmarks.md,
+    # session 22; the switch interval's own effect is within the runs' spread).
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    gil_switch_interval_ms: float = Field(1.0, gt=0, le=100)
     topics: TopicNames = TopicNames()
     ingest: IngestSettings = IngestSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()

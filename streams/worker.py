@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from ecrec_stream.config import Settings
 from ecrec_stream.exceptions import ConfigError
@@ -26,8 +27,19 @@ def check_partitions(bootstrap: str, settings: Settings) -> None:
             )
 
 
+def use_event_loop(settings: Settings) -> None:
+    """The event loop (``event_loop``) and GIL switch interval (``gil_switch_interval_ms``)
+    of this process; called before any event loop exists."""
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
+    if settings.event_loop == "uvloop":
+        import mode.loop
+
+        mode.loop.use("uvloop")  # sets asyncio's event loop policy
+
+
 def run_worker(settings: Settings, bootstrap: str, loglevel: str = "warning") -> None:
     """Create missing topics, then run the Faust worker until it is stopped (SIGTERM/SIGINT)."""
+    use_event_loop(settings)
     import faust
 
     from streams.app import create_app

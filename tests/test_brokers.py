@@ -279,7 +279,7 @@ def test_lag_is_read_from_watermarks_where_the_broker_has_them(
     is read from them (a reader 10 records into a 25-record partition is 15 behind) and the
     worker's and replica's stats and metrics show it; Tansu's are not, so lag is unknown there
     and says why. Kafka also describes topic configs: the worker's table changelogs are
-    compacted."""
+    compacted. The worker runs on uvloop by default and says so."""
     import httpx
     from confluent_kafka.admin import AdminClient, ConfigResource
 
@@ -300,6 +300,7 @@ def test_lag_is_read_from_watermarks_where_the_broker_has_them(
     stats = httpx.get(f"http://127.0.0.1:{worker_port}/ecrec/stats", timeout=10).json()
     replica = httpx.get(f"{indexer}/stats", timeout=10).json()
     assert stats["broker"] == replica["broker"] == capabilities.as_dict()
+    assert stats["event_loop"] == "uvloop"  # the default (ECREC_EVENT_LOOP)
     if not on_kafka:
         monitor.start()
         wait_until(lambda: monitor.reason is not None, timeout_s=10)

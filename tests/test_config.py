@@ -80,3 +80,25 @@ def test_model_threads_carry_their_names_at_the_os_level() -> None:
             lambda: Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text()
         ).result()
     assert comm.strip() == "ecrec-sentiment_0"[:15]
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_the_worker_runs_on_the_event_loop_and_switch_interval_it_is_given(loop: str) -> None:
+    """``event_loop`` picks the loop new event loops are made of; ``gil_switch_interval_ms``
+    sets Python's switch interval (both process-wide: restored here)."""
+    import asyncio
+
+    from streams.worker import use_event_loop
+
+    interval, policy = sys.getswitchinterval(), asyncio.get_event_loop_policy()
+
+    async def running() -> str:
+        return type(asyncio.get_running_loop()).__module__.partition(".")[0]
+
+    try:
+        use_event_loop(load_settings(event_loop=loop, gil_switch_interval_ms=2.5))
+        assert sys.getswitchinterval() == pytest.approx(0.0025)
+        assert asyncio.run(running()) == loop
+    finally:
+        sys.setswitchinterval(interval)
+        asyncio.set_event_loop_policy(policy)

@@ -114,6 +114,8 @@ class WorkerStats(_Answer):
     broker: dict[str, int | bool]
     # "topic:partition" -> times it was re-read after its processing stalled (streams/stalls.py)
     rereads: dict[str, int]
+    # the event loop the worker runs on: "uvloop" or "asyncio" (ECREC_EVENT_LOOP)
+    event_loop: str = "asyncio"
 
 
 class DriftStatus(_Answer):
