@@ -326,6 +326,8 @@ def create_app(
         # Every message is packed under max_message_bytes (ecrec_stream.ingest.batching); the
         # producer's own limit must admit that plus its record overhead.
         producer_max_request_size=settings.max_message_bytes + 65_536,
+        # batches of the many small sends (changelog writes above all): fewer produce requests
+        producer_linger=settings.producer_linger_ms / 1000,
     )
     if not capabilities.exact_end_offsets:
         recover_tables_to_the_last_record(app, bootstrap)
@@ -448,6 +450,7 @@ def create_app(
             lag=lag.as_dict(),
             broker=capabilities.as_dict(),
             rereads={f"{tp.topic}:{tp.partition}": n for tp, n in stall_guard.rereads.items()},
+            event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
         )
         return web.json(answer.model_dump(mode="json"))
 

@@ -236,6 +236,18 @@ def test_web_port_zero_disables_the_faust_web_server(tmp_path: Any) -> None:
     assert (tmp_path / "not" / "there" / "worker").is_dir()
 
 
+def test_the_worker_producer_lingers_as_set(tmp_path: Any) -> None:
+    """``ECREC_PRODUCER_LINGER_MS`` reaches Faust's producer (5 ms by default; 0 sends at once)."""
+    from streams.app import create_app
+    from streams.capabilities import BrokerCapabilities
+
+    caps = BrokerCapabilities(exact_end_offsets=True, topic_configs=True)
+    for linger_ms, seconds in ((None, 0.005), (0.0, 0.0), (20.0, 0.02)):
+        extra = {} if linger_ms is None else {"producer_linger_ms": linger_ms}
+        s = Settings(data_dir=tmp_path, labels={"enabled": False}, **extra)
+        assert create_app(s, "h:9", caps).conf.producer_linger == pytest.approx(seconds)
+
+
 def test_roles_can_run_in_processes_of_their_own(tmp_path: Any) -> None:
     """``ECREC_INGEST__ENABLED=false`` leaves ingest to other workers: a drift-only worker
     reads the validated topics and nothing else (its own app id is its consumer group)."""
