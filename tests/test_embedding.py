@@ -61,6 +61,21 @@ def test_pretokenised_encoding_matches_sentence_transformers(tmp_path: Any) -> N
     )
 
 
+def test_a_model_left_in_training_mode_is_encoded_without_dropout(tmp_path: Any) -> None:
+    """The eval switch is skipped when the model is in eval mode already (it walks every
+    submodule); a model that a fine-tune left in training mode still embeds without dropout."""
+    from ecrec_stream.embedding import encode_pretokenised
+    from tests.helpers import tiny_sentence_model
+
+    model = tiny_sentence_model(tmp_path)
+    texts = ["oat milk", "a much longer text about whole wheat bread, sliced"]
+    expected = model.encode(texts, normalize_embeddings=True)
+    model.train()  # dropout (BERT's 0.1) on
+    got = encode_pretokenised(model, texts, precision="float32")
+    assert not model.training
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def test_bf16_inference_gives_float32_vectors_close_to_the_float32_ones(tmp_path: Any) -> None:
     """bf16 autocast (the default on CUDA and on CPUs with AMX) changes the vectors
     only in rounding: unit float32 vectors, cosine to the float32 ones near 1, same order."""
