@@ -55,17 +55,22 @@ class NeverClicked:
     ) -> list[tuple[str, str, float]]:
         """``(query, item, examination probability, clicked)`` per impression."""
         out = []
+        pairs, least = self._pairs, self.min_examined
         for query, item, examined, clicked in impressions:
             key = (query, item)
-            entry = self._pairs.pop(key, None) or [0.0, 0.0, 0.0]
+            entry = pairs.get(key)
+            if entry is None:
+                entry = pairs[key] = [0.0, 0.0, 0.0]
+                if len(pairs) > self.capacity:
+                    pairs.popitem(last=False)
+            else:
+                pairs.move_to_end(key)  # the least recently shown pair goes first
             entry[0] += examined
-            entry[1] = max(entry[1], float(clicked))
-            if not entry[1] and not entry[2] and entry[0] >= self.min_examined:
+            if clicked:
+                entry[1] = 1.0
+            if not entry[1] and not entry[2] and entry[0] >= least:
                 entry[2] = 1.0
                 out.append((query, item, round(entry[0], 6)))
-            self._pairs[key] = entry
-            while len(self._pairs) > self.capacity:
-                self._pairs.popitem(last=False)
         return out
 
     # -- state protocol (ecrec_stream.state) ---------------------------------------------------

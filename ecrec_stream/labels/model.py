@@ -456,8 +456,7 @@ class OnlineLabelModel:
             if anchors is None
             else np.asarray(anchors, dtype=np.int64)
         )
-        for row, a in zip(array, anchor, strict=True):
-            self.sample.add((row, int(a)))
+        self.sample.add_many(zip(array, anchor.tolist(), strict=True))
         # a refit costs time in proportion to the sample: it also waits for half the sample
         # to be new, as the position model does (at 4,000 candidates/s, refits every 500 were
         # the label agent's largest cost; after a quarter, fit and check were still 6.6% of

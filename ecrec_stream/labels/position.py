@@ -163,9 +163,8 @@ class PositionBiasModel:
 
     def observe_many(self, observations: Iterable[Observation]) -> None:
         """Remember impressions (a uniform reservoir of at most ``capacity``)."""
-        for ob in observations:
-            if 0 <= ob.position < self.max_position:
-                self.sample.add(ob)
+        limit = self.max_position
+        self.sample.add_many(ob for ob in observations if 0 <= ob.position < limit)
 
     def _arrays(
         self, obs: Sequence[Observation]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -58,7 +59,7 @@ def threshold_vote(score: float, high: float, low: float) -> Vote:
     >>> [threshold_vote(s, 0.6, 0.4).label for s in (0.9, 0.5, 0.1, float("nan"))]
     [1, -1, 0, -1]
     """
-    if np.isnan(score) or low < score < high:
+    if math.isnan(score) or low < score < high:  # math: np.isnan is ~10x slower on a float
         return ABSTAIN_VOTE
     if score >= high:
         return Vote(POSITIVE, float(score))

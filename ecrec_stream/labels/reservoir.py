@@ -8,8 +8,9 @@ for when to refit on their sample (:func:`refit_due`).
 
 from __future__ import annotations
 
+import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from ecrec_stream.state import rng_state, set_rng_state
@@ -61,6 +62,38 @@ class Reservoir(Generic[T]):
             if j < self.capacity:
                 self.items[j] = item
                 self.entered += 1
+
+    def add_many(self, items: Iterable[T]) -> None:
+        """:meth:`add` each of ``items`` in turn: the same sample and generator draws, without
+        a method call per item (the label model and the position model add several items per
+        session event).
+
+        >>> one, many = Reservoir[int](3, seed=1), Reservoir[int](3, seed=1)
+        >>> for i in range(100):
+        ...     one.add(i)
+        >>> many.add_many(range(60)); many.add_many(range(60, 100))
+        >>> (many.items, many.seen, many.entered) == (one.items, one.seen, one.entered)
+        True
+        """
+        sample, capacity = self.items, self.capacity
+        rest = iter(items)
+        room = capacity - len(sample)
+        if room > 0:
+            taken = list(itertools.islice(rest, room))
+            sample.extend(taken)
+            self.seen += len(taken)
+            self.entered += len(taken)
+            if len(taken) < room:
+                return
+        draw = self._rng.randrange
+        seen, entered = self.seen, self.entered
+        for item in rest:
+            seen += 1
+            j = draw(seen)
+            if j < capacity:
+                sample[j] = item
+                entered += 1
+        self.seen, self.entered = seen, entered
 
     def __len__(self) -> int:
         return len(self.items)

@@ -116,30 +116,45 @@ def relevance_candidates(
         if sid is not None:
             per_search.setdefault(sid, {}).setdefault(click["item_id"], []).append(click)
     out = []
+    session_id, user_id = state["session_id"], state["user_id"]
     for sid, search in state["searches"].items():
         clicked = per_search.get(sid, {})
-        positions = {item: p for p, item in enumerate(search["impressions"])}
-        deepest = max((positions[i] for i in clicked if i in positions), default=-1)
-        for pos, item_id in enumerate(search["impressions"]):
-            item_clicks = clicked.get(item_id, [])
-            action = max(
-                (c["action"] for c in item_clicks), key=ACTION_GRADE.__getitem__, default="none"
-            )
+        impressions = search["impressions"]
+        event_id, query, ts = search["event_id"], search["query"], float(search["ts"])
+        deepest = max((p for p, item in enumerate(impressions) if item in clicked), default=-1)
+        for pos, item_id in enumerate(impressions):
+            title = None if title_of is None else title_of(item_id)
+            item_clicks = clicked.get(item_id)
+            if not item_clicks:  # most impressions: no clicks to fold
+                out.append(
+                    RelevanceCandidate(
+                        search_event_id=event_id,
+                        session_id=session_id,
+                        query=query,
+                        item_id=item_id,
+                        position=pos,
+                        item_title=title,
+                        skipped_above_click=pos < deepest,
+                        user_id=user_id,
+                        event_ts=ts,
+                    )
+                )
+                continue
+            action = max((c["action"] for c in item_clicks), key=ACTION_GRADE.__getitem__)
             dwells = [c["dwell_ms"] for c in item_clicks if c["dwell_ms"] is not None]
             out.append(
                 RelevanceCandidate(
-                    search_event_id=search["event_id"],
-                    session_id=state["session_id"],
-                    query=search["query"],
+                    search_event_id=event_id,
+                    session_id=session_id,
+                    query=query,
                     item_id=item_id,
                     position=pos,
-                    action=cast(Any, action),
+                    action=action,
                     dwell_ms=max(dwells) if dwells else None,
-                    skipped_above_click=not item_clicks and pos < deepest,
                     click_event_ids=tuple(sorted(c["event_id"] for c in item_clicks)),
-                    user_id=state["user_id"],
-                    event_ts=float(search["ts"]),
-                    item_title=None if title_of is None else title_of(item_id),
+                    user_id=user_id,
+                    event_ts=ts,
+                    item_title=title,
                 )
             )
     return out
