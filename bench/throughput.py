@@ -221,6 +221,7 @@ def _agents_read(bases: list[str], drift_bases: list[str]) -> dict[str, Any]:
         "reviews": int(labels.get("reviews_read", 0)),
         "drift": int(drift["counts"].get("events", 0)) + int(drift.get("waiting", 0)),
         "label_lag_s": labels.get("lag_s", {}),
+        "checkpoints": int(labels.get("checkpoints", 0)),  # when the label state was saved
     }
 
 
