@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -50,6 +51,22 @@ class Stateful(Protocol):
 
     def reset_state(self) -> None:
         """Forget everything learnt: as if newly built with the same settings."""
+        ...
+
+
+TakenState = Callable[[], dict[str, Any]]
+
+
+@runtime_checkable
+class TakesState(Stateful, Protocol):
+    """A stage whose state is large: :meth:`take_state` is ``state_dict()`` in two steps."""
+
+    def take_state(self) -> TakenState:
+        """Copy what the state is built from now (cheap: lists and references to what is
+        never changed in place); the returned function builds the document from those copies
+        alone, so the stage may go on meanwhile. ``state_dict()`` is ``take_state()()``. A
+        caller that holds the stage still while it takes the state (the label checkpoint holds
+        both label agents) holds it for the copies only, and builds the document after."""
         ...
 
 

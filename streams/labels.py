@@ -85,7 +85,7 @@ from ecrec_stream.labels.stages import (
     SessionLabelStage,
     TrailingAugmentation,
 )
-from ecrec_stream.state import load_state, save_state
+from ecrec_stream.state import TakenState, load_state, save_state
 from streams.catalog import CatalogCache, SharedModelWork
 from streams.failstop import stop_on_error
 
@@ -566,8 +566,9 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                     # point closes them again after the restart, under the same example ids
                     windows.forget(part, closed.closed)
 
-    def stage_states() -> dict[str, Any]:
-        return {"reviews": review_stage.state_dict(), "sessions": session_stage.state_dict()}
+    def take_stage_states() -> TakenState:
+        reviews, sessions = review_stage.take_state(), session_stage.take_state()
+        return lambda: {"reviews": reviews(), "sessions": sessions()}
 
     @app.timer(cfg.snapshot_interval_s)
     async def checkpoint() -> None:
@@ -585,15 +586,16 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
             # of its calls): most of the state's time at capacity, and an older copy of them
             # only repeats negatives under their ids (RelevanceLabeler.take_aggregate_state)
             await shared.off_loop("relevance", relevance.take_aggregate_state)
+            # the hold takes copies (TakesState); the document is built from them after it
             held = time.monotonic()
             async with processing.writer:
-                state = await shared.off_loop("relevance", stage_states)
+                taken = await shared.off_loop("relevance", take_stage_states)
             runtime.checkpoint_hold_s = time.monotonic() - held
             await app.producer.flush()
-            # written on a thread of its own: the state is a copy, and on the relevance
-            # thread the write (0.9 s at 1,000 session events/s) held the session agent
+            # built and written on a thread of its own: on the relevance thread the write
+            # (0.9 s at 1,000 session events/s) held the session agent
             await asyncio.to_thread(
-                save_state, state_path, state, kind=STATE_KIND, version=STATE_VERSION
+                lambda: save_state(state_path, taken(), kind=STATE_KIND, version=STATE_VERSION)
             )
             checkpointed_at[0] = total
             stats["checkpoints"] += 1

@@ -563,6 +563,59 @@ def test_tallies_taken_before_a_checkpoint_repeat_a_negative_under_its_id_after_
     assert negatives(restored, range(3, 4)) == []  # as of now: given already
 
 
+def test_a_taken_state_is_the_state_at_the_take_whatever_is_labelled_after() -> None:
+    """The label checkpoint holds both label agents only while it takes copies
+    (``take_state``) and builds the document after it, while labelling goes on: the document is
+    the state as of the take, also where full reservoirs replace their items meanwhile."""
+
+    def plain(doc: Any) -> Any:  # a state document in comparable values
+        if isinstance(doc, dict):
+            return {k: plain(v) for k, v in doc.items()}
+        if isinstance(doc, list | tuple):
+            return [plain(v) for v in doc]
+        if isinstance(doc, np.ndarray):
+            return (str(doc.dtype), doc.shape, doc.tolist())
+        return doc
+
+    def session(n: int) -> list[RelevanceCandidate]:
+        clicked = n % 3
+        return [
+            RelevanceCandidate(
+                f"s{n}",
+                f"u{n}",
+                f"query {n % 7}",
+                f"item{(n + p) % 11}",
+                p,
+                item_title=f"query {p} item",
+                action="click" if p == clicked else "none",
+                dwell_ms=40_000 if p == clicked else None,
+            )
+            for p in range(4)
+        ]
+
+    def review(n: int) -> SentimentCandidate:
+        text = "great, love it" if n % 2 else "awful, it broke"
+        return SentimentCandidate(f"r{n}", f"i{n % 5}", f"{text} {n}", rating=5 if n % 2 else 1)
+
+    relevance = RelevanceLabeler(None, LabelSettings(), [])
+    sentiment = SentimentLabeler(None, LabelSettings(), [])
+    for labeler in (relevance, sentiment):
+        labeler.model.sample.capacity = 30  # full: new rows replace old ones in place
+    relevance.position_bias.sample.capacity = 50
+    relevance.label_many([c for n in range(40) for c in session(n)], augment=False)
+    sentiment.label_many([review(n) for n in range(60)], augment=False)
+    for labeler, more in (
+        (relevance, lambda: [c for n in range(40, 200) for c in session(n)]),
+        (sentiment, lambda: [review(n) for n in range(60, 300)]),
+    ):
+        then = plain(labeler.state_dict())
+        taken = labeler.take_state()
+        for _ in range(3):
+            labeler.label_many(more(), augment=False)
+        assert plain(labeler.state_dict()) != then  # it moved on
+        assert plain(taken()) == then
+
+
 def test_label_model_fit_on_distinct_rows_equals_the_row_by_row_fit() -> None:
     # Golden figures from the row-by-row MAP-EM (the implementation before EM ran on the
     # distinct (votes, anchor) rows weighted by their counts): the two must agree exactly.

@@ -57,6 +57,7 @@ from ecrec_stream.labels.sentiment import (
     SeedClassifierSentiment,
 )
 from ecrec_stream.llm import CausalLM
+from ecrec_stream.state import TakenState
 
 
 def example_batch_messages(
@@ -207,11 +208,13 @@ class _Labeler:
     def state_dict(self) -> dict[str, Any]:
         """What the labels depend on besides the events: the label model (its reservoir of
         vote rows and fit) and the counters; subclasses add their own models."""
-        return {
-            "functions": list(self.names),
-            "counts": dict(self.counts),
-            "model": self.model.state_dict(),
-        }
+        return self.take_state()()
+
+    def take_state(self) -> TakenState:
+        """:meth:`state_dict` in two steps (:class:`~ecrec_stream.state.TakesState`);
+        subclasses extend this one."""
+        names, counts, model = list(self.names), dict(self.counts), self.model.take_state()
+        return lambda: {"functions": names, "counts": counts, "model": model()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         if state["functions"] != self.names:
@@ -498,20 +501,25 @@ class RelevanceLabeler(_Labeler):
         if self.never_clicked is not None:
             self._taken_aggregate = self.never_clicked.state_dict()
 
-    def state_dict(self) -> dict[str, Any]:
+    def take_state(self) -> TakenState:
         aggregate, self._taken_aggregate = self._taken_aggregate, None
         if aggregate is None and self.never_clicked is not None:
             aggregate = self.never_clicked.state_dict()
-        return {
-            **super().state_dict(),
-            "position_bias": self.position_bias.state_dict(),
+        labeler, position_bias = super().take_state(), self.position_bias.take_state()
+        # a refit under way is saved as its result (waited for), to be installed at the same
+        # impression after a restore
+        pending = None if self._refit is None else self._refit.result()
+        rest = {
             "since_refit": self._since_refit,
             "entered_at_refit": self._entered_at_refit,
-            # a refit under way is saved as its result (waited for), to be installed at the
-            # same impression after a restore
-            "pending_refit": None if self._refit is None else self._refit.result().state_dict(),
             "install_refit_at": self._install_at,
             "never_clicked": aggregate,
+        }
+        return lambda: {
+            **labeler(),
+            "position_bias": position_bias(),
+            "pending_refit": None if pending is None else pending.state_dict(),
+            **rest,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -728,15 +736,16 @@ class SentimentLabeler(_Labeler):
 
         return label_of
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
+    def take_state(self) -> TakenState:
+        labeler = super().take_state()
+        rest = {
             "seeds": [[text, label] for text, label in self._seeds],
             "since_fit": self._since_fit,
             "seed_classifier": None
             if self.seed_classifier is None
             else self.seed_classifier.state_dict(),
         }
+        return lambda: {**labeler(), **rest}
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ecrec_stream.labels.base import ABSTAIN
 from ecrec_stream.labels.reservoir import Reservoir, refit_due
+from ecrec_stream.state import TakenState
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,19 +535,28 @@ class OnlineLabelModel:
     def state_dict(self) -> dict[str, Any]:
         """The state protocol (:mod:`ecrec_stream.state`): the reservoir of vote rows with
         their anchors (two arrays), the current fit and the refit bookkeeping."""
+        return self.take_state()()
+
+    def take_state(self) -> TakenState:
+        """:meth:`state_dict` in two steps (:class:`~ecrec_stream.state.TakesState`): the rows
+        are stacked when called (the sample's rows and fits are never changed in place)."""
+        n_functions = self.n_functions
 
         def pack(items: list[tuple[np.ndarray, int]]) -> dict[str, np.ndarray]:
-            rows = np.stack([r for r, _ in items]) if items else np.zeros((0, self.n_functions))
+            rows = np.stack([r for r, _ in items]) if items else np.zeros((0, n_functions))
             return {"rows": rows.astype(np.int64), "anchors": np.asarray([a for _, a in items])}
 
-        fitted = self.model.fitted
-        return {
-            "sample": self.sample.state_dict(pack),
-            "fitted": None if fitted is None else fitted.state_dict(),
+        sample, fitted = self.sample.take_state(pack), self.model.fitted
+        rest = {
             "fitted_entered": self._fitted_entered,
             "fits": self.fits,
             "fallbacks": self.fallbacks,
             "last_fallback": self.last_fallback,
+        }
+        return lambda: {
+            "sample": sample(),
+            "fitted": None if fitted is None else fitted.state_dict(),
+            **rest,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:

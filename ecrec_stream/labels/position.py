@@ -22,6 +22,7 @@ import numpy as np
 
 from ecrec_stream.labels.relevance import ips_weight
 from ecrec_stream.labels.reservoir import Reservoir
+from ecrec_stream.state import TakenState
 
 CONVERGED = 1e-6  # EM stops once no probability moves more than this in an iteration
 
@@ -130,6 +131,13 @@ class PositionBiasModel:
     def state_dict(self) -> dict[str, Any]:
         """The state protocol: the impression reservoir (columns of strings, positions and
         clicks), the fitted examination curve and attractiveness per pair."""
+        return self.take_state()()
+
+    def take_state(self) -> TakenState:
+        """:meth:`state_dict` in two steps (:class:`~ecrec_stream.state.TakesState`): a copy of
+        the sample's list now (~3 ms at 500,000 impressions), its columns and the fit's when
+        called (~0.1 s). A fit's ``theta`` and ``attractiveness`` are replaced, never changed
+        in place, so the fit is taken as it is."""
 
         def pack(items: list[Observation]) -> dict[str, Any]:
             return {
@@ -140,7 +148,8 @@ class PositionBiasModel:
             }
 
         fitted = PositionFit(self.theta, self.attractiveness, self.pairs_at_several_positions)
-        return {"sample": self.sample.state_dict(pack), **fitted.state_dict()}
+        sample = self.sample.take_state(pack)
+        return lambda: {"sample": sample(), **fitted.state_dict()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         def unpack(packed: dict[str, Any]) -> list[Observation]:

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
-from ecrec_stream.state import rng_state, set_rng_state
+from ecrec_stream.state import TakenState, rng_state, set_rng_state
 
 T = TypeVar("T")
 
@@ -101,12 +101,13 @@ class Reservoir(Generic[T]):
     def state_dict(self, pack: Callable[[list[T]], Any] = list) -> dict[str, Any]:
         """The sample (through ``pack``, to state values), the count seen and the generator
         (shared generators are saved by each reservoir; restoring one restores it)."""
-        return {
-            "items": pack(list(self.items)),
-            "seen": self.seen,
-            "entered": self.entered,
-            "rng": rng_state(self._rng),
-        }
+        return self.take_state(pack)()
+
+    def take_state(self, pack: Callable[[list[T]], Any] = list) -> TakenState:
+        """:meth:`state_dict` in two steps (:class:`~ecrec_stream.state.TakesState`): a copy of
+        the list now, ``pack`` on it when called. Items must not be changed in place."""
+        items, seen, entered, rng = list(self.items), self.seen, self.entered, rng_state(self._rng)
+        return lambda: {"items": pack(items), "seen": seen, "entered": entered, "rng": rng}
 
     def load_state(self, state: dict[str, Any], unpack: Callable[[Any], list[T]] = list) -> None:
         self.items = unpack(state["items"])

@@ -27,6 +27,7 @@ from ecrec_stream.ingest.quality import BoundedSeen, near_duplicate_key
 from ecrec_stream.labels.base import RelevanceCandidate, SentimentCandidate
 from ecrec_stream.labels.examples import RelevanceLabeler, SentimentLabeler, TrainingExample
 from ecrec_stream.labels.sessions import BotRules, bot_reason, relevance_candidates
+from ecrec_stream.state import TakenState
 
 LOG = logging.getLogger(__name__)
 OnError = Literal["dead_letter", "stop"]
@@ -107,11 +108,16 @@ class ReviewLabelStage:
         return step
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "labeler": self.labeler.state_dict(),
+        return self.take_state()()
+
+    def take_state(self) -> TakenState:
+        """:meth:`state_dict` in two steps (:class:`~ecrec_stream.state.TakesState`)."""
+        labeler = self.labeler.take_state()
+        seen = {
             "seen_reviews": self.seen_reviews.state_dict(),
             "seen_texts": self.seen_texts.state_dict(),
         }
+        return lambda: {"labeler": labeler(), **seen}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.labeler.load_state(state["labeler"])
@@ -162,7 +168,12 @@ class SessionLabelStage:
         return step
 
     def state_dict(self) -> dict[str, Any]:
-        return {"labeler": self.labeler.state_dict()}
+        return self.take_state()()
+
+    def take_state(self) -> TakenState:
+        """:meth:`state_dict` in two steps (:class:`~ecrec_stream.state.TakesState`)."""
+        labeler = self.labeler.take_state()
+        return lambda: {"labeler": labeler()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.labeler.load_state(state["labeler"])
