@@ -199,8 +199,14 @@ def _sum_counts(docs: list[Any]) -> Any:
 def _label_stats(bases: list[str]) -> dict[str, Any]:
     """The label agents' stats of every worker, added up; ``lag_s`` and ``lag_max_s`` are the
     most of any worker."""
-    docs = [httpx.get(f"{b}/ecrec/stats", timeout=10).json()["labels"] for b in bases]
+    stats = [httpx.get(f"{b}/ecrec/stats", timeout=10).json() for b in bases]
+    docs = [doc["labels"] for doc in stats]
     out: dict[str, Any] = _sum_counts(docs)
+    # full garbage collections stop every thread of a worker: counted and timed
+    full = [doc.get("gc", {}).get("gen2", {}) for doc in stats]
+    out["gc_full_collections"] = sum(int(g.get("collections", 0)) for g in full)
+    out["gc_full_s"] = round(sum(float(g.get("total_s", 0.0)) for g in full), 3)
+    out["gc_full_max_s"] = max((float(g.get("max_s", 0.0)) for g in full), default=0.0)
     for key in ("lag_s", "lag_max_s"):
         merged: dict[str, float] = {}
         for doc in docs:
@@ -222,6 +228,7 @@ def _agents_read(bases: list[str], drift_bases: list[str]) -> dict[str, Any]:
         "drift": int(drift["counts"].get("events", 0)) + int(drift.get("waiting", 0)),
         "label_lag_s": labels.get("lag_s", {}),
         "checkpoints": int(labels.get("checkpoints", 0)),  # when the label state was saved
+        "gc_full_s": labels["gc_full_s"],  # and how long full collections stopped the worker
     }
 
 

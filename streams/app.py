@@ -43,6 +43,7 @@ from streams.capabilities import (
 )
 from streams.failstop import stop_on_error
 from streams.stalls import PartitionProgress, StallGuard
+from streams.worker import gc_pauses, running_event_loop
 
 LOG = logging.getLogger(__name__)
 
@@ -435,6 +436,8 @@ def create_app(
     async def start_lag_monitor() -> None:
         lag.start()  # a thread of its own: broker round trips never block the event loop
 
+    pauses = gc_pauses()
+
     @app.page("/ecrec/stats")
     async def stats(web: Any, request: Any) -> Any:
         # ``assigned`` > 0 once the consumer group has handed this worker its partitions.
@@ -450,7 +453,8 @@ def create_app(
             lag=lag.as_dict(),
             broker=capabilities.as_dict(),
             rereads={f"{tp.topic}:{tp.partition}": n for tp, n in stall_guard.rereads.items()},
-            event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
+            event_loop=running_event_loop(),
+            gc=pauses.as_dict(),
         )
         return web.json(answer.model_dump(mode="json"))
 

@@ -301,6 +301,7 @@ def test_lag_is_read_from_watermarks_where_the_broker_has_them(
     replica = httpx.get(f"{indexer}/stats", timeout=10).json()
     assert stats["broker"] == replica["broker"] == capabilities.as_dict()
     assert stats["event_loop"] == "uvloop"  # the default (ECREC_EVENT_LOOP)
+    assert stats["gc"]["gen0"]["collections"] > 0  # a worker that ran collects young objects
     if not on_kafka:
         monitor.start()
         wait_until(lambda: monitor.reason is not None, timeout_s=10)

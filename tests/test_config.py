@@ -82,18 +82,38 @@ def test_model_threads_carry_their_names_at_the_os_level() -> None:
     assert comm.strip() == "ecrec-sentiment_0"[:15]
 
 
+def test_garbage_collections_are_timed_per_generation() -> None:
+    """The worker's ``/ecrec/stats`` shows how long the collector stopped the process: every
+    collection is counted under its generation and timed (one timer for the process)."""
+    import gc
+
+    from streams.worker import gc_pauses
+
+    pauses = gc_pauses()
+    assert gc_pauses() is pauses and gc.callbacks.count(pauses._callback) == 1
+    before, took = pauses.as_dict()["gen2"], pauses.total_s[2]
+    cycle: list[object] = []
+    cycle.append(cycle)
+    del cycle
+    gc.collect()
+    after = pauses.as_dict()["gen2"]
+    assert after["collections"] == before["collections"] + 1
+    assert after["collected"] >= before["collected"] + 1  # the cycle
+    assert pauses.total_s[2] > took and pauses.max_s[2] > 0
+
+
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_the_worker_runs_on_the_event_loop_and_switch_interval_it_is_given(loop: str) -> None:
     """``event_loop`` picks the loop new event loops are made of; ``gil_switch_interval_ms``
     sets Python's switch interval (both process-wide: restored here)."""
     import asyncio
 
-    from streams.worker import use_event_loop
+    from streams.worker import running_event_loop, use_event_loop
 
     interval, policy = sys.getswitchinterval(), asyncio.get_event_loop_policy()
 
     async def running() -> str:
-        return type(asyncio.get_running_loop()).__module__.partition(".")[0]
+        return running_event_loop()
 
     try:
         use_event_loop(load_settings(event_loop=loop, gil_switch_interval_ms=2.5))

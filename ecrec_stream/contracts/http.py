@@ -116,6 +116,9 @@ class WorkerStats(_Answer):
     rereads: dict[str, int]
     # the event loop the worker runs on: "uvloop" or "asyncio" (ECREC_EVENT_LOOP)
     event_loop: str = "asyncio"
+    # the cyclic garbage collector's pauses since the worker started, per generation
+    # ("gen0".."gen2": collections, total_s, max_s, collected)
+    gc: dict[str, dict[str, float]] = {}
 
 
 class DriftStatus(_Answer):
