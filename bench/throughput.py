@@ -202,7 +202,8 @@ def _label_stats(bases: list[str]) -> dict[str, Any]:
     stats = [httpx.get(f"{b}/ecrec/stats", timeout=10).json() for b in bases]
     docs = [doc["labels"] for doc in stats]
     out: dict[str, Any] = _sum_counts(docs)
-    # full garbage collections stop every thread of a worker: counted and timed
+    # garbage collections stop every thread of a worker: counted and timed per generation
+    out["gc"] = _sum_counts([doc.get("gc", {}) for doc in stats])
     full = [doc.get("gc", {}).get("gen2", {}) for doc in stats]
     out["gc_full_collections"] = sum(int(g.get("collections", 0)) for g in full)
     out["gc_full_s"] = round(sum(float(g.get("total_s", 0.0)) for g in full), 3)

@@ -567,6 +567,14 @@ class Settings(BaseSettings):
     # session 22; the switch interval's own effect is within the runs' spread).
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     gil_switch_interval_ms: float = Field(1.0, gt=0, le=100)
+    # Allocations (less deallocations) between two of Python's young garbage collections in
+    # the stream worker (gc threshold 0; Python's default is 700). The worker allocates so fast
+    # that at 700 nearly every object of a micro-batch (pydantic events, session dicts, Faust's
+    # records) outlived two young collections and reached the oldest generation; full
+    # collections, which stop every thread and walk every object, then came every 5-10 s and
+    # took up to 1.1 s each: 61 of them, 27.8 s of a 300-s run at 1,000 session events/s
+    # (/ecrec/stats "gc"). 0: Python's default.
+    gc_young_threshold: int = Field(50_000, ge=0, le=10_000_000)
     # How long the worker's producer waits to fill a batch before it sends (Faust's
     # producer_linger; its default is 0). The worker sends ~1,400 small messages a second at
     # 1,000 session events/s (the session table's changelog above all): at 0 each could go in

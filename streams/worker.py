@@ -32,9 +32,12 @@ def check_partitions(bootstrap: str, settings: Settings) -> None:
 
 
 def use_event_loop(settings: Settings) -> None:
-    """The event loop (``event_loop``) and GIL switch interval (``gil_switch_interval_ms``)
-    of this process; called before any event loop exists."""
+    """The event loop (``event_loop``), GIL switch interval (``gil_switch_interval_ms``) and
+    young garbage collection threshold (``gc_young_threshold``) of this process; called
+    before any event loop exists."""
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
+    if settings.gc_young_threshold:
+        gc.set_threshold(settings.gc_young_threshold, *gc.get_threshold()[1:])
     if settings.event_loop == "uvloop":
         import mode.loop
 

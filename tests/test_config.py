@@ -105,20 +105,30 @@ def test_garbage_collections_are_timed_per_generation() -> None:
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_the_worker_runs_on_the_event_loop_and_switch_interval_it_is_given(loop: str) -> None:
     """``event_loop`` picks the loop new event loops are made of; ``gil_switch_interval_ms``
-    sets Python's switch interval (both process-wide: restored here)."""
+    sets Python's switch interval and ``gc_young_threshold`` the young collections' threshold
+    (all process-wide: restored here)."""
     import asyncio
+    import gc
 
     from streams.worker import running_event_loop, use_event_loop
 
     interval, policy = sys.getswitchinterval(), asyncio.get_event_loop_policy()
+    thresholds = gc.get_threshold()
 
     async def running() -> str:
         return running_event_loop()
 
     try:
-        use_event_loop(load_settings(event_loop=loop, gil_switch_interval_ms=2.5))
+        use_event_loop(
+            load_settings(event_loop=loop, gil_switch_interval_ms=2.5, gc_young_threshold=12_345)
+        )
         assert sys.getswitchinterval() == pytest.approx(0.0025)
+        assert gc.get_threshold() == (12_345, *thresholds[1:])
         assert asyncio.run(running()) == loop
+        gc.set_threshold(*thresholds)
+        use_event_loop(load_settings(event_loop=loop, gc_young_threshold=0))
+        assert gc.get_threshold() == thresholds  # 0: Python's own
     finally:
+        gc.set_threshold(*thresholds)
         sys.setswitchinterval(interval)
         asyncio.set_event_loop_policy(policy)
