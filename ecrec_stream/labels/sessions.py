@@ -123,25 +123,14 @@ def relevance_candidates(
         event_id, query, ts = search["event_id"], search["query"], float(search["ts"])
         deepest = max((p for p, item in enumerate(impressions) if item in clicked), default=-1)
         for pos, item_id in enumerate(impressions):
-            title = None if title_of is None else title_of(item_id)
             item_clicks = clicked.get(item_id)
-            if not item_clicks:  # most impressions: no clicks to fold
-                out.append(
-                    RelevanceCandidate(
-                        search_event_id=event_id,
-                        session_id=session_id,
-                        query=query,
-                        item_id=item_id,
-                        position=pos,
-                        item_title=title,
-                        skipped_above_click=pos < deepest,
-                        user_id=user_id,
-                        event_ts=ts,
-                    )
-                )
-                continue
-            action = max((c["action"] for c in item_clicks), key=ACTION_GRADE.__getitem__)
-            dwells = [c["dwell_ms"] for c in item_clicks if c["dwell_ms"] is not None]
+            action: Any = "none"  # a click's action, as folded into the session
+            dwell_ms, click_ids = None, ()
+            if item_clicks:  # most impressions have none: nothing to fold
+                action = max((c["action"] for c in item_clicks), key=ACTION_GRADE.__getitem__)
+                dwells = [c["dwell_ms"] for c in item_clicks if c["dwell_ms"] is not None]
+                dwell_ms = max(dwells) if dwells else None
+                click_ids = tuple(sorted(c["event_id"] for c in item_clicks))
             out.append(
                 RelevanceCandidate(
                     search_event_id=event_id,
@@ -150,11 +139,12 @@ def relevance_candidates(
                     item_id=item_id,
                     position=pos,
                     action=action,
-                    dwell_ms=max(dwells) if dwells else None,
-                    click_event_ids=tuple(sorted(c["event_id"] for c in item_clicks)),
+                    dwell_ms=dwell_ms,
+                    skipped_above_click=not item_clicks and pos < deepest,
+                    click_event_ids=click_ids,
                     user_id=user_id,
                     event_ts=ts,
-                    item_title=title,
+                    item_title=None if title_of is None else title_of(item_id),
                 )
             )
     return out
