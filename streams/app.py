@@ -42,8 +42,8 @@ from streams.capabilities import (
     probe_capabilities,
 )
 from streams.failstop import stop_on_error
+from streams.process import gc_pauses, running_event_loop
 from streams.stalls import PartitionProgress, StallGuard
-from streams.worker import gc_pauses, running_event_loop
 
 LOG = logging.getLogger(__name__)
 

@@ -87,7 +87,7 @@ def test_garbage_collections_are_timed_per_generation() -> None:
     collection is counted under its generation and timed (one timer for the process)."""
     import gc
 
-    from streams.worker import gc_pauses
+    from streams.process import gc_pauses
 
     pauses = gc_pauses()
     assert gc_pauses() is pauses and gc.callbacks.count(pauses._callback) == 1
@@ -110,7 +110,7 @@ def test_the_worker_runs_on_the_event_loop_and_switch_interval_it_is_given(loop:
     import asyncio
     import gc
 
-    from streams.worker import running_event_loop, use_event_loop
+    from streams.process import running_event_loop, use_event_loop
 
     interval, policy = sys.getswitchinterval(), asyncio.get_event_loop_policy()
     thresholds = gc.get_threshold()
