@@ -214,7 +214,17 @@ def test_a_session_becomes_graded_examples_and_redelivery_adds_no_ids(
 
 
 def test_a_review_becomes_a_sentiment_example(broker: Any, worker: Any) -> None:
-    tag = unique("rev")
+    # Variants are drawn at random per example id and some are filtered out: for the first
+    # text with a fresh id, 10 of 300 draws kept none (offline, the default labelers; the
+    # others 3, 0 and 9 of 100). Four reviews (distinct texts: a copied text is a duplicate)
+    # make "no variant at all" a ~1e-6 event; each review's own checks hold for every draw.
+    texts = [
+        "Love it, so soft and flattering, great fit",
+        "Great quality and the color is beautiful, I wear it every day",
+        "Excellent fabric, fits perfectly and looks lovely",
+        "Very comfortable and well made, highly recommend",
+    ]
+    tags = [unique("rev") for _ in texts]
     _send(
         broker.bootstrap,
         [
@@ -227,21 +237,43 @@ def test_a_review_becomes_a_sentiment_example(broker: Any, worker: Any) -> None:
                     "item_id": f"{tag}-item",
                     "rating": 5,
                     "title": "Perfect",
-                    "text": "Love it, so soft and flattering, great fit",
-                    "user_id": "bob",
+                    "text": text,
+                    "user_id": f"{tag}-bob",
                 },
             )
+            for tag, text in zip(tags, texts, strict=True)
         ],
     )
-    # the original first, then (trailing it, made while the agents are idle) its variants
-    examples = _examples(broker.bootstrap, lambda e: e["source_event_ids"] == [f"{tag}-r"], 2)
-    original = next(e for e in examples if e["augmented_from"] is None)
-    assert original["task"] == "sentiment" and original["label"] == 1
-    assert original["votes"]["rating"] == 1 and original["votes"]["lexicon"] == 1
-    assert original["user_key"] != "bob"
+    sources = {f"{tag}-r" for tag in tags}
+
+    def ours(e: dict[str, Any]) -> bool:
+        return len(e["source_event_ids"]) == 1 and e["source_event_ids"][0] in sources
+
+    def complete(msgs: list[Any]) -> bool:
+        found = [e for m in msgs for e in json.loads(m.value())["examples"] if ours(e)]
+        originals = {e["source_event_ids"][0] for e in found if e["augmented_from"] is None}
+        return originals == sources and any(e["augmented_from"] for e in found)
+
+    # the originals first, then (trailing them, made while the agents are idle) their variants
+    msgs = read_topic(broker.bootstrap, TOPICS.examples, timeout_s=90, done=complete)
+    examples = [e for m in msgs for e in json.loads(m.value())["examples"] if ours(e)]
+    originals = {e["source_event_ids"][0]: e for e in examples if e["augmented_from"] is None}
+    assert originals.keys() == sources
+    for original in originals.values():
+        assert original["task"] == "sentiment" and original["label"] == 1
+        assert original["votes"]["rating"] == 1 and original["votes"]["lexicon"] == 1
+        assert not original["user_key"].endswith("-bob")
     variants = [e for e in examples if e["augmented_from"] is not None]
-    assert variants and {v["augmented_from"] for v in variants} == {original["example_id"]}
-    assert all(v["label"] == 1 and v["text"] != original["text"] for v in variants)
+    if not variants:  # say why: shed (the worker was busy for augment_max_lag_s) or filtered
+        stats = httpx.get(
+            f"http://127.0.0.1:{worker.env['ECREC_WORKER_WEB_PORT']}/ecrec/stats"
+        ).json()
+        labels = stats["labels"]
+        pytest.fail(f"no variants: {labels['sentiment_counts']} {labels.get('sentiment_filter')}")
+    for variant in variants:
+        original = originals[variant["source_event_ids"][0]]
+        assert variant["augmented_from"] == original["example_id"]
+        assert variant["label"] == 1 and variant["text"] != original["text"]
 
 
 def test_a_bot_session_produces_no_examples(broker: Any, worker: Any) -> None:
