@@ -105,9 +105,9 @@ class EmbeddingSettings(BaseModel):
 
     model: str = DEFAULT_MODEL
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Inference under bf16 autocast: auto = on CUDA and on CPUs with native bf16 (AMX,
-    # AVX512-BF16), where it is 1.8-2.5x faster than float32 with vectors at cosine 0.9999
-    # to float32's (docs/benchmarks.md); training always runs in float32.
+    # Inference under bf16 autocast: auto = on CUDA and on CPUs with AMX, where it is
+    # 1.8-2.5x faster than float32 with vectors at cosine 0.9999 to float32's; with
+    # AVX512-BF16 but no AMX it is slower (bench.precision); training always runs in float32.
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
     # On a CPU, inference through a TorchScript trace of the model (one graph run without the
     # GIL instead of hundreds of eager ops that wait for the event loop's thread); the eager
@@ -116,6 +116,11 @@ class EmbeddingSettings(BaseModel):
     # torch threads in the stream worker (its event loop needs a core); default: one fewer
     # than the CPUs, at least one (ecrec_stream.device.inference_threads)
     worker_threads: int | None = Field(None, ge=1)
+    # On a CPU, how many threads run one encode call's forward passes at once (the caller and
+    # pass_lanes - 1 helpers, each on a group of whole passes: the same vectors). Default: the
+    # CPUs over torch's threads (2 on a 2-core worker, whose one torch thread leaves a core;
+    # 1 where torch's own threads take every core). 1 on CUDA.
+    pass_lanes: int | None = Field(None, ge=1, le=64)
     batch_size: int = Field(64, ge=1, le=4096)
     # Rows of every forward pass that embeds items for an index, short passes filled with
     # copies, so an item's vector does not depend on the micro-batch it came in and replicas

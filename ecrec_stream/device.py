@@ -64,6 +64,22 @@ def inference_threads(setting: int | None) -> int:
     return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
+def pass_lanes(setting: int | None, device: str) -> int:
+    """Threads that run one encode call's forward passes at once: the setting, 1 on CUDA (one
+    device runs them in turn), else the CPUs this process may use over torch's threads.
+
+    >>> pass_lanes(3, "cpu"), pass_lanes(None, "cuda")
+    (3, 1)
+    """
+    if setting is not None:
+        return setting
+    if device != "cpu":
+        return 1
+    import torch
+
+    return max(1, len(os.sched_getaffinity(0)) // torch.get_num_threads())
+
+
 PR_SET_NAME = 15  # linux/prctl.h
 
 

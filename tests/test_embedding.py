@@ -61,6 +61,58 @@ def test_pretokenised_encoding_matches_sentence_transformers(tmp_path: Any) -> N
     )
 
 
+def test_helper_threads_run_some_passes_and_give_the_same_vectors(tmp_path: Any) -> None:
+    """With helpers, an encode call's forward passes are split: a helper thread runs some of
+    them (same passes, so the very same vectors), a single pass stays on the caller, and a
+    helper's error reaches the caller."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ecrec_stream.embedding import encode_pretokenised
+    from tests.helpers import tiny_sentence_model
+
+    model = tiny_sentence_model(tmp_path)
+    texts = [f"milk {i}" for i in range(6)] + ["a much longer text about bread, sliced " * 4] * 3
+    alone = encode_pretokenised(model, texts, batch_size=4, precision="float32")
+    ran_on: set[str] = set()
+    forward = model.forward
+
+    def recording(features: Any) -> Any:
+        ran_on.add(threading.current_thread().name)
+        return forward(features)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="helper") as pool:
+        split = encode_pretokenised(
+            model, texts, 4, "float32", forward=recording, helpers=(pool, 1)
+        )
+        assert np.array_equal(split, alone)
+        assert ran_on == {threading.current_thread().name, "helper_0"}
+        ran_on.clear()
+        encode_pretokenised(model, texts[:2], 4, "float32", forward=recording, helpers=(pool, 1))
+        assert ran_on == {threading.current_thread().name}  # one pass: nothing to share
+
+        def failing(features: Any) -> Any:
+            if threading.current_thread().name.startswith("helper"):
+                raise RuntimeError("helper failed")
+            return forward(features)
+
+        with pytest.raises(RuntimeError, match="helper failed"):
+            encode_pretokenised(model, texts, 4, "float32", forward=failing, helpers=(pool, 1))
+
+
+def test_the_encoder_takes_its_pass_lanes_from_the_settings_or_the_cpus() -> None:
+    import os
+
+    import torch
+
+    from ecrec_stream.device import pass_lanes
+
+    assert pass_lanes(1, "cpu") == 1 and pass_lanes(4, "cpu") == 4
+    assert pass_lanes(None, "cuda") == 1
+    cpus = len(os.sched_getaffinity(0))
+    assert pass_lanes(None, "cpu") == max(1, cpus // torch.get_num_threads())
+
+
 def test_a_model_left_in_training_mode_is_encoded_without_dropout(tmp_path: Any) -> None:
     """The eval switch is skipped when the model is in eval mode already (it walks every
     submodule); a model that a fine-tune left in training mode still embeds without dropout."""
