@@ -1,12 +1,12 @@
-"""The worker's encoder with one pass lane against the default (``ECREC_EMBEDDING__PASS_LANES``),
+"""The worker's encoder with one pass thread against the default (``EMBEDDING__PASS_THREADS``),
 same run, same model, on real texts: wall and CPU time per text, and whether the vectors moved.
 
     python -m bench.encode [--reviews 512] [--threads 1]
 
 Texts come in calls of 64 (a review agent's model call), as the stream worker makes them:
 torch limited to ``--threads`` (the worker's default on 2 cores is 1), the encoder's forward
-passes run by the calling thread alone (1 lane) or split with the helper threads (default
-lanes: the CPUs over torch's threads). Real clothing reviews (62 words on average), the
+passes run by the calling thread alone (1 thread) or split with helper threads (default:
+the CPUs over torch's threads). Real clothing reviews (62 words on average), the
 Crowdflower product titles and its search queries.
 """
 
@@ -22,7 +22,7 @@ from bench import crowdflower as cf
 from bench.common import report
 from bench.ingest import _review_texts
 from ecrec_stream.config import EmbeddingSettings
-from ecrec_stream.device import pass_lanes
+from ecrec_stream.device import pass_threads
 from ecrec_stream.embedding import SentenceTransformerEncoder
 
 CALL = 64
@@ -56,11 +56,11 @@ def main() -> None:
         "titles": judg.titles[:2048],
         "queries": judg.queries,
     }
-    default = pass_lanes(None, "cpu")
-    runs = {"1 lane": 1, f"default ({default} lanes)": default}
+    default = pass_threads(None, "cpu")
+    runs = {"1 thread": 1, f"default ({default} threads)": default}
     results: dict[str, dict[str, tuple[np.ndarray, float, float]]] = {}
-    for label, lanes in runs.items():
-        encoder = SentenceTransformerEncoder(EmbeddingSettings(pass_lanes=lanes))
+    for label, threads in runs.items():
+        encoder = SentenceTransformerEncoder(EmbeddingSettings(pass_threads=threads))
         results[label] = {name: timed(encoder, batch) for name, batch in texts.items()}
     one, many = results.values()
     rows = []
@@ -73,13 +73,13 @@ def main() -> None:
         )  # fmt: skip
     report(
         "encode",
-        f"Encoder pass lanes, calls of {CALL} texts, {args.threads} torch thread(s), same run",
-        ["texts", "wall ms/text, 1 lane", f"wall, {default} lanes", "speed-up",
-         "CPU ms/text, 1 lane", f"CPU, {default} lanes", "max vector change"],
+        f"Encoder pass threads, calls of {CALL} texts, {args.threads} torch thread(s), same run",
+        ["texts", "wall ms/text, 1 thread", f"wall, {default} threads", "speed-up",
+         "CPU ms/text, 1 thread", f"CPU, {default} threads", "max vector change"],
         rows,
         {
             "torch_threads": args.threads,
-            "default_lanes": default,
+            "default_threads": default,
             "call": CALL,
             "ms_per_text": {
                 label: {n: {"wall": r[1] * 1e3, "cpu": r[2] * 1e3} for n, r in res.items()}

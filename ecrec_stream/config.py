@@ -117,10 +117,10 @@ class EmbeddingSettings(BaseModel):
     # than the CPUs, at least one (ecrec_stream.device.inference_threads)
     worker_threads: int | None = Field(None, ge=1)
     # On a CPU, how many threads run one encode call's forward passes at once (the caller and
-    # pass_lanes - 1 helpers, each on a group of whole passes: the same vectors). Default: the
+    # pass_threads - 1 helpers, each on a group of whole passes: the same vectors). Default: the
     # CPUs over torch's threads (2 on a 2-core worker, whose one torch thread leaves a core;
     # 1 where torch's own threads take every core). 1 on CUDA.
-    pass_lanes: int | None = Field(None, ge=1, le=64)
+    pass_threads: int | None = Field(None, ge=1, le=64)
     batch_size: int = Field(64, ge=1, le=4096)
     # Rows of every forward pass that embeds items for an index, short passes filled with
     # copies, so an item's vector does not depend on the micro-batch it came in and replicas

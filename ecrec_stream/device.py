@@ -64,11 +64,11 @@ def inference_threads(setting: int | None) -> int:
     return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
-def pass_lanes(setting: int | None, device: str) -> int:
+def pass_threads(setting: int | None, device: str) -> int:
     """Threads that run one encode call's forward passes at once: the setting, 1 on CUDA (one
     device runs them in turn), else the CPUs this process may use over torch's threads.
 
-    >>> pass_lanes(3, "cpu"), pass_lanes(None, "cuda")
+    >>> pass_threads(3, "cpu"), pass_threads(None, "cuda")
     (3, 1)
     """
     if setting is not None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ecrec_stream.config import DEFAULT_MODEL, EmbeddingSettings
 from ecrec_stream.contracts.events import ItemEvent
-from ecrec_stream.device import name_os_thread, pass_lanes, resolve_device, resolve_precision
+from ecrec_stream.device import name_os_thread, pass_threads, resolve_device, resolve_precision
 from ecrec_stream.exceptions import ModelLoadError
 
 LOG = logging.getLogger(__name__)
@@ -301,8 +301,8 @@ def encode_pretokenised(
                 embedded = (forward or model)(features)["sentence_embedding"][: len(rows)]
                 out[torch.from_numpy(rows).to(device)] = F.normalize(embedded.float(), dim=-1)
 
-    executor, lanes = helpers or (None, 0)
-    groups = split_passes(passes, widths, 1 + lanes) if executor and len(passes) > 1 else []
+    executor, helper_count = helpers or (None, 0)
+    groups = split_passes(passes, widths, 1 + helper_count) if executor and len(passes) > 1 else []
     if len(groups) > 1:
         assert executor is not None
         theirs = [executor.submit(run, group) for group in groups[1:]]
@@ -406,13 +406,13 @@ class SentenceTransformerEncoder:
             else None
         )
         self._batch_size = settings.batch_size
-        lanes = pass_lanes(settings.pass_lanes, self._device)
+        threads = pass_threads(settings.pass_threads, self._device)
         self._helpers: tuple[Executor, int] | None = None
-        if lanes > 1:
+        if threads > 1:
             pool = ThreadPoolExecutor(
-                lanes - 1, thread_name_prefix="ecrec-encode", initializer=name_os_thread
+                threads - 1, thread_name_prefix="ecrec-encode", initializer=name_os_thread
             )
-            self._helpers = (pool, lanes - 1)
+            self._helpers = (pool, threads - 1)
             weakref.finalize(self, pool.shutdown, wait=False)  # a swapped-out encoder's too
         self._invariant_rows = settings.invariant_rows or (
             settings.batch_size if self._device.startswith("cuda") else 16
@@ -438,6 +438,11 @@ class SentenceTransformerEncoder:
     @property
     def device(self) -> str:
         return self._device
+
+    @property
+    def pass_threads(self) -> int:
+        """Threads that run one call's forward passes at once (:func:`encode_pretokenised`)."""
+        return 1 + (self._helpers[1] if self._helpers else 0)
 
     @property
     def precision(self) -> str:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from ecrec_stream.config import Settings
 from ecrec_stream.device import name_os_thread
+
+LOG = logging.getLogger(__name__)
 
 # The model threads ("lanes") of a worker: each label task and drift has its own, so a stage
 # never queues behind another's model call (torch leaves the GIL while it computes).
@@ -34,7 +37,16 @@ class SharedModelWork:
         from ecrec_stream.embedding import CachedEncoder, SentenceTransformerEncoder
 
         torch.set_num_threads(inference_threads(settings.embedding.worker_threads))
-        self.encoder = CachedEncoder(SentenceTransformerEncoder(settings.embedding))
+        encoder = SentenceTransformerEncoder(settings.embedding)
+        LOG.info(
+            "encoder %s on %s in %s: %d torch thread(s), %d pass thread(s)",
+            encoder.name,
+            encoder.device,
+            encoder.precision,
+            torch.get_num_threads(),
+            encoder.pass_threads,
+        )
+        self.encoder = CachedEncoder(encoder)
         self._threads = {
             lane: ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix=f"ecrec-{lane}", initializer=name_os_thread

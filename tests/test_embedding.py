@@ -100,17 +100,17 @@ def test_helper_threads_run_some_passes_and_give_the_same_vectors(tmp_path: Any)
             encode_pretokenised(model, texts, 4, "float32", forward=failing, helpers=(pool, 1))
 
 
-def test_the_encoder_takes_its_pass_lanes_from_the_settings_or_the_cpus() -> None:
+def test_the_encoder_takes_its_pass_threads_from_the_settings_or_the_cpus() -> None:
     import os
 
     import torch
 
-    from ecrec_stream.device import pass_lanes
+    from ecrec_stream.device import pass_threads
 
-    assert pass_lanes(1, "cpu") == 1 and pass_lanes(4, "cpu") == 4
-    assert pass_lanes(None, "cuda") == 1
+    assert pass_threads(1, "cpu") == 1 and pass_threads(4, "cpu") == 4
+    assert pass_threads(None, "cuda") == 1
     cpus = len(os.sched_getaffinity(0))
-    assert pass_lanes(None, "cpu") == max(1, cpus // torch.get_num_threads())
+    assert pass_threads(None, "cpu") == max(1, cpus // torch.get_num_threads())
 
 
 def test_a_model_left_in_training_mode_is_encoded_without_dropout(tmp_path: Any) -> None:
