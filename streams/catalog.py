@@ -35,9 +35,14 @@ class SharedModelWork:
 
         from ecrec_stream.device import inference_threads
         from ecrec_stream.embedding import CachedEncoder, SentenceTransformerEncoder
+        from ecrec_stream.embedding.int8 import Int8Encoder
 
         torch.set_num_threads(inference_threads(settings.embedding.worker_threads))
-        encoder = SentenceTransformerEncoder(settings.embedding)
+        encoder: SentenceTransformerEncoder | Int8Encoder
+        if settings.embedding.worker_quantization == "int8":
+            encoder = Int8Encoder(settings.embedding, threads=torch.get_num_threads())
+        else:
+            encoder = SentenceTransformerEncoder(settings.embedding)
         LOG.info(
             "encoder %s on %s in %s: %d torch thread(s), %d pass thread(s)",
             encoder.name,
@@ -47,6 +52,13 @@ class SharedModelWork:
             encoder.pass_threads,
         )
         self.encoder = CachedEncoder(encoder)
+        self.encoder_info = {  # what the worker's stats say of it
+            "name": encoder.name,
+            "version": encoder.version,
+            "device": encoder.device,
+            "precision": encoder.precision,
+            "pass_threads": encoder.pass_threads,
+        }
         self._threads = {
             lane: ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix=f"ecrec-{lane}", initializer=name_os_thread

@@ -186,6 +186,7 @@ class LabelRuntime:
     checkpoint_s: float = 0.0  # how long the latest state checkpoint took
     checkpoint_hold_s: float = 0.0  # of which the label agents were held (the state taken)
     encoder_cache: dict[str, int] = field(default_factory=dict)  # the shared cache's counts
+    encoder: dict[str, Any] = field(default_factory=dict)  # name, version, device, precision
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {**self.stats, "titles_known": len(self.titles)}
@@ -194,6 +195,7 @@ class LabelRuntime:
         out["checkpoint_s"] = round(self.checkpoint_s, 3)
         out["checkpoint_hold_s"] = round(self.checkpoint_hold_s, 3)
         out["encoder_cache"] = dict(self.encoder_cache)
+        out["encoder"] = dict(self.encoder)
         if self.annotator is not None:
             out["annotator"] = self.annotator.stats.as_dict(self.annotator.backlog)
         for labeler in (self.relevance, self.sentiment):
@@ -228,7 +230,12 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
     annotator = build_annotator(cfg, relevance, sentiment) if cfg.annotator.enabled else None
     titles = shared.catalog
     runtime = LabelRuntime(
-        relevance, sentiment, titles, annotator=annotator, encoder_cache=shared.encoder.counts
+        relevance,
+        sentiment,
+        titles,
+        annotator=annotator,
+        encoder_cache=shared.encoder.counts,
+        encoder=shared.encoder_info,
     )
     stats = runtime.stats
     policy = settings.on_processing_error

@@ -289,3 +289,73 @@ def test_a_bot_session_produces_no_examples(broker: Any, worker: Any) -> None:
     assert bot == []
     stats = httpx.get(f"http://127.0.0.1:{worker.env['ECREC_WORKER_WEB_PORT']}/ecrec/stats")
     assert stats.json()["labels"]["bot_sessions"] >= 1
+
+
+def test_a_worker_with_the_int8_encoder_labels_reviews(broker: Any, tmp_path: Any) -> None:
+    """ECREC_EMBEDDING__WORKER_QUANTIZATION=int8: the label and drift agents embed with the
+    ONNX Runtime int8 model, and the reviews become the examples their words and stars say."""
+    from streams.broker import free_port
+    from streams.kafka import all_topics, ensure_topics
+    from tests.helpers import isolated_env, produce, wait_until
+    from workers.processes import worker_process
+
+    names, env = isolated_env(unique("int8"))
+    env |= {"ECREC_PARTITIONS": "1", "ECREC_EMBEDDING__WORKER_QUANTIZATION": "int8"}
+    ensure_topics(broker.bootstrap, all_topics(names), 1)
+    texts = {
+        5: ["Love it, so soft and flattering", "Great quality, I wear it every day"],
+        1: ["Poor quality, it fell apart after one wash", "Terrible fit and cheap fabric"],
+    }
+    reviews = [
+        (rating, f"r{rating}-{k}", text)
+        for rating, group in texts.items()
+        for k, text in enumerate(group)
+    ]
+    port = free_port()
+    stats_url = f"http://127.0.0.1:{port}/ecrec/stats"
+    proc = worker_process(broker.url, tmp_path, port, extra_env=env).start()
+    try:
+        proc.wait_http(stats_url, timeout_s=120)
+        wait_until(lambda: httpx.get(stats_url).json()["assigned"], timeout_s=60)
+        start = utc_now()
+        produce(
+            broker.bootstrap,
+            [
+                (
+                    names.reviews,
+                    event_id,
+                    json.dumps(
+                        {
+                            "event_id": event_id,
+                            "ts": (start + timedelta(seconds=i)).isoformat(),
+                            "item_id": f"item-{i}",
+                            "rating": rating,
+                            "text": text,
+                        }
+                    ).encode(),
+                )
+                for i, (rating, event_id, text) in enumerate(reviews)
+            ],
+        )
+
+        def originals(msgs: list[Any]) -> dict[str, int]:
+            return {
+                e["source_event_ids"][0]: e["label"]
+                for m in msgs
+                for e in json.loads(m.value())["examples"]
+                if e["augmented_from"] is None
+            }
+
+        msgs = read_topic(
+            broker.bootstrap,
+            names.examples,
+            timeout_s=90,
+            done=lambda ms: len(originals(ms)) == len(reviews),
+        )
+        stats = httpx.get(stats_url).json()["labels"]
+    finally:
+        proc.stop()
+    assert originals(msgs) == {event_id: int(rating == 5) for rating, event_id, _ in reviews}
+    assert stats["encoder"]["precision"] == "int8"
+    assert stats["encoder"]["version"].endswith("+int8")
+    assert stats["encoder_cache"]["embedded"] >= len(reviews)

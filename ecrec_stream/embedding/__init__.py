@@ -16,6 +16,7 @@ import os
 import threading
 import warnings
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -214,6 +215,18 @@ def length_batches(sorted_lengths: np.ndarray, batch_size: int) -> list[slice]:
     return out
 
 
+def helper_pool(owner: object, threads: int) -> tuple[Executor, int] | None:
+    """The helpers of ``threads`` pass threads (the caller is one of them; ``None`` for one)
+    for :func:`run_split`, shut down when ``owner`` goes (a swapped-out encoder's too)."""
+    if threads <= 1:
+        return None
+    pool = ThreadPoolExecutor(
+        threads - 1, thread_name_prefix="ecrec-encode", initializer=name_os_thread
+    )
+    weakref.finalize(owner, pool.shutdown, wait=False)
+    return pool, threads - 1
+
+
 def split_passes(passes: list[np.ndarray], widths: list[int], groups: int) -> list[list[int]]:
     """Pass indices in at most ``groups`` groups of about equal cost (rows x padded width),
     heaviest first onto the lightest group (LPT).
@@ -302,6 +315,20 @@ def encode_pretokenised(
                 embedded = (forward or model)(features)["sentence_embedding"][: len(rows)]
                 out[torch.from_numpy(rows).to(device)] = F.normalize(embedded.float(), dim=-1)
 
+    run_split(run, passes, widths, helpers)
+    return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
+
+
+def run_split(
+    run: Callable[[list[int]], None],
+    passes: list[np.ndarray],
+    widths: list[int],
+    helpers: tuple[Executor, int] | None,
+) -> None:
+    """``run(indices)`` over all of ``passes``: with ``helpers`` (an executor and how many of
+    its threads may take passes), in :func:`split_passes` groups, one on the calling thread
+    and one on each helper at the same time. Returns once every group has run; a helper's
+    error is raised after the caller's own group."""
     executor, helper_count = helpers or (None, 0)
     groups = split_passes(passes, widths, 1 + helper_count) if executor and len(passes) > 1 else []
     if len(groups) > 1:
@@ -310,12 +337,11 @@ def encode_pretokenised(
         try:
             run(groups[0])
         finally:
-            wait(theirs)  # never return (or raise) while a helper still writes into ``out``
+            wait(theirs)  # never return (or raise) while a helper still writes its rows
         for future in theirs:
             future.result()  # a helper's error
     else:
         run(list(range(len(passes))))
-    return np.ascontiguousarray(out.cpu().numpy(), dtype=np.float32)
 
 
 TRACE_PROBE = [
@@ -407,14 +433,7 @@ class SentenceTransformerEncoder:
             else None
         )
         self._batch_size = settings.batch_size
-        threads = pass_threads(settings.pass_threads, self._device)
-        self._helpers: tuple[Executor, int] | None = None
-        if threads > 1:
-            pool = ThreadPoolExecutor(
-                threads - 1, thread_name_prefix="ecrec-encode", initializer=name_os_thread
-            )
-            self._helpers = (pool, threads - 1)
-            weakref.finalize(self, pool.shutdown, wait=False)  # a swapped-out encoder's too
+        self._helpers = helper_pool(self, pass_threads(settings.pass_threads, self._device))
         self._invariant_rows = settings.invariant_rows or (
             settings.batch_size if self._device.startswith("cuda") else 16
         )
