@@ -23,7 +23,7 @@ from bench.common import report
 from bench.ingest import _review_texts
 from ecrec_stream.config import EmbeddingSettings
 from ecrec_stream.device import pass_threads
-from ecrec_stream.embedding import SentenceTransformerEncoder
+from ecrec_stream.embedding import Encoder, SentenceTransformerEncoder
 
 CALL = 64
 
@@ -34,7 +34,7 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed(encoder: SentenceTransformerEncoder, texts: list[str]) -> tuple[np.ndarray, float, float]:
+def timed(encoder: Encoder, texts: list[str]) -> tuple[np.ndarray, float, float]:
     """Vectors of ``texts`` embedded in calls of ``CALL``; wall and CPU seconds per text."""
     encoder.encode(texts[:CALL])  # warm-up
     wall, cpu = time.perf_counter(), cpu_seconds()

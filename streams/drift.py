@@ -110,6 +110,7 @@ def add_drift_agent(app: faust.App, settings: Settings, shared: SharedModelWork)
         encode=shared.encoder.encode,
         category_of=shared.catalog.category,
         model_version=settings.embedding.model,
+        encoder_version=shared.encoder.version,
         inputs=tuple(f"{topic}:{p}" for topic in input_topics for p in range(settings.partitions)),
         click_inputs=tuple(f"{names.valid_clicks}:{p}" for p in range(settings.partitions)),
     )

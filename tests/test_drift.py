@@ -441,3 +441,34 @@ def test_embedding_detectors_sample_a_busy_batch_and_still_see_a_query_shift() -
     assert m.detectors["query_embedding"].windows > 0
     assert alerts and all(i >= 6000 for i, _ in alerts)
     assert alerts[0][0] < 6000 + 1000  # within ten batches of the shift
+
+
+def test_a_state_embedded_by_another_encoder_restarts_only_the_embedding_references() -> None:
+    """A worker restarted with another encoder (``+int8``, another model) keeps its category
+    and rate detectors, but its embedding references fill again from its own vectors."""
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return np.ones((len(texts), 4), dtype=np.float32)
+
+    def built(encoder_version: str) -> DriftMonitor:
+        return DriftMonitor(
+            SMALL,
+            encode=encode,
+            category_of=lambda item: item.split("-")[0],
+            model_version="m1",
+            encoder_version=encoder_version,
+        )
+
+    first = built("v1")
+    events = shop_events(1000, shift_at=10_000)
+    for i in range(0, len(events), 20):  # under embed_max_per_batch texts a step
+        first.observe(events[i : i + 20])
+    assert first.detectors["search_category"].ready and first.detectors["query_embedding"].ready
+    same, other = built("v1"), built("v1+int8")
+    same.load_state(first.state_dict())
+    other.load_state(first.state_dict())
+    assert same.detectors["query_embedding"].ready
+    assert other.detectors["search_category"].ready
+    assert not other.detectors["query_embedding"].ready
+    assert other.counts["embedding_references_restarted"] == 1
+    assert other.state_dict()["encoder_version"] == "v1+int8"

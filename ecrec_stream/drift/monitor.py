@@ -70,6 +70,10 @@ class DriftMonitor:
     unknown: the observation is skipped), ``model_version`` names the serving model (the
     reference until a model is published; :meth:`rebase` starts a new reference), ``inputs``
     the sources (topic:partition) whose events are merged in event-time order.
+    ``encoder_version`` names what ``encode`` embeds with (its weights, ``+int8`` when
+    quantised): a saved state whose embeddings came from another encoder restores all but the
+    embedding detectors, whose references start again (windows of one encoder are never
+    tested against another's reference).
     """
 
     def __init__(
@@ -79,11 +83,13 @@ class DriftMonitor:
         encode: Callable[[list[str]], np.ndarray] | None,
         category_of: Callable[[str], str | None],
         model_version: str,
+        encoder_version: str | None = None,
         inputs: tuple[str, ...] = (),
         click_inputs: tuple[str, ...] = (),
         dedupe_capacity: int = 200_000,
     ) -> None:
         self.settings = settings
+        self.encoder_version = encoder_version
         # the inputs (of ``inputs``) that carry clicks: a search's click-through is decided
         # once they have been received past its horizon (ReorderBuffer.progress)
         self.click_inputs = click_inputs
@@ -334,6 +340,7 @@ class DriftMonitor:
         event-time merge's waiting events, open searches and the dedupe window."""
         return {
             "model_version": self.model_version,
+            "encoder_version": self.encoder_version,
             "detectors": {n: d.state_dict() for n, d in self.detectors.items()},
             "latest": {n: r.as_dict() for n, r in self.latest.items()},
             "consecutive": dict(self.consecutive),
@@ -370,6 +377,13 @@ class DriftMonitor:
             (sid, [float(ts), bool(clicked)]) for sid, ts, clicked in state["open_searches"]
         )
         self.early_clicks = OrderedDict.fromkeys(state["early_clicks"])
+        saved_encoder = state.get("encoder_version")  # absent in states before it was kept
+        if saved_encoder is not None and saved_encoder != self.encoder_version:
+            for name in TEXT_DETECTORS & self.detectors.keys():
+                self.detectors[name].rebase()
+                self.latest.pop(name, None)
+                self.consecutive.pop(name, None)
+            self.counts["embedding_references_restarted"] += 1
 
     def reset_state(self) -> None:
         """As newly built with the same settings and model version."""
