@@ -146,3 +146,14 @@ def test_int8_is_a_cpu_setting_and_needs_its_extra(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
     with pytest.raises(ConfigError, match=r"ecrec-stream\[int8\]"):
         Int8Encoder()
+
+
+def test_an_int8_model_that_strays_from_float32_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe check at load: a quantised model whose vectors are not close to float32's
+    (here: a bar no model can pass) is a ModelLoadError, not a worker that labels with it."""
+    from ecrec_stream.embedding import int8
+    from ecrec_stream.exceptions import ModelLoadError
+
+    monkeypatch.setattr(int8, "MIN_PROBE_COSINE", 1.01)
+    with pytest.raises(ModelLoadError, match="other vectors than float32"):
+        int8.Int8Encoder(EmbeddingSettings(pass_threads=1))

@@ -393,7 +393,34 @@ def traced_forward(model: Any, precision: str) -> Any | None:
     return traced
 
 
-class SentenceTransformerEncoder:
+class PassThreadedEncoder:
+    """What :class:`SentenceTransformerEncoder` and the int8 encoder
+    (:mod:`ecrec_stream.embedding.int8`) say of themselves; each sets these in ``__init__``."""
+
+    _dim: int
+    _name: str
+    _version: str
+    _helpers: tuple[Executor, int] | None
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def pass_threads(self) -> int:
+        """Threads that run one call's forward passes at once (:func:`run_split`)."""
+        return 1 + (self._helpers[1] if self._helpers else 0)
+
+
+class SentenceTransformerEncoder(PassThreadedEncoder):
     """A thread-safe sentence-transformers encoder (:func:`encode_pretokenised`) that counts
     what it embeds.
 
@@ -444,25 +471,8 @@ class SentenceTransformerEncoder:
         gc.freeze()
 
     @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> str:
-        return self._version
-
-    @property
     def device(self) -> str:
         return self._device
-
-    @property
-    def pass_threads(self) -> int:
-        """Threads that run one call's forward passes at once (:func:`encode_pretokenised`)."""
-        return 1 + (self._helpers[1] if self._helpers else 0)
 
     @property
     def precision(self) -> str:

@@ -27,6 +27,7 @@ from ecrec_stream.config import EmbeddingSettings
 from ecrec_stream.device import pass_threads
 from ecrec_stream.embedding import (
     TRACE_PROBE,
+    PassThreadedEncoder,
     SentenceTransformerEncoder,
     helper_pool,
     length_batches,
@@ -38,7 +39,7 @@ from ecrec_stream.exceptions import ConfigError, ModelLoadError
 
 LOG = logging.getLogger(__name__)
 # Lowest cosine to float32's vectors on the probe texts that the quantised model may give:
-# real reviews gave 0.984 at the least (docs/configuration.md); far below means the export
+# real reviews gave 0.984 at the least (docs/benchmarks.md, session 25); far below means the export
 # or the quantisation went wrong, and the worker should not label with it.
 MIN_PROBE_COSINE = 0.95
 # quantize_dynamic's advice on the root logger; its pre-processing (symbolic shape inference)
@@ -46,7 +47,7 @@ MIN_PROBE_COSINE = 0.95
 NO_PREPROCESS_HINT = "Please consider to run pre-processing before quantization"
 
 
-class Int8Encoder:
+class Int8Encoder(PassThreadedEncoder):
     """A sentence-transformers model quantised to int8 by ONNX Runtime, on the CPU. Its
     ``version`` is the float32 model's with ``+int8``, so no cache serves one's vectors for the
     other's. Thread-safe; one call's passes run on ``pass_threads`` threads at once, as
@@ -69,6 +70,11 @@ class Int8Encoder:
         )
         reference = SentenceTransformerEncoder(settings.model_copy(update={"pass_threads": 1}))
         model = reference._model
+        if getattr(model.tokenizer, "padding_side", "right") != "right":
+            raise ConfigError(
+                f"embedding.worker_quantization=int8: {settings.model!r}'s tokenizer pads on the "
+                "left, which the int8 encoder's batches do not support; leave it at none"
+            )
         with tempfile.TemporaryDirectory(prefix="ecrec-int8-") as tmp:
             exported, quantised = Path(tmp) / "model.onnx", Path(tmp) / "model-int8.onnx"
             export(model, exported)
@@ -109,28 +115,12 @@ class Int8Encoder:
         LOG.info("encoder %s quantised to int8 (probe cosine %.4f)", self._name, agreement)
 
     @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def version(self) -> str:
-        return self._version
-
-    @property
     def device(self) -> str:
         return "cpu"
 
     @property
     def precision(self) -> str:
         return "int8"
-
-    @property
-    def pass_threads(self) -> int:
-        return 1 + (self._helpers[1] if self._helpers else 0)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embed ``texts`` into an ``(n, dim)`` float32 array of unit vectors, in passes of
