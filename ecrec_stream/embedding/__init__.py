@@ -215,6 +215,19 @@ def length_batches(sorted_lengths: np.ndarray, batch_size: int) -> list[slice]:
     return out
 
 
+def plan_passes(table: TokenTable, batch_size: int) -> tuple[list[np.ndarray], list[int]]:
+    """The forward passes of ``table``'s texts: each pass's rows (:func:`length_batches` of
+    the texts by length) and the width it is padded to (:func:`padded_width`).
+
+    >>> passes, widths = plan_passes(TokenTable([[1] * 30, [1] * 3, [1] * 4], pad_id=0), 2)
+    >>> [p.tolist() for p in passes], widths
+    ([[1, 2], [0]], [8, 32])
+    """
+    order = np.argsort(table.lengths, kind="stable")
+    passes = [order[part] for part in length_batches(table.lengths[order], batch_size)]
+    return passes, [padded_width(int(table.lengths[rows].max())) for rows in passes]
+
+
 def helper_pool(owner: object, threads: int) -> tuple[Executor, int] | None:
     """The helpers of ``threads`` pass threads (the caller is one of them; ``None`` for one)
     for :func:`run_split`, shut down when ``owner`` goes (a swapped-out encoder's too)."""
@@ -289,14 +302,12 @@ def encode_pretokenised(
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
     table = token_table(model, texts)
-    order = np.argsort(table.lengths, kind="stable")
     device = model.device
     out = torch.empty((len(texts), dim), dtype=torch.float32, device=device)
     bf16 = resolve_precision(precision, device.type) == "bfloat16"
     if model.training:  # as ``encode`` does: no dropout. Only when needed: ``eval()`` walks
         model.eval()  # every submodule under the GIL (~1.2 ms a call for MiniLM)
-    passes = [order[part] for part in length_batches(table.lengths[order], batch_size)]
-    widths = [padded_width(int(table.lengths[rows].max())) for rows in passes]
+    passes, widths = plan_passes(table, batch_size)
 
     def run(indices: list[int]) -> None:
         """Some of the forward passes, each writing its own rows of ``out`` (the contexts are

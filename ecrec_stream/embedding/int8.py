@@ -30,8 +30,7 @@ from ecrec_stream.embedding import (
     PassThreadedEncoder,
     SentenceTransformerEncoder,
     helper_pool,
-    length_batches,
-    padded_width,
+    plan_passes,
     run_split,
     token_table,
 )
@@ -124,14 +123,12 @@ class Int8Encoder(PassThreadedEncoder):
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embed ``texts`` into an ``(n, dim)`` float32 array of unit vectors, in passes of
-        similar length (:func:`~ecrec_stream.embedding.length_batches`)."""
+        similar length (:func:`~ecrec_stream.embedding.plan_passes`)."""
         out = np.zeros((len(texts), self._dim), dtype=np.float32)
         if not texts:
             return out
         table = token_table(self._tokenizer_source, texts)
-        order = np.argsort(table.lengths, kind="stable")
-        passes = [order[part] for part in length_batches(table.lengths[order], self._batch_size)]
-        widths = [padded_width(int(table.lengths[rows].max())) for rows in passes]
+        passes, widths = plan_passes(table, self._batch_size)
 
         def run(indices: list[int]) -> None:
             for i in indices:
