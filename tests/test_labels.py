@@ -315,6 +315,32 @@ def test_sentiment_labeler_pseudonymises_and_augments() -> None:
     assert [e.example_id for e in plain] == [e.example_id for e in originals]
 
 
+def test_a_review_whose_stars_speak_is_labelled_by_its_stars() -> None:
+    """The stars are clamped: text functions that agree with each other do not outvote them,
+    and a 3-star review is labelled from its text."""
+    labeler = SentimentLabeler(HashEncoder(), LabelSettings(augment_variants=0))
+    cands = [
+        SentimentCandidate(f"p{i}", "i", f"Love it, so soft and pretty, number {i}", 5)
+        for i in range(300)
+    ] + [
+        SentimentCandidate(f"n{i}", "i", f"Awful, cheap and itchy, returned it, number {i}", 1)
+        for i in range(100)
+    ]
+    contradicting = [  # loved in words, one star (a late delivery, a wrong size sent)
+        SentimentCandidate(f"c{i}", "i", f"Love it, so soft and pretty, pair {i}", 1)
+        for i in range(30)
+    ]
+    three = [SentimentCandidate("t", "i", "Awful, cheap and itchy, returned it", 3)]
+    for i in range(0, len(cands), 50):
+        labeler.label_many(cands[i : i + 50])
+    examples = labeler.label_many(contradicting + three)
+    rated, unrated = examples[:-1], examples[-1]
+    assert all(e.votes["lexicon"] == 1 for e in rated)  # the words disagree with the stars
+    assert [e.label for e in rated] == [0] * len(contradicting)
+    assert all(e.confidence == 1.0 for e in rated)
+    assert unrated.votes["rating"] == ABSTAIN and unrated.label == 0
+
+
 def test_trailing_augmentation_makes_the_inline_variants_and_sheds_what_waits_too_long() -> None:
     from ecrec_stream.augment import EdaAugmenter, MeaningFilter, TypoAugmenter
     from ecrec_stream.labels.stages import TrailingAugmentation
