@@ -506,6 +506,12 @@ def run_worker(
             result["label_counts"] = _label_stats(bases)
             drift = [httpx.get(f"{b}/ecrec/drift", timeout=10).json() for b in drift_bases]
             result["drift_counts"] = _sum_counts([d["counts"] for d in drift])
+            # which detectors raised the (up to 20 most recent) alerts, and why
+            result["drift_alerts"] = [
+                {"detector": a["detector"], "reason": a["reason"]}
+                for d in drift
+                for a in d.get("alerts", [])
+            ]
         return result
     finally:
         for proc in procs:
@@ -640,6 +646,9 @@ def paced(args: argparse.Namespace) -> None:
             for mix, r in results.items()
         )
     )
+    for mix, r in results.items():
+        by_detector = Counter(a["detector"] for a in r.get("drift_alerts", []))
+        console.print(f"{mix}: drift alerts by detector: {dict(by_detector) or 'none'}")
 
 
 if __name__ == "__main__":
