@@ -310,6 +310,10 @@ class LabelSettings(BaseModel):
     # on /ecrec/stats). None: every micro-batch augmented inline, on the labelling path.
     augment_max_lag_s: float | None = Field(10.0, gt=0)
     augment_queue_capacity: int = Field(10_000, ge=1)
+    # While the label agents are busy, trailing augmentation may still take this share of the
+    # wall time on each label agent's model thread (a budget), so a worker under steady load
+    # augments a sample of its examples rather than none. 0: only while idle and caught up.
+    augment_busy_share: float = Field(0.05, ge=0, lt=1)
     augment_seed: int = 13
     min_similarity: float = Field(0.8, ge=-1, le=1)
     bot_max_clicks_per_minute: float = Field(30.0, gt=0)

@@ -8,7 +8,8 @@
 * augmentation trails labelling (:class:`~ecrec_stream.labels.stages.TrailingAugmentation`):
   each micro-batch's examples are sent first, then queued; a task makes their variants, a few
   at a time, while neither label agent has a message in hand and both are caught up (see
-  AUGMENT_CAUGHT_UP_S), and sends them to the originals' partition. An example that waits
+  AUGMENT_CAUGHT_UP_S), or while they are busy within ``augment_busy_share`` of the wall
+  time, and sends them to the originals' partition. An example that waits
   over ``augment_max_lag_s`` gets none (counted as ``augment_shed``); a crash loses the queue
   (the originals were sent). ``augment_max_lag_s`` null: variants made inline, in the
   originals' message.
@@ -185,6 +186,7 @@ class LabelRuntime:
     lag_max_s: dict[str, float] = field(default_factory=dict)
     checkpoint_s: float = 0.0  # how long the latest state checkpoint took
     checkpoint_hold_s: float = 0.0  # of which the label agents were held (the state taken)
+    checkpoint_hold_max_s: float = 0.0  # the longest hold since the worker started
     encoder_cache: dict[str, int] = field(default_factory=dict)  # the shared cache's counts
     encoder: dict[str, Any] = field(default_factory=dict)  # name, version, device, precision
 
@@ -194,6 +196,7 @@ class LabelRuntime:
         out["lag_max_s"] = {task: round(lag, 3) for task, lag in self.lag_max_s.items()}
         out["checkpoint_s"] = round(self.checkpoint_s, 3)
         out["checkpoint_hold_s"] = round(self.checkpoint_hold_s, 3)
+        out["checkpoint_hold_max_s"] = round(self.checkpoint_hold_max_s, 3)
         out["encoder_cache"] = dict(self.encoder_cache)
         out["encoder"] = dict(self.encoder)
         if self.annotator is not None:
@@ -347,6 +350,7 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                 capacity=cfg.augment_queue_capacity,
                 chunk=AUGMENT_CHUNK,
                 on_error=policy,
+                busy_share=cfg.augment_busy_share,
             )
             for labeler in (relevance, sentiment)
         }
@@ -404,7 +408,8 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
 
         @app.task
         async def augment_trailing() -> None:
-            """Make the waiting variants while the label agents are caught up: one chunk at a
+            """Make the waiting variants while the label agents are caught up, and while
+            they are busy within the busy budget (``augment_busy_share``): one chunk at a
             time, oldest first, each task in turn; send each chunk's variants to its
             originals' partition."""
             while True:
@@ -413,17 +418,20 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                 wake_augmentation.clear()
                 while any(t.waiting for t in trailing.values()):
                     await asyncio.sleep(AUGMENT_SETTLE_S)
-                    if not caught_up():
-                        for trail in trailing.values():
-                            trail.expire(now=time.monotonic())
-                        break  # an agent finishing a message wakes this task again
+                    busy_now = not caught_up()
+                    taken = False
                     for task, trail in trailing.items():
-                        chunk = trail.next_chunk(now=time.monotonic())
+                        chunk = trail.next_chunk(now=time.monotonic(), busy=busy_now)
                         if chunk is None:
                             continue
+                        taken = True
                         with stop_on_error("label.augment"):
+                            started = time.monotonic()
                             async with processing.reader:
                                 step = await shared.off_loop(task, trail.augment_many, chunk)
+                            if busy_now:  # within the busy budget: its seconds are spent
+                                trail.charge(time.monotonic() - started)
+                                stats[f"augmented_while_busy_{task}"] += len(step.variants)
                             for failure in step.failed:
                                 stats[f"augment_failed_{task}"] += 1
                                 LOG.warning(
@@ -434,6 +442,8 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
                             if step.variants:
                                 partition, key = step.route
                                 await emit(task, step.variants, partition, f"{key}:variants")
+                    if not taken:  # busy, the budget spent: an agent finishing a message wakes
+                        break  # this task again
 
     if annotator is not None:
         llm_thread = ThreadPoolExecutor(
@@ -601,7 +611,8 @@ def add_label_agents(app: faust.App, settings: Settings, shared: SharedModelWork
             held = time.monotonic()
             async with processing.writer:
                 taken = await shared.off_loop("relevance", take_stage_states)
-            runtime.checkpoint_hold_s = time.monotonic() - held
+            runtime.checkpoint_hold_s = hold = time.monotonic() - held
+            runtime.checkpoint_hold_max_s = max(hold, runtime.checkpoint_hold_max_s)
             await app.producer.flush()
             # built and written on a thread of its own: on the relevance thread the write
             # (0.9 s at 1,000 session events/s) held the session agent

@@ -677,3 +677,35 @@ def test_the_review_agent_joins_consecutive_messages_up_to_a_call_size() -> None
     # in order; a message larger than a call is one of its own
     assert calls == [[1, 2], [70], [3, 60, 1]]
     assert list(_review_calls([], 64)) == []
+
+
+def test_trailing_augmentation_under_load_takes_chunks_within_its_budget() -> None:
+    from ecrec_stream.augment import TypoAugmenter
+    from ecrec_stream.labels.stages import BUDGET_WINDOW_S, TrailingAugmentation
+
+    labeler = SentimentLabeler(None, LabelSettings(), [TypoAugmenter()])
+    originals = labeler.label_many(
+        [SentimentCandidate(f"r{i}", "i", f"Love it, so soft {i}", 5) for i in range(40)],
+        augment=False,
+    )
+    trailing = TrailingAugmentation(labeler, max_wait_s=1e6, capacity=100, busy_share=0.1)
+    trailing.offer(originals, "p0", now=0.0)
+    assert trailing.next_chunk(now=0.0, busy=True) is None  # nothing earned yet
+    busy = trailing.next_chunk(now=5.0, busy=True)  # 0.5 s earned
+    assert busy is not None and len(busy.examples) == 8
+    assert trailing.augment_many(busy).variants
+    trailing.charge(0.6)  # 0.1 s overdrawn
+    assert trailing.next_chunk(now=5.5, busy=True) is None
+    idle = trailing.next_chunk(now=5.5)  # idle and caught up: no budget needed
+    assert idle is not None and len(idle.examples) == 8
+    # the budget saves up at most BUDGET_WINDOW_S worth: after an hour, one window's worth
+    trailing.charge(0.0)
+    assert trailing.next_chunk(now=3600.0, busy=True) is not None
+    trailing.charge(0.1 * BUDGET_WINDOW_S)
+    assert trailing.next_chunk(now=3600.0, busy=True) is None
+    # no share, no busy chunks
+    never = TrailingAugmentation(labeler, max_wait_s=1e6, capacity=100)
+    never.offer(originals, "p0", now=0.0)
+    assert never.next_chunk(now=1e5, busy=True) is None
+    with pytest.raises(ValueError):
+        TrailingAugmentation(labeler, max_wait_s=1, capacity=1, busy_share=1.0)

@@ -565,6 +565,7 @@ def test_a_restarted_worker_resumes_its_label_models_and_dedupe_window(
     finally:
         assert proc.stop() == 0
     assert before["sentiment_label_model"]["fits"] >= 1 and before["sentiment_lf_accuracy"]
+    assert before["checkpoint_hold_max_s"] >= before["checkpoint_hold_s"] >= 0
     assert (tmp_path / "labels" / "labels.state").exists()
 
     proc = started()

@@ -31,6 +31,7 @@ from ecrec_stream.state import TakenState
 
 LOG = logging.getLogger(__name__)
 OnError = Literal["dead_letter", "stop"]
+BUDGET_WINDOW_S = 10.0  # the busy budget saves up at most this many seconds' worth
 Route = TypeVar("Route")
 
 
@@ -215,6 +216,9 @@ class TrailingAugmentation(Generic[Route]):
     its limit fell behind before shedding any of it. Here the runner sends a micro-batch's
     originals first and :meth:`offer` s them; when its agents are idle and caught up it takes
     the oldest few with :meth:`next_chunk` and makes their variants with :meth:`augment_many`.
+    While they are busy, it may still take a chunk within ``busy_share`` of the wall time
+    (a budget the runner :meth:`charge` s with each such chunk's seconds), so a worker under
+    steady load still augments a sample of its examples instead of none.
     An example that waited longer than ``max_wait_s``, or that more than ``capacity`` newer
     ones pushed out, is shed: counted in its labeler's ``augment_shed``, never silently.
 
@@ -239,6 +243,18 @@ class TrailingAugmentation(Generic[Route]):
     True
     >>> trailing.next_chunk(now=11.0) is None, labeler.counts["augment_shed"]  # waited too long
     (True, 1)
+
+    Busy, within the budget (5% of the wall time: 0.5 s of model time earned in 10 s):
+
+    >>> trailing = TrailingAugmentation(labeler, max_wait_s=100, capacity=100, chunk=1,
+    ...                                 busy_share=0.05)
+    >>> trailing.offer(originals, "partition 0", now=0.0)
+    >>> trailing.next_chunk(now=0.0, busy=True) is None  # nothing earned yet
+    True
+    >>> chunk = trailing.next_chunk(now=10.0, busy=True)
+    >>> trailing.charge(0.6)  # took 0.6 s: 0.1 s owed
+    >>> [trailing.next_chunk(now=t, busy=True) is None for t in (11.0, 13.0)]  # repaid by 13
+    [True, False]
     """
 
     def __init__(
@@ -249,14 +265,23 @@ class TrailingAugmentation(Generic[Route]):
         capacity: int,
         chunk: int = 8,
         on_error: OnError = "dead_letter",
+        busy_share: float = 0.0,
     ) -> None:
+        if not 0 <= busy_share < 1:
+            raise ValueError("busy_share must be in [0, 1)")
         self.labeler = labeler
         self.max_wait_s = max_wait_s
         self.capacity = capacity
         self.chunk = chunk
         self.on_error = on_error
+        self.busy_share = busy_share
         self._queue: deque[_Waiting[Route]] = deque()
         self.waiting = 0  # examples in the queue
+        # The busy budget, a token bucket of model seconds (a few lines; no library needed):
+        # busy_share of each second is earned, up to BUDGET_WINDOW_S worth; a chunk may run
+        # while any is left, and its cost may overdraw it (repaid before the next one).
+        self._credit = 0.0
+        self._credit_at: float | None = None
 
     def offer(self, examples: Sequence[TrainingExample], route: Route, *, now: float) -> None:
         """Queue the augmentable ``examples`` of one micro-batch; shed the oldest waiting ones
@@ -273,11 +298,16 @@ class TrailingAugmentation(Generic[Route]):
             if not head.examples:
                 self._queue.popleft()
 
-    def next_chunk(self, *, now: float) -> AugmentChunk[Route] | None:
+    def next_chunk(self, *, now: float, busy: bool = False) -> AugmentChunk[Route] | None:
         """Up to ``chunk`` of the oldest waiting examples of one micro-batch (those that
-        waited too long shed first); ``None`` when nothing waits."""
+        waited too long shed first); ``None`` when nothing waits or, ``busy`` (the label
+        agents are), when the busy budget is spent."""
         self.expire(now=now)
-        if not self._queue:
+        if self._credit_at is not None:
+            earned = (now - self._credit_at) * self.busy_share
+            self._credit = min(self._credit + earned, self.busy_share * BUDGET_WINDOW_S)
+        self._credit_at = now
+        if not self._queue or (busy and self._credit <= 0):
             return None
         head = self._queue[0]
         taken = [head.examples.popleft() for _ in range(min(self.chunk, len(head.examples)))]
@@ -285,6 +315,12 @@ class TrailingAugmentation(Generic[Route]):
         if not head.examples:
             self._queue.popleft()
         return AugmentChunk(taken, head.route)
+
+    def charge(self, seconds: float) -> None:
+        """Spend ``seconds`` of the busy budget: what a chunk taken while busy took, from
+        taking it to its variants (the wait for the model thread included: the agents wait
+        as long; charging only the model work let a worker at its limit fall behind)."""
+        self._credit -= seconds
 
     def expire(self, *, now: float) -> None:
         """Shed the examples that have waited longer than ``max_wait_s``."""
