@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
 import sys
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from ecrec_stream.contracts.events import ReviewEvent
 
 RESULTS = Path(os.environ.get("ECREC_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 # ../shared/data beside the checkout; ECREC_SHARED_DATA points elsewhere (a GPU machine gets
@@ -21,6 +26,7 @@ SHARED_DATA = Path(
     os.environ.get("ECREC_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
 )
 console = Console(width=150)
+CLOTHING_REVIEWS = SHARED_DATA / "womens_clothing_reviews" / "reviews.csv"
 
 
 def _stat_cpu_seconds(stat: Path) -> float:
@@ -175,3 +181,28 @@ def isolated_worker(
         ECREC_DRIFT__ENABLED=str(drift).lower(),
     )
     return names, env
+
+
+def clothing_review_rows(limit: int | None = None) -> list[dict[str, str]]:
+    """The real clothing reviews (CSV rows) that have a text, in file order."""
+    with open(CLOTHING_REVIEWS, encoding="utf-8") as fh:
+        return [r for r in csv.DictReader(fh) if r["Review Text"].strip()][:limit]
+
+
+def clothing_review_events(rows: list[dict[str, str]], offset: int = 0) -> list[ReviewEvent]:
+    """``rows`` as review events a second apart, ids ``r<offset + i>``."""
+    from ecrec_stream.contracts.events import ReviewEvent, utc_now
+
+    start = utc_now()
+    return [
+        ReviewEvent(
+            event_id=f"r{offset + i}",
+            ts=start + timedelta(seconds=i),
+            item_id=r["Clothing ID"],
+            rating=int(r["Rating"]),
+            title=r["Title"],
+            text=r["Review Text"],
+            user_id=f"u{offset + i}",
+        )
+        for i, r in enumerate(rows)
+    ]

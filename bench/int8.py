@@ -18,31 +18,22 @@ Drift under int8: ``python -m bench.drift --quantization int8``.
 from __future__ import annotations
 
 import argparse
-import csv
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
 
 from bench import crowdflower as cf
-from bench.common import SHARED_DATA, report
+from bench.common import clothing_review_events, clothing_review_rows, report
 from bench.encode import CALL, timed
 from ecrec_stream.augment.eda import EdaAugmenter
 from ecrec_stream.augment.filter import MeaningFilter
 from ecrec_stream.augment.noise import TypoAugmenter
 from ecrec_stream.config import EmbeddingSettings, LabelSettings
-from ecrec_stream.contracts.events import ReviewEvent, utc_now
+from ecrec_stream.contracts.events import ReviewEvent
 from ecrec_stream.embedding import Encoder, SentenceTransformerEncoder
 from ecrec_stream.embedding.int8 import Int8Encoder
 from ecrec_stream.labels.examples import build_labelers
 from ecrec_stream.labels.stages import ReviewLabelStage
-
-REVIEWS = SHARED_DATA / "womens_clothing_reviews" / "reviews.csv"
-
-
-def load_reviews(limit: int) -> list[dict[str, str]]:
-    with open(REVIEWS, encoding="utf-8") as fh:
-        return [r for r in csv.DictReader(fh) if r["Review Text"].strip()][:limit]
 
 
 def bootstrap(correct: np.ndarray, seed: int = 0, draws: int = 2000) -> tuple[float, float]:
@@ -77,7 +68,7 @@ def main() -> None:
         "float32": SentenceTransformerEncoder(EmbeddingSettings()),
         "int8": int8,
     }
-    rows = load_reviews(args.reviews)
+    rows = clothing_review_rows(args.reviews)
 
     # -- cost and closeness ---------------------------------------------------------------------
     judg = cf.load()
@@ -114,19 +105,7 @@ def main() -> None:
     )  # fmt: skip
 
     # -- sentiment labels -----------------------------------------------------------------------
-    start = utc_now()
-    events = [
-        ReviewEvent(
-            event_id=f"r{i}",
-            ts=start + timedelta(seconds=i),
-            item_id=r["Clothing ID"],
-            rating=int(r["Rating"]),
-            title=r["Title"],
-            text=r["Review Text"],
-            user_id=f"u{i}",
-        )
-        for i, r in enumerate(rows)
-    ]
+    events = clothing_review_events(rows)
     truth = {f"r{i}": int(r["Recommended IND"]) for i, r in enumerate(rows)}
     rating = {f"r{i}": int(r["Rating"]) for i, r in enumerate(rows)}
     examples = {name: sentiment_examples(enc, events) for name, enc in encoders.items()}

@@ -17,25 +17,22 @@ bootstrap intervals of the default's accuracy minus each other labeler's.
 from __future__ import annotations
 
 import argparse
-import csv
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
 from scipy.stats import bootstrap
 
-from bench.common import SHARED_DATA, report
+from bench.common import clothing_review_events, clothing_review_rows, report
 from bench.encode import CALL
 from ecrec_stream.config import LabelSettings
-from ecrec_stream.contracts.events import ReviewEvent, utc_now
+from ecrec_stream.contracts.events import ReviewEvent
 from ecrec_stream.contracts.examples import TrainingExample
 from ecrec_stream.embedding import CachedEncoder, Encoder, SentenceTransformerEncoder
 from ecrec_stream.labels.base import ABSTAIN, NEGATIVE, POSITIVE, SentimentCandidate
 from ecrec_stream.labels.examples import SentimentLabeler, build_labelers
 from ecrec_stream.labels.stages import ReviewLabelStage
 
-REVIEWS = SHARED_DATA / "womens_clothing_reviews" / "reviews.csv"
 DEFAULT = "label model, stars overrule it (default)"
 IN_FIT = "label model, stars also clamped in its fit"
 BEFORE = "label model, stars one vote (before)"
@@ -59,11 +56,6 @@ class StarsClampedInFit(SentimentLabeler):
 
     def _example_anchor(self, example: TrainingExample) -> int:
         return example.votes.get(self.rating.name, ABSTAIN)
-
-
-def load_rows() -> list[dict[str, str]]:
-    with open(REVIEWS, encoding="utf-8") as fh:
-        return [r for r in csv.DictReader(fh) if r["Review Text"].strip()]
 
 
 def label(labeler: SentimentLabeler, events: list[ReviewEvent]) -> dict[str, TrainingExample]:
@@ -100,29 +92,13 @@ def interval(*samples: np.ndarray, statistic: Any) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
-def events_of(rows: list[dict[str, str]], offset: int) -> list[ReviewEvent]:
-    start = utc_now()
-    return [
-        ReviewEvent(
-            event_id=f"r{offset + i}",
-            ts=start + timedelta(seconds=i),
-            item_id=r["Clothing ID"],
-            rating=int(r["Rating"]),
-            title=r["Title"],
-            text=r["Review Text"],
-            user_id=f"u{offset + i}",
-        )
-        for i, r in enumerate(rows)
-    ]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reviews", type=int, default=3000, help="reviews per slice")
     parser.add_argument("--slices", type=int, default=3)
     args = parser.parse_args()
     encoder: Encoder = CachedEncoder(SentenceTransformerEncoder(), capacity=200_000)
-    rows = load_rows()
+    rows = clothing_review_rows()
     step = len(rows) // args.slices
     if step < args.reviews:
         parser.error(f"{len(rows)} reviews do not hold {args.slices} slices of {args.reviews}")
@@ -132,7 +108,7 @@ def main() -> None:
     for s in range(args.slices):
         offset = s * step
         chunk = rows[offset : offset + args.reviews]
-        events = events_of(chunk, offset)
+        events = clothing_review_events(chunk, offset)
         truth = {e.event_id: int(r["Recommended IND"]) for e, r in zip(events, chunk, strict=True)}
         stars = {e.event_id: e.rating for e in events}
         settings = LabelSettings()
