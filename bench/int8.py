@@ -25,6 +25,7 @@ import numpy as np
 from bench import crowdflower as cf
 from bench.common import clothing_review_events, clothing_review_rows, report
 from bench.encode import CALL, timed
+from bench.sentiment_live import label_reviews
 from ecrec_stream.augment.eda import EdaAugmenter
 from ecrec_stream.augment.filter import MeaningFilter
 from ecrec_stream.augment.noise import TypoAugmenter
@@ -33,7 +34,6 @@ from ecrec_stream.contracts.events import ReviewEvent
 from ecrec_stream.embedding import Encoder, SentenceTransformerEncoder
 from ecrec_stream.embedding.int8 import Int8Encoder
 from ecrec_stream.labels.examples import build_labelers
-from ecrec_stream.labels.stages import ReviewLabelStage
 
 
 def bootstrap(correct: np.ndarray, seed: int = 0, draws: int = 2000) -> tuple[float, float]:
@@ -46,12 +46,7 @@ def bootstrap(correct: np.ndarray, seed: int = 0, draws: int = 2000) -> tuple[fl
 def sentiment_examples(encoder: Encoder, events: list[ReviewEvent]) -> dict[str, Any]:
     """Each review's sentiment example, keyed by event id (a fresh labeler and stage)."""
     _, sentiment = build_labelers(LabelSettings(), encoder)
-    stage = ReviewLabelStage(sentiment, on_error="stop")
-    out = {}
-    for i in range(0, len(events), CALL):
-        for example in stage.label_many(events[i : i + CALL], augment=False).examples:
-            out[example.source_event_ids[0]] = example
-    return out
+    return label_reviews(sentiment, events)
 
 
 def main() -> None:

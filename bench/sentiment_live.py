@@ -58,7 +58,9 @@ class StarsClampedInFit(SentimentLabeler):
         return example.votes.get(self.rating.name, ABSTAIN)
 
 
-def label(labeler: SentimentLabeler, events: list[ReviewEvent]) -> dict[str, TrainingExample]:
+def label_reviews(
+    labeler: SentimentLabeler, events: list[ReviewEvent]
+) -> dict[str, TrainingExample]:
     """Each review's example, keyed by event id, in calls of ``CALL`` from a fresh state."""
     stage = ReviewLabelStage(labeler, on_error="stop")
     out = {}
@@ -119,7 +121,7 @@ def main() -> None:
             IN_FIT: StarsClampedInFit(*parts),
             BEFORE: StarsOneVote(*parts),
         }
-        got = {name: label(labeler, events) for name, labeler in labelers.items()}
+        got = {name: label_reviews(labeler, events) for name, labeler in labelers.items()}
         ids = sorted(set.intersection(*(set(g) for g in got.values())))
         predictions = {name: [g[k].label for k in ids] for name, g in got.items()}
         predictions |= {
