@@ -29,8 +29,9 @@ from ecrec_stream.config import LabelSettings
 from ecrec_stream.contracts.events import ReviewEvent
 from ecrec_stream.contracts.examples import TrainingExample
 from ecrec_stream.embedding import CachedEncoder, Encoder, SentenceTransformerEncoder
-from ecrec_stream.labels.base import ABSTAIN, NEGATIVE, POSITIVE, SentimentCandidate
+from ecrec_stream.labels.base import ABSTAIN, POSITIVE, SentimentCandidate
 from ecrec_stream.labels.examples import SentimentLabeler, build_labelers
+from ecrec_stream.labels.model import macro_f1, majority_labels
 from ecrec_stream.labels.stages import ReviewLabelStage
 
 DEFAULT = "label model, stars overrule it (default)"
@@ -68,22 +69,6 @@ def label_reviews(
         for example in stage.label_many(events[i : i + CALL], augment=False).examples:
             out[example.source_event_ids[0]] = example
     return out
-
-
-def majority(votes: dict[str, int]) -> int:
-    """Majority vote of the functions that voted; ties and silence to positive (the common
-    class)."""
-    cast = [v for v in votes.values() if v != ABSTAIN]
-    return NEGATIVE if cast.count(NEGATIVE) > cast.count(POSITIVE) else POSITIVE
-
-
-def macro_f1(truth: np.ndarray, pred: np.ndarray) -> float:
-    scores = []
-    for c in (NEGATIVE, POSITIVE):
-        tp = np.sum((pred == c) & (truth == c))
-        denom = np.sum(pred == c) + np.sum(truth == c)
-        scores.append(2 * tp / denom if denom else 0.0)
-    return float(np.mean(scores))
 
 
 def interval(*samples: np.ndarray, statistic: Any) -> tuple[float, float]:
@@ -125,7 +110,12 @@ def main() -> None:
         ids = sorted(set.intersection(*(set(g) for g in got.values())))
         predictions = {name: [g[k].label for k in ids] for name, g in got.items()}
         predictions |= {
-            "majority vote of the same functions": [majority(got[BEFORE][k].votes) for k in ids],
+            # ties and reviews without a vote to positive, the common class
+            "majority vote of the same functions": majority_labels(
+                np.array([[got[BEFORE][k].votes[n] for n in default.names] for k in ids]),
+                tie=POSITIVE,
+                silent=POSITIVE,
+            ).tolist(),
             "stars alone (where they speak)": [
                 ABSTAIN if stars[k] in (None, 3) else int((stars[k] or 0) >= 4) for k in ids
             ],
